@@ -1,0 +1,3 @@
+from batchserve.cli.main import main
+
+main()

@@ -1,0 +1,56 @@
+"""The blob store port.
+
+Keys are ``/``-separated relative paths (``batches/<id>/inputs/000003.arrow``). Workers get the
+store's URL and open their own instance, so an implementation must be rebuildable from
+:attr:`BlobStore.url`.
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO, Protocol, runtime_checkable
+
+
+class BlobNotFound(KeyError):
+    """No blob under that key."""
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    url: str
+
+    def open_read(self, key: str) -> BinaryIO:
+        """A readable binary file; raises :class:`BlobNotFound`."""
+        ...
+
+    def open_write(self, key: str) -> BinaryIO:
+        """A writable binary file; the blob appears under ``key`` when it is closed."""
+        ...
+
+    def open_append_stream(self, key: str) -> BinaryIO:
+        """A writable file whose flushed bytes readers can see before it is closed."""
+        ...
+
+    def read_bytes(self, key: str) -> bytes: ...
+
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def size(self, key: str) -> int: ...
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys under ``prefix`` (a folder), sorted."""
+        ...
+
+    def delete(self, key: str) -> None: ...
+
+    def delete_prefix(self, prefix: str) -> None: ...
+
+
+def blob_store_from_url(url: str) -> BlobStore:
+    """Open the blob store an URL names (``file:///path``)."""
+    if url.startswith("file://"):
+        from batchserve.blobs.local import LocalBlobStore
+
+        return LocalBlobStore(url[len("file://"):])
+    raise ValueError(f"Unsupported blob store URL {url!r}; use file:///path/to/folder.")

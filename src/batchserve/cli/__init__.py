@@ -1,0 +1,1 @@
+"""The ``batchserve`` command line."""

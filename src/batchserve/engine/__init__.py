@@ -1,0 +1,1 @@
+"""The engine: batch operations, the scheduler, the executors and the worker runtime."""

@@ -1,0 +1,108 @@
+"""Service bundles: loading a published service inside a worker and calling it per record.
+
+A bundle is a cloudpickle of ``{"format", "kind", "code", "init", "models", "objects"}`` made
+by the SDK. It is only ever unpickled here, in worker processes: never in the API process.
+
+Two kinds, with ML Server's semantics:
+
+- ``callable``: ``code`` is a function called once per record with the inputs as keyword
+  arguments; a dict return maps to outputs by name, a tuple with one value per output maps
+  by position, any other value becomes the first output.
+- ``code``: ``code`` is Python source run once per record in a namespace holding the models,
+  the objects, what the init code defined and the inputs as variables; the outputs are read
+  back from that namespace by name.
+
+``init`` (a function or source) runs once per worker process before its first record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+
+class BundleError(Exception):
+    """The bundle cannot be loaded or its init failed; every record of the task fails with it."""
+
+
+class LoadedService:
+    def __init__(self, bundle: dict[str, Any], outputs: dict[str, str]) -> None:
+        self.kind = bundle.get("kind", "callable")
+        self.outputs = outputs
+        self._code = bundle["code"]
+        self.namespace: dict[str, Any] = {**(bundle.get("objects") or {}),
+                                          **(bundle.get("models") or {})}
+        init = bundle.get("init")
+        if self.kind == "callable":
+            if not callable(self._code):
+                raise BundleError("the bundle's code is not callable")
+            # Models and objects are globals of the published function, as in ML Server.
+            self._code.__globals__.update(self.namespace)
+            if callable(init):
+                init.__globals__.update(self.namespace)
+                returned = init()
+                if isinstance(returned, dict):
+                    self._code.__globals__.update(returned)
+                if init.__globals__ is not self._code.__globals__:
+                    self._code.__globals__.update(
+                        {k: v for k, v in init.__globals__.items() if not k.startswith("__")})
+            elif isinstance(init, str) and init.strip():
+                exec(compile(init, "<init>", "exec"), self._code.__globals__)
+        elif self.kind == "code":
+            if not isinstance(self._code, str):
+                raise BundleError("the bundle's code is not source text")
+            self._compiled = compile(self._code, "<service code>", "exec")
+            self.namespace["__builtins__"] = __builtins__
+            if callable(init):
+                init.__globals__.update(self.namespace)
+                returned = init()
+                if isinstance(returned, dict):
+                    self.namespace.update(returned)
+            elif isinstance(init, str) and init.strip():
+                exec(compile(init, "<init>", "exec"), self.namespace)
+        else:
+            raise BundleError(f"unknown bundle kind {self.kind!r}")
+
+    def call(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Run one record; returns the raw outputs by name (not yet checked)."""
+        if self.kind == "callable":
+            return self._map_return(self._code(**inputs))
+        ns = dict(self.namespace)
+        ns.update(inputs)
+        exec(self._compiled, ns)
+        missing = [n for n in self.outputs if n not in ns]
+        if missing:
+            raise NameError(
+                f"the service code did not define the output variable(s) {', '.join(missing)}"
+            )
+        return {n: ns[n] for n in self.outputs}
+
+    def _map_return(self, value: Any) -> dict[str, Any]:
+        names = list(self.outputs)
+        if not names:
+            return {}
+        if isinstance(value, dict) and any(n in value for n in names):
+            return {n: value.get(n) for n in names}
+        if isinstance(value, tuple) and len(names) > 1 and len(value) == len(names):
+            return dict(zip(names, value, strict=True))
+        return {names[0]: value}
+
+
+def load(data: bytes, outputs: dict[str, str]) -> LoadedService:
+    try:
+        bundle = cloudpickle.loads(data)
+    except Exception as exc:  # the pickle names a module the worker cannot import, etc.
+        raise BundleError(f"the service bundle cannot be loaded: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(bundle, dict) or "code" not in bundle:
+        raise BundleError("the service bundle is not a batchserve bundle")
+    try:
+        return LoadedService(bundle, outputs)
+    except BundleError:
+        raise
+    except Exception as exc:
+        raise BundleError(f"the service's init failed: {type(exc).__name__}: {exc}") from exc
+
+
+Loader = Callable[[bytes, dict[str, str]], LoadedService]

@@ -1,0 +1,62 @@
+"""The engine: the one object the faces talk to. It owns the store, the blob store, the
+scheduler and the executor, and recovers unfinished work when it starts."""
+
+from __future__ import annotations
+
+import logging
+
+from batchserve.blobs import LocalBlobStore
+from batchserve.engine.auth import Accounts
+from batchserve.engine.batches import BatchOps
+from batchserve.engine.executors import ProcessExecutor
+from batchserve.engine.scheduler import CancelBatch, Scheduler, Wake
+from batchserve.engine.services import ServiceOps
+from batchserve.settings import Settings
+from batchserve.states import BatchState
+from batchserve.store import Store, upgrade
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.home.mkdir(parents=True, exist_ok=True)
+        upgrade(settings.db_url)
+        self.store = Store(settings.db_url)
+        self.blobs = LocalBlobStore(settings.blobs_dir)
+        self.accounts = Accounts(self.store, settings.access_token_lifetime,
+                                 settings.refresh_token_lifetime)
+        self.scheduler = Scheduler(self.store, self.blobs, settings.max_worker_loss_retries)
+        self.services = ServiceOps(self.store, self.blobs, self.scheduler)
+        self.batches = BatchOps(self.store, self.blobs, self.scheduler,
+                                default_chunk_size=settings.default_chunk_size,
+                                max_chunk_size=settings.max_chunk_size)
+        self.executor = ProcessExecutor(settings.workers, self.blobs.url, self.scheduler.post,
+                                        settings.progress_interval)
+        self.generated_admin_password: str | None = None
+
+    def start(self) -> None:
+        self.generated_admin_password = self.accounts.ensure_admin(
+            self.settings.admin_password, self.settings.admin_password_file)
+        self._recover()
+        self.executor.start()
+        self.scheduler.start(self.executor)
+        for batch in self.store.batches_in_states([BatchState.CANCELLING]):
+            self.scheduler.post(CancelBatch(batch.id, "cancelled before it ran"))
+        self.scheduler.post(Wake())
+
+    def _recover(self) -> None:
+        """Make the store true again after a crash: nothing runs before this process starts."""
+        requeued = self.store.requeue_running_chunks()
+        if requeued:
+            log.warning("requeued %d chunk(s) left running by a previous process", requeued)
+        for batch in self.store.batches_in_states(list(BatchState), sealed=False):
+            log.warning("removing batch %s whose upload never finished", batch.id)
+            self.store.delete_batch(batch.id)
+            self.blobs.delete_prefix(f"batches/{batch.id}")
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+        self.executor.shutdown()
+        self.store.close()

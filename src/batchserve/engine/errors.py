@@ -1,0 +1,46 @@
+"""Errors of engine operations. Each has a ``code``; the faces map codes to their wire form."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EngineError(Exception):
+    code = "error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class BadRequest(EngineError):
+    code = "bad_request"
+
+
+class Unauthorized(EngineError):
+    code = "unauthorized"
+
+
+class Forbidden(EngineError):
+    code = "forbidden"
+
+
+class NotFound(EngineError):
+    code = "not_found"
+
+
+class Conflict(EngineError):
+    code = "conflict"
+
+
+class PreconditionFailed(EngineError):
+    code = "precondition_failed"
+
+
+class PayloadTooLarge(EngineError):
+    code = "payload_too_large"
+
+
+class Unavailable(EngineError):
+    code = "unavailable"

@@ -1,0 +1,39 @@
+"""The executor port: where the scheduler sends tasks, and how it hears back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from batchserve.engine.tasks import ChunkTask, ConsumeTask, TaskEvent
+
+EventSink = Callable[[TaskEvent], None]
+
+
+class Executor(Protocol):
+    """Runs tasks on workers and reports :class:`~batchserve.engine.tasks.TaskEvent` s.
+
+    Events go to the sink given at construction, from any thread.
+    """
+
+    def start(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    def free_slots(self) -> int:
+        """How many more tasks can be submitted right now."""
+        ...
+
+    def submit(self, task: ChunkTask | ConsumeTask) -> None: ...
+
+    def stop_task(self, task_id: str) -> bool:
+        """Stop a running task at once (its worker is killed, not waited for).
+
+        Returns when the worker is gone, so its files no longer change. A :class:`Lost` event
+        with ``stopped=True`` follows. False when the task is not running here.
+        """
+        ...
+
+    def workers(self) -> list[dict[str, object]]:
+        """A description of each worker (pid, busy, task) for operators and tests."""
+        ...

@@ -1,0 +1,127 @@
+"""Result files: the Arrow layout of per-record results, shared by workers and the API.
+
+A worker appends record batches to an Arrow IPC *stream* file and flushes as it goes, so the
+API can read a running chunk's finished records (partial results) and a killed chunk's file
+keeps every record written before the kill.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+
+from batchserve.schema import ARROW_TYPES
+
+STATUS_SUCCEEDED = "succeeded"
+STATUS_FAILED = "failed"
+STATUS_CANCELLED = "cancelled"
+
+_BASE_FIELDS = [
+    pa.field("index", pa.int64()),
+    pa.field("status", pa.string()),
+    pa.field("error", pa.string()),
+    pa.field("error_type", pa.string()),
+    pa.field("console_output", pa.string()),
+    pa.field("artifacts", pa.list_(pa.string())),
+    pa.field("duration_ms", pa.float64()),
+    pa.field("attempts", pa.int32()),
+]
+BASE_COLUMNS = [f.name for f in _BASE_FIELDS]
+
+
+def result_schema(outputs: dict[str, str]) -> pa.Schema:
+    out = pa.struct([pa.field(n, ARROW_TYPES[t]) for n, t in outputs.items()])
+    return pa.schema([*_BASE_FIELDS, pa.field("outputs", out)])
+
+
+class ResultWriter:
+    """Appends result rows to a stream file; :meth:`flush` makes them visible to readers."""
+
+    def __init__(self, sink: BinaryIO, outputs: dict[str, str]) -> None:
+        self.schema = result_schema(outputs)
+        self._sink = sink
+        self._writer = pa.ipc.new_stream(sink, self.schema)
+        self._rows: list[dict[str, Any]] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        self._rows.append(row)
+
+    def flush(self) -> None:
+        if self._rows:
+            self._writer.write_batch(pa.RecordBatch.from_pylist(self._rows, schema=self.schema))
+            self._rows = []
+        self._sink.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()
+        self._sink.close()
+
+
+def read_results(data: BinaryIO | bytes, outputs: dict[str, str]) -> pa.Table:
+    """Every complete record batch of a result stream, even one still being written or cut off."""
+    schema = result_schema(outputs)
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    batches: list[pa.RecordBatch] = []
+    try:
+        reader = pa.ipc.open_stream(source)
+        while True:
+            try:
+                batches.append(reader.read_next_batch())
+            except StopIteration:
+                break
+    except (pa.ArrowInvalid, OSError, EOFError):
+        pass  # a stream cut off mid-message: keep what was complete
+    return pa.Table.from_batches(batches, schema=schema)
+
+
+def cancelled_rows(indexes: list[int], outputs: dict[str, str], message: str) -> pa.Table:
+    """Result rows for records that never ran because the batch was stopped."""
+    return pa.Table.from_pylist(
+        [{"index": i, "status": STATUS_CANCELLED, "error": message, "artifacts": [],
+          "attempts": 0} for i in indexes],
+        schema=result_schema(outputs),
+    )
+
+
+def failed_rows(indexes: list[int], outputs: dict[str, str], message: str, error_type: str,
+                attempts: int) -> pa.Table:
+    return pa.Table.from_pylist(
+        [{"index": i, "status": STATUS_FAILED, "error": message, "error_type": error_type,
+          "artifacts": [], "attempts": attempts} for i in indexes],
+        schema=result_schema(outputs),
+    )
+
+
+def row_to_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A result row as the REST API's ``RecordResult``."""
+    return {
+        "index": row["index"],
+        "status": row["status"],
+        "outputs": row.get("outputs") or {} if row["status"] == STATUS_SUCCEEDED else {},
+        "error": row.get("error"),
+        "error_type": row.get("error_type"),
+        "console_output": row.get("console_output") or "",
+        "artifacts": list(row.get("artifacts") or []),
+        "duration_ms": row.get("duration_ms"),
+        "attempts": row.get("attempts") or 0,
+    }
+
+
+def flatten(table: pa.Table) -> pa.Table:
+    """Results with one column per output (named after it) instead of the ``outputs`` struct."""
+    outputs = table.column("outputs")
+    cols: dict[str, pa.ChunkedArray] = {"index": table.column("index"),
+                                        "status": table.column("status")}
+    struct_type = table.schema.field("outputs").type
+    for i in range(struct_type.num_fields):
+        name = struct_type.field(i).name
+        key = name if name not in BASE_COLUMNS else f"output_{name}"
+        # flatten() (unlike field()) keeps the nulls of failed records' outputs.
+        cols[key] = pa.chunked_array([c.flatten()[i] for c in outputs.chunks],
+                                     struct_type.field(i).type)
+    for name in ("error", "error_type", "console_output", "duration_ms", "attempts"):
+        cols[name] = table.column(name)
+    return pa.table(cols)

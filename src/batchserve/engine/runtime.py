@@ -1,0 +1,147 @@
+"""The service runtime, inside a worker process: run records, write results and artifacts.
+
+This module is what worker processes import; it never touches the metadata store. A chunk's
+inputs come from its Arrow file in the blob store; its results go to a result stream file and
+its artifacts under the batch's folder; the scheduler only hears counts.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+from batchserve.blobs import BlobStore
+from batchserve.engine import bundles
+from batchserve.engine.results import STATUS_FAILED, STATUS_SUCCEEDED, ResultWriter
+from batchserve.engine.tasks import ChunkTask, ConsumeTask, ServiceSpec
+from batchserve.schema import SchemaError, coerce, coerce_record
+
+MAX_CONSOLE_CHARS = 64 * 1024
+
+
+def artifact_key(batch_id: str, index: int, name: str) -> str:
+    return f"batches/{batch_id}/artifacts/{index}/{name}"
+
+
+class Runtime:
+    """Loads services (once per process each) and runs records for one worker process."""
+
+    def __init__(self, blobs: BlobStore, scratch: str | None = None, cache_size: int = 4) -> None:
+        self.blobs = blobs
+        self._cache: OrderedDict[str, bundles.LoadedService | bundles.BundleError] = OrderedDict()
+        self._cache_size = cache_size
+        self.scratch = scratch or tempfile.mkdtemp(prefix="batchserve-worker-")
+
+    def service(self, spec: ServiceSpec) -> bundles.LoadedService:
+        """The loaded service; init runs on first use. A failed load is remembered and re-raised."""
+        if spec.key not in self._cache:
+            try:
+                data = self.blobs.read_bytes(spec.bundle_key)
+                self._cache[spec.key] = bundles.load(data, spec.outputs)
+            except bundles.BundleError as exc:
+                self._cache[spec.key] = exc
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(spec.key)
+        loaded = self._cache[spec.key]
+        if isinstance(loaded, bundles.BundleError):
+            raise loaded
+        return loaded
+
+    def run_record(self, spec: ServiceSpec, raw_inputs: dict[str, Any], *, index: int,
+                   artifact_sink: Callable[[int, str, bytes], None] | None) -> dict[str, Any]:
+        """Run one record: check inputs, call the service, check outputs, collect artifacts."""
+        started = time.perf_counter()
+        row: dict[str, Any] = {"index": index, "artifacts": []}
+        console = io.StringIO()
+        workdir = tempfile.mkdtemp(dir=self.scratch) if spec.artifacts else self.scratch
+        cwd = os.getcwd()
+        try:
+            inputs = coerce_record(raw_inputs, spec.inputs)
+            service = self.service(spec)
+            os.chdir(workdir)
+            with contextlib.redirect_stdout(console):
+                raw = service.call(inputs)
+            outputs = {n: coerce(raw.get(n), t, n, kind="output") for n, t in spec.outputs.items()}
+            row.update(status=STATUS_SUCCEEDED, outputs=outputs)
+        except SchemaError as exc:
+            row.update(status=STATUS_FAILED, error=str(exc), error_type="SchemaError")
+        except bundles.BundleError as exc:
+            row.update(status=STATUS_FAILED, error=str(exc), error_type="BundleError")
+        except Exception as exc:
+            row.update(status=STATUS_FAILED, error=str(exc) or repr(exc),
+                       error_type=type(exc).__name__)
+        finally:
+            os.chdir(cwd)
+        if spec.artifacts:
+            for name in spec.artifacts:
+                path = os.path.join(workdir, name)
+                if os.path.isfile(path):
+                    with open(path, "rb") as f:
+                        data = f.read()
+                    if artifact_sink is not None:
+                        artifact_sink(index, name, data)
+                    row["artifacts"].append(name)
+            shutil.rmtree(workdir, ignore_errors=True)
+        text = console.getvalue()
+        if len(text) > MAX_CONSOLE_CHARS:
+            text = text[:MAX_CONSOLE_CHARS] + "\n[console output truncated]\n"
+        row["console_output"] = text
+        row["duration_ms"] = (time.perf_counter() - started) * 1000.0
+        return row
+
+    def run_chunk(self, task: ChunkTask, report: Callable[[int, int], None],
+                  progress_interval: float = 0.25) -> dict[str, Any]:
+        """Run every record of a chunk; returns ``{"succeeded", "failed"}``."""
+        spec = task.service
+        os.environ.update(task.environment)
+        with self.blobs.open_read(task.input_key) as f:
+            table = pa.ipc.open_file(f).read_all()
+        columns = [c for c in spec.inputs if c in table.column_names]
+        records = table.select(columns).to_pylist()
+
+        def sink(index: int, name: str, data: bytes) -> None:
+            self.blobs.write_bytes(artifact_key(task.batch_id, index, name), data)
+
+        writer = ResultWriter(self.blobs.open_append_stream(task.result_key), spec.outputs)
+        succeeded = failed = 0
+        last = time.monotonic()
+        try:
+            for offset, values in enumerate(records):
+                row = self.run_record(spec, values, index=task.start_index + offset,
+                                      artifact_sink=sink)
+                row["attempts"] = task.attempt
+                writer.add(row)
+                if row["status"] == STATUS_SUCCEEDED:
+                    succeeded += 1
+                else:
+                    failed += 1
+                now = time.monotonic()
+                if now - last >= progress_interval:
+                    writer.flush()
+                    report(succeeded, failed)
+                    last = now
+        finally:
+            writer.close()
+        return {"succeeded": succeeded, "failed": failed}
+
+    def run_consume(self, task: ConsumeTask) -> dict[str, Any]:
+        files: dict[str, str] = {}
+
+        def sink(index: int, name: str, data: bytes) -> None:
+            files[name] = base64.b64encode(data).decode("ascii")
+
+        row = self.run_record(task.service, task.inputs, index=0, artifact_sink=sink)
+        row["attempts"] = 1
+        row["artifact_data"] = files
+        return row

@@ -1,0 +1,275 @@
+"""The scheduler: one thread that hands chunks to workers and records what comes back.
+
+It is the only writer of chunk states while a batch runs. Its loop takes events (task progress,
+finished and lost tasks from the executor; start, cancel and consume requests from the API),
+applies them to the store, then dispatches: consume requests first, then chunks of the
+runnable batches, highest priority first and first-come within a priority, each batch capped
+by its ``parallel_count`` and the machine by its workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections import Counter
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from batchserve.blobs import BlobNotFound, BlobStore
+from batchserve.engine.executors.base import Executor
+from batchserve.engine.results import read_results
+from batchserve.engine.tasks import (
+    ChunkTask,
+    ConsumeTask,
+    Finished,
+    Lost,
+    Progress,
+    ServiceSpec,
+    TaskEvent,
+)
+from batchserve.states import BatchState, ChunkState
+from batchserve.store import Store
+from batchserve.store.models import Batch, Chunk, Service, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Wake:
+    """Something changed in the store (a batch was started); look for work."""
+
+
+@dataclass(frozen=True)
+class CancelBatch:
+    batch_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ConsumeRequest:
+    task: ConsumeTask
+    future: Future[dict[str, Any]]
+
+
+@dataclass
+class _Running:
+    batch_id: str
+    chunk_id: int
+    result_key: str
+    count: int
+
+
+def service_spec(service: Service) -> ServiceSpec:
+    return ServiceSpec(key=service.bundle_key, bundle_key=service.bundle_key, mode=service.mode,
+                       inputs=dict(service.inputs), outputs=dict(service.outputs),
+                       artifacts=tuple(service.artifacts))
+
+
+def result_key(chunk: Chunk) -> str:
+    return f"batches/{chunk.batch_id}/results/{chunk.seq:06d}.a{chunk.attempts}.arrows"
+
+
+class Scheduler:
+    def __init__(self, store: Store, blobs: BlobStore, max_worker_loss_retries: int = 3) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.max_worker_loss_retries = max_worker_loss_retries
+        self.executor: Executor | None = None
+        self._events: queue.Queue[object] = queue.Queue()
+        self._running: dict[str, _Running] = {}
+        self._per_batch: Counter[str] = Counter()
+        self._consumes: dict[str, Future[dict[str, Any]]] = {}
+        self._consume_queue: list[ConsumeTask] = []
+        self._specs: dict[int, ServiceSpec] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # --- called from other threads ----------------------------------------------------------
+
+    def post(self, event: object) -> None:
+        self._events.put(event)
+
+    def start(self, executor: Executor) -> None:
+        self.executor = executor
+        self._thread = threading.Thread(target=self._loop, name="batchserve-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._events.put(Wake())
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def consume(self, spec: ServiceSpec, inputs: dict[str, Any]) -> Future[dict[str, Any]]:
+        future: Future[dict[str, Any]] = Future()
+        self.post(ConsumeRequest(ConsumeTask(uuid.uuid4().hex, inputs, spec), future))
+        return future
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                event = self._events.get(timeout=0.5)
+            except queue.Empty:
+                event = Wake()
+            try:
+                self._handle(event)
+                while True:  # apply everything queued before dispatching once
+                    try:
+                        self._handle(self._events.get_nowait())
+                    except queue.Empty:
+                        break
+                self._dispatch()
+            except Exception:  # keep scheduling whatever one bad event did
+                log.exception("scheduler step failed")
+
+    def _handle(self, event: object) -> None:
+        if isinstance(event, Progress):
+            run = self._running.get(event.task_id)
+            if run is not None:
+                self.store.set_chunk(run.chunk_id, expect_state=ChunkState.RUNNING,
+                                     expect_key=run.result_key, succeeded=event.succeeded,
+                                     failed=event.failed)
+        elif isinstance(event, Finished):
+            self._finished(event)
+        elif isinstance(event, Lost):
+            self._lost(event)
+        elif isinstance(event, CancelBatch):
+            self._cancel(event.batch_id, event.reason)
+        elif isinstance(event, ConsumeRequest):
+            self._consumes[event.task.task_id] = event.future
+            self._consume_queue.append(event.task)
+
+    def _finished(self, event: Finished) -> None:
+        if event.task_id in self._consumes:
+            self._consumes.pop(event.task_id).set_result(event.result)
+            return
+        run = self._running.pop(event.task_id, None)
+        if run is None:
+            return  # stopped by a cancel that already settled the chunk
+        self._per_batch[run.batch_id] -= 1
+        result = event.result
+        if "error" in result:
+            self._settle_from_file(run, ChunkState.FAILED, result["error"])
+        else:
+            self.store.set_chunk(run.chunk_id, expect_state=ChunkState.RUNNING,
+                                 state=ChunkState.SUCCEEDED.value, finished_at=utcnow(),
+                                 succeeded=result["succeeded"], failed=result["failed"])
+        self._maybe_complete(run.batch_id)
+
+    def _lost(self, event: Lost) -> None:
+        future = self._consumes.pop(event.task_id, None)
+        if future is not None:
+            future.set_exception(RuntimeError(event.reason))
+            return
+        run = self._running.pop(event.task_id, None)
+        if run is None:
+            return
+        self._per_batch[run.batch_id] -= 1
+        chunk = self.store.get_chunk(run.chunk_id)
+        if chunk is None:
+            return
+        if chunk.lost_workers < self.max_worker_loss_retries:
+            log.warning("chunk %s of batch %s: %s; retrying", chunk.seq, run.batch_id, event.reason)
+            self.store.set_chunk(run.chunk_id, expect_state=ChunkState.RUNNING,
+                                 state=ChunkState.PENDING.value, lost_workers=chunk.lost_workers + 1,
+                                 succeeded=0, failed=0)
+        else:
+            self._settle_from_file(
+                run, ChunkState.FAILED,
+                f"{event.reason}, {chunk.lost_workers + 1} times; the chunk was given up")
+            self._maybe_complete(run.batch_id)
+
+    def _settle_from_file(self, run: _Running, state: ChunkState, error: str) -> None:
+        """End a chunk early: records already in its result file keep their results."""
+        succeeded = failed = 0
+        try:
+            with self.blobs.open_read(run.result_key) as f:
+                statuses = read_results(f, {}).column("status").to_pylist()
+            succeeded = statuses.count("succeeded")
+            failed = statuses.count("failed")
+        except (BlobNotFound, KeyError):
+            pass
+        rest = run.count - succeeded - failed
+        fields = {"cancelled": rest} if state == ChunkState.CANCELLED else {}
+        if state == ChunkState.FAILED:
+            failed += rest
+        self.store.set_chunk(run.chunk_id, state=state.value, finished_at=utcnow(),
+                             succeeded=succeeded, failed=failed, error=error, **fields)
+
+    def _cancel(self, batch_id: str, reason: str) -> None:
+        assert self.executor is not None
+        for task_id, run in list(self._running.items()):
+            if run.batch_id != batch_id:
+                continue
+            self.executor.stop_task(task_id)  # returns once the worker is gone
+            del self._running[task_id]
+            self._per_batch[batch_id] -= 1
+            self._settle_from_file(run, ChunkState.CANCELLED, reason)
+        self._finish_cancel(batch_id, reason)
+
+    def _finish_cancel(self, batch_id: str, reason: str) -> None:
+        self.store.finish_pending_chunks(batch_id, ChunkState.CANCELLED, reason)
+        self.store.transition(batch_id, BatchState.CANCELLED, only_from=[BatchState.CANCELLING],
+                              end_time=utcnow())
+
+    def _maybe_complete(self, batch_id: str) -> None:
+        batch = self.store.get_batch(batch_id)
+        if batch is None or not batch.sealed:
+            return
+        counts = self.store.batch_counts(batch_id)
+        if counts.chunks_final == counts.chunks:
+            if batch.state == BatchState.CANCELLING.value:
+                self.store.transition(batch_id, BatchState.CANCELLED, end_time=utcnow())
+            elif batch.state in (BatchState.PENDING.value, BatchState.RUNNING.value):
+                self.store.transition(batch_id, BatchState.COMPLETED, end_time=utcnow(),
+                                      termination_reason="AllTasksComplete")
+
+    # --- dispatch ---------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        executor = self.executor
+        assert executor is not None
+        while self._consume_queue and executor.free_slots() > 0:
+            executor.submit(self._consume_queue.pop(0))
+        if executor.free_slots() == 0:
+            return
+        for batch in self.store.batches_in_states([BatchState.PENDING, BatchState.RUNNING]):
+            if executor.free_slots() == 0:
+                return
+            self._dispatch_batch(batch, executor)
+
+    def _dispatch_batch(self, batch: Batch, executor: Executor) -> None:
+        claimed_any = False
+        while executor.free_slots() > 0 and self._per_batch[batch.id] < batch.parallel_count:
+            chunk = self.store.claim_chunk(batch.id, result_key)
+            if chunk is None:
+                break
+            claimed_any = True
+            task = ChunkTask(
+                task_id=uuid.uuid4().hex, batch_id=batch.id, chunk_id=chunk.id,
+                start_index=chunk.start_index, count=chunk.count, attempt=chunk.attempts,
+                input_key=chunk.input_key, result_key=chunk.result_key or "",
+                service=self._spec(batch.service_id),
+                environment=dict(batch.options.get("environment") or {}),
+            )
+            self._running[task.task_id] = _Running(batch.id, chunk.id, task.result_key, chunk.count)
+            self._per_batch[batch.id] += 1
+            executor.submit(task)
+        if claimed_any and batch.state == BatchState.PENDING.value:
+            self.store.transition(batch.id, BatchState.RUNNING, only_from=[BatchState.PENDING],
+                                  start_time=batch.start_time or utcnow())
+        elif not claimed_any and self._per_batch[batch.id] == 0:
+            self._maybe_complete(batch.id)
+
+    def _spec(self, service_id: int) -> ServiceSpec:
+        if service_id not in self._specs:
+            service = self.store.get_service_by_id(service_id)
+            if service is None:
+                raise LookupError(f"service {service_id} is gone")
+            self._specs[service_id] = service_spec(service)
+        return self._specs[service_id]

@@ -1,0 +1,145 @@
+"""Input and output schemas: the declared types and the checks of values against them.
+
+A schema maps a parameter name to one of the type names ``int``, ``float``, ``str``, ``bool``.
+The same checks run in the API (column types of an upload) and in the workers (each record).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pyarrow as pa
+
+TYPE_NAMES = ("int", "float", "str", "bool")
+
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "str": pa.string(),
+    "bool": pa.bool_(),
+}
+
+_TRUE = {"true", "t", "yes", "y", "1"}
+_FALSE = {"false", "f", "no", "n", "0"}
+
+
+class SchemaError(ValueError):
+    """A value or a declaration that does not fit the schema; the message says what to do."""
+
+
+def normalize_schema(schema: dict[str, Any] | None, what: str) -> dict[str, str]:
+    """Check a declared schema and return it with canonical type names."""
+    if schema is None:
+        return {}
+    if not isinstance(schema, dict):
+        raise SchemaError(f"{what} must be an object mapping names to types, got {schema!r}.")
+    out: dict[str, str] = {}
+    for name, type_name in schema.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise SchemaError(f"{what}: {name!r} is not a valid parameter name (use a Python identifier).")
+        if type_name not in TYPE_NAMES:
+            raise SchemaError(
+                f"{what}: '{name}' has type {type_name!r}; the supported types are "
+                + ", ".join(TYPE_NAMES) + "."
+            )
+        out[name] = type_name
+    return out
+
+
+def describe(schema: dict[str, str]) -> str:
+    """``hp (float), wt (float)`` — for error messages."""
+    return ", ".join(f"{n} ({t})" for n, t in schema.items()) or "no inputs"
+
+
+def coerce(value: Any, type_name: str, name: str, kind: str = "input") -> Any:
+    """Return ``value`` as the declared type or raise :class:`SchemaError` saying why.
+
+    Text is parsed leniently (a CSV column may arrive as text when one of its values is bad);
+    other values must already be of the declared type (an int is accepted for a float).
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value) and type_name != "float"):
+        if kind == "output":
+            raise SchemaError(f"output '{name}' has no value (expected {type_name}); return one.")
+        raise SchemaError(f"input '{name}' is missing (no value given; expected {type_name}).")
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()  # numpy scalars -> Python scalars
+    if type_name == "float":
+        if isinstance(value, bool):
+            raise SchemaError(_wrong(kind, name, type_name, value))
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str) and kind == "input":
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise SchemaError(_wrong(kind, name, type_name, value)) from None
+    elif type_name == "int":
+        if isinstance(value, bool):
+            raise SchemaError(_wrong(kind, name, type_name, value))
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and kind == "input":
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise SchemaError(_wrong(kind, name, type_name, value)) from None
+    elif type_name == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and kind == "input" and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+    elif type_name == "str":
+        if isinstance(value, str):
+            return value
+        if kind == "input" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # a CSV column of digits declared as text
+    raise SchemaError(_wrong(kind, name, type_name, value))
+
+
+def _wrong(kind: str, name: str, type_name: str, value: Any) -> str:
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{kind} '{name}' must be {type_name}, got {type(value).__name__} {shown}."
+
+
+def coerce_record(values: dict[str, Any], schema: dict[str, str]) -> dict[str, Any]:
+    """Check one record's inputs; the first problem raises :class:`SchemaError`."""
+    return {name: coerce(values.get(name), t, name) for name, t in schema.items()}
+
+
+def check_columns(columns: list[str], schema: dict[str, str], service: str) -> None:
+    """Raise a clear error when a declared input column is missing from an upload."""
+    missing = [name for name in schema if name not in columns]
+    if missing:
+        raise SchemaError(
+            f"The records have no column{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(repr(m) for m in missing)}; service {service} "
+            f"takes the inputs {describe(schema)}. The records have the columns "
+            f"{', '.join(repr(c) for c in columns) or '(none)'}. Rename the columns to match the "
+            "inputs."
+        )
+
+
+def conform_column(column: pa.ChunkedArray | pa.Array, type_name: str) -> pa.Array | pa.ChunkedArray:
+    """Cast an uploaded column to its declared Arrow type when every value allows it.
+
+    When some value does not fit (``"abc"`` in a float column), keep the values as text so the
+    record with the bad value fails alone, with a message naming it, while its neighbours run.
+    """
+    target = ARROW_TYPES[type_name]
+    if column.type == target:
+        return column
+    try:
+        if type_name == "bool" and pa.types.is_string(column.type):
+            raise pa.ArrowInvalid("text booleans are parsed per record")
+        if type_name == "int" and pa.types.is_floating(column.type):
+            return column.cast(target, safe=True)
+        return column.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return column.cast(pa.string()) if not pa.types.is_string(column.type) else column

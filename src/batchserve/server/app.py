@@ -1,0 +1,41 @@
+"""The ASGI application: the faces over one engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI
+
+from batchserve.engine.core import Engine
+from batchserve.server import errors
+from batchserve.server.routes import auth, batches, health, services, workers
+
+
+def create_app(engine: Engine, manage_engine: bool = True) -> FastAPI:
+    """An app over ``engine``; with ``manage_engine`` the engine starts and stops with the app."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage_engine:
+            await anyio.to_thread.run_sync(engine.start)
+        try:
+            yield
+        finally:
+            if manage_engine:
+                await anyio.to_thread.run_sync(engine.stop)
+
+    from batchserve._version import __version__
+
+    app = FastAPI(
+        title="batchserve",
+        version=__version__,
+        summary="Publish Python functions as versioned services and run batch executions.",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    errors.install(app)
+    for module in (health, auth, services, batches, workers):
+        app.include_router(module.router)
+    return app

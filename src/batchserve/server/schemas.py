@@ -1,0 +1,158 @@
+"""Request and response bodies of the native API (``XCreate`` / ``XPublic``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from batchserve.store import BatchCounts
+from batchserve.store.models import Batch, Service
+
+
+class LoginRequest(BaseModel):
+    username: str
+    password: str
+
+
+class RefreshRequest(BaseModel):
+    refreshToken: str  # noqa: N815 - ML Server's field name
+
+
+class TokenPublic(BaseModel):
+    token_type: str = "Bearer"
+    access_token: str
+    expires_in: int
+    expires_on: int
+    refresh_token: str
+
+
+class UserPublic(BaseModel):
+    username: str
+    role: str
+
+
+class ServiceCreate(BaseModel):
+    """The ``metadata`` part of a publish request."""
+
+    name: str
+    version: str | None = None
+    description: str = ""
+    alias: str | None = None
+    mode: str = "row"
+    bundle_kind: str = "callable"
+    inputs: dict[str, str] = Field(default_factory=dict)
+    outputs: dict[str, str] = Field(default_factory=dict)
+    artifacts: list[str] = Field(default_factory=list)
+
+
+class ServicePublic(BaseModel):
+    name: str
+    version: str
+    description: str
+    alias: str
+    mode: str
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    artifacts: list[str]
+    bundle_kind: str
+    published_by: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, svc: Service, published_by: str | None) -> ServicePublic:
+        return cls(name=svc.name, version=svc.version, description=svc.description,
+                   alias=svc.alias, mode=svc.mode, inputs=svc.inputs, outputs=svc.outputs,
+                   artifacts=svc.artifacts, bundle_kind=svc.bundle_kind,
+                   published_by=published_by, created_at=svc.created_at)
+
+
+class ServiceList(BaseModel):
+    services: list[ServicePublic]
+
+
+class ConsumeRequest(BaseModel):
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class RecordResult(BaseModel):
+    index: int
+    status: str
+    outputs: dict[str, Any]
+    error: str | None = None
+    error_type: str | None = None
+    console_output: str = ""
+    artifacts: list[str] = Field(default_factory=list)
+    duration_ms: float | None = None
+    attempts: int = 0
+    artifact_data: dict[str, str] | None = None
+
+
+class ServiceRef(BaseModel):
+    name: str
+    version: str
+
+
+class BatchPublic(BaseModel):
+    id: str
+    service: ServiceRef
+    state: str
+    previous_state: str | None
+    state_transition_time: datetime
+    previous_state_transition_time: datetime | None
+    creation_time: datetime
+    last_modified: datetime
+    etag: str
+    start_time: datetime | None
+    end_time: datetime | None
+    termination_reason: str | None
+    parallel_count: int
+    chunk_size: int
+    priority: int
+    created_by: str | None
+    total_item_count: int
+    completed_item_count: int
+    succeeded_item_count: int
+    failed_item_count: int
+    cancelled_item_count: int
+    chunk_count: int
+    error: str | None
+
+    @classmethod
+    def of(cls, batch: Batch, counts: BatchCounts, created_by: str | None) -> BatchPublic:
+        svc = batch.options.get("service", {})
+        return cls(
+            id=batch.id, service=ServiceRef(name=svc.get("name", ""), version=svc.get("version", "")),
+            state=batch.state, previous_state=batch.previous_state,
+            state_transition_time=batch.state_transition_time,
+            previous_state_transition_time=batch.previous_state_transition_time,
+            creation_time=batch.creation_time, last_modified=batch.last_modified,
+            etag=f'"{batch.revision}"', start_time=batch.start_time, end_time=batch.end_time,
+            termination_reason=batch.termination_reason, parallel_count=batch.parallel_count,
+            chunk_size=batch.chunk_size, priority=batch.priority, created_by=created_by,
+            total_item_count=batch.total_count, completed_item_count=counts.completed,
+            succeeded_item_count=counts.succeeded, failed_item_count=counts.failed,
+            cancelled_item_count=counts.cancelled, chunk_count=counts.chunks, error=batch.error,
+        )
+
+
+class BatchList(BaseModel):
+    batches: list[BatchPublic]
+
+
+class ResultPage(BaseModel):
+    batch: BatchPublic
+    start: int
+    limit: int
+    next_start: int | None
+    results: list[RecordResult]
+
+
+class ArtifactList(BaseModel):
+    artifacts: list[str]
+
+
+class Health(BaseModel):
+    status: str
+    version: str

@@ -1,0 +1,6 @@
+"""The metadata store: users, services, batches, chunks and their states."""
+
+from batchserve.store.migrate import upgrade
+from batchserve.store.sql import AlreadyExists, BatchCounts, Store
+
+__all__ = ["AlreadyExists", "BatchCounts", "Store", "upgrade"]

@@ -1,0 +1,340 @@
+"""The metadata store over SQLAlchemy: SQLite (embedded default) or PostgreSQL.
+
+Every method is one short transaction and returns detached rows (``expire_on_commit=False``),
+so callers never hold a session. Batch state changes go through :meth:`Store.transition`,
+which consults the one state table in :mod:`batchserve.states`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, delete, event, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from batchserve.states import BatchState, ChunkState, check_batch_transition
+from batchserve.store.models import Batch, Chunk, Service, Token, User, utcnow
+
+
+class AlreadyExists(Exception):
+    """A row with the same unique key exists."""
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    chunks: int = 0
+    chunks_final: int = 0
+    chunks_running: int = 0
+
+    @property
+    def completed(self) -> int:
+        return self.succeeded + self.failed
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as s:
+            yield s
+
+    # --- users and tokens -------------------------------------------------------------------
+
+    def add_user(self, username: str, password_hash: str, role: str) -> User:
+        user = User(username=username, password_hash=password_hash, role=role)
+        try:
+            with self.session() as s:
+                s.add(user)
+        except IntegrityError:
+            raise AlreadyExists(f"user {username!r}") from None
+        return user
+
+    def get_user(self, username: str) -> User | None:
+        with self.session() as s:
+            return s.scalar(select(User).where(User.username == username))
+
+    def get_user_by_id(self, user_id: int) -> User | None:
+        with self.session() as s:
+            return s.get(User, user_id)
+
+    def update_user(self, user_id: int, **fields: Any) -> None:
+        with self.session() as s:
+            s.execute(update(User).where(User.id == user_id).values(**fields))
+
+    def list_users(self) -> list[User]:
+        with self.session() as s:
+            return list(s.scalars(select(User).order_by(User.id)))
+
+    def delete_user(self, user_id: int) -> None:
+        with self.session() as s:
+            s.execute(delete(User).where(User.id == user_id))
+
+    def add_tokens(self, user_id: int, pair: str, tokens: Sequence[tuple[str, str, datetime]]) -> None:
+        """Store ``(kind, token_hash, expires_at)`` rows issued together as ``pair``."""
+        with self.session() as s:
+            for kind, token_hash, expires_at in tokens:
+                s.add(Token(user_id=user_id, kind=kind, pair=pair, token_hash=token_hash,
+                            expires_at=expires_at))
+
+    def find_token(self, token_hash: str, kind: str) -> tuple[Token, User] | None:
+        with self.session() as s:
+            row = s.execute(
+                select(Token, User).join(User, User.id == Token.user_id)
+                .where(Token.token_hash == token_hash, Token.kind == kind)
+            ).first()
+            return (row[0], row[1]) if row else None
+
+    def revoke_pair(self, pair: str) -> None:
+        with self.session() as s:
+            s.execute(update(Token).where(Token.pair == pair).values(revoked=True))
+
+    def touch_token(self, token_id: int, expires_at: datetime) -> None:
+        with self.session() as s:
+            s.execute(update(Token).where(Token.id == token_id).values(expires_at=expires_at))
+
+    # --- services ---------------------------------------------------------------------------
+
+    def add_service(self, **fields: Any) -> Service:
+        svc = Service(**fields)
+        try:
+            with self.session() as s:
+                s.add(svc)
+        except IntegrityError:
+            raise AlreadyExists(f"service {fields['name']} {fields['version']}") from None
+        return svc
+
+    def get_service(self, name: str, version: str | None) -> Service | None:
+        """One version, or the newest when ``version`` is None or ``latest``."""
+        with self.session() as s:
+            q = select(Service).where(Service.name == name)
+            if version in (None, "latest"):
+                q = q.order_by(Service.created_at.desc(), Service.id.desc()).limit(1)
+            else:
+                q = q.where(Service.version == version)
+            return s.scalar(q)
+
+    def get_service_by_id(self, service_id: int) -> Service | None:
+        with self.session() as s:
+            return s.get(Service, service_id)
+
+    def list_services(self, name: str | None = None) -> list[Service]:
+        with self.session() as s:
+            q = select(Service).order_by(Service.created_at, Service.id)
+            if name is not None:
+                q = q.where(Service.name == name)
+            return list(s.scalars(q))
+
+    def update_service(self, service_id: int, **fields: Any) -> None:
+        with self.session() as s:
+            s.execute(update(Service).where(Service.id == service_id).values(**fields))
+
+    def delete_service(self, service_id: int) -> None:
+        with self.session() as s:
+            s.execute(delete(Service).where(Service.id == service_id))
+
+    # --- batches ----------------------------------------------------------------------------
+
+    def add_batch(self, **fields: Any) -> Batch:
+        now = utcnow()
+        batch = Batch(creation_time=now, last_modified=now, state_transition_time=now,
+                      state=BatchState.CREATED.value, revision=1, **fields)
+        with self.session() as s:
+            s.add(batch)
+        return batch
+
+    def get_batch(self, batch_id: str) -> Batch | None:
+        with self.session() as s:
+            return s.get(Batch, batch_id)
+
+    def list_batches(self, *, service_ids: Sequence[int] | None = None,
+                     states: Sequence[str] | None = None, owner_id: int | None = None,
+                     limit: int = 100, before: tuple[datetime, str] | None = None) -> list[Batch]:
+        """Newest first; ``before`` is the (creation_time, id) of the last row of a page."""
+        with self.session() as s:
+            q = select(Batch).where(Batch.sealed.is_(True))
+            if service_ids is not None:
+                q = q.where(Batch.service_id.in_(service_ids))
+            if states:
+                q = q.where(Batch.state.in_(states))
+            if owner_id is not None:
+                q = q.where(Batch.owner_id == owner_id)
+            if before is not None:
+                t, bid = before
+                q = q.where((Batch.creation_time < t) | ((Batch.creation_time == t) & (Batch.id < bid)))
+            q = q.order_by(Batch.creation_time.desc(), Batch.id.desc()).limit(limit)
+            return list(s.scalars(q))
+
+    def update_batch(self, batch_id: str, **fields: Any) -> Batch | None:
+        """Change batch settings (not its state); bumps the etag and ``last_modified``."""
+        with self.session() as s:
+            batch = s.get(Batch, batch_id, with_for_update=True)
+            if batch is None:
+                return None
+            for k, v in fields.items():
+                setattr(batch, k, v)
+            batch.revision += 1
+            batch.last_modified = utcnow()
+            return batch
+
+    def transition(self, batch_id: str, wanted: BatchState, *, only_from: Sequence[BatchState] | None = None,
+                   **fields: Any) -> Batch | None:
+        """Move a batch to ``wanted`` if the state table allows it.
+
+        Returns the updated row, or None when the batch is gone or its current state is not in
+        ``only_from`` (a race lost to another change). Raises
+        :class:`~batchserve.states.InvalidTransition` for a move the table forbids.
+        """
+        with self.session() as s:
+            batch = s.get(Batch, batch_id, with_for_update=True)
+            if batch is None or (only_from is not None and batch.state not in only_from):
+                return None
+            check_batch_transition(batch.state, wanted)
+            now = utcnow()
+            batch.previous_state = batch.state
+            batch.previous_state_transition_time = batch.state_transition_time
+            batch.state = wanted.value
+            batch.state_transition_time = now
+            batch.last_modified = now
+            batch.revision += 1
+            for k, v in fields.items():
+                setattr(batch, k, v)
+            return batch
+
+    def delete_batch(self, batch_id: str) -> None:
+        with self.session() as s:
+            s.execute(delete(Chunk).where(Chunk.batch_id == batch_id))
+            s.execute(delete(Batch).where(Batch.id == batch_id))
+
+    def batches_in_states(self, states: Sequence[BatchState], *, sealed: bool | None = True) -> list[Batch]:
+        """Batches in these states, highest priority first, first come first within one."""
+        with self.session() as s:
+            q = select(Batch).where(Batch.state.in_([st.value for st in states]))
+            if sealed is not None:
+                q = q.where(Batch.sealed.is_(sealed))
+            q = q.order_by(Batch.priority.desc(), Batch.creation_time, Batch.id)
+            return list(s.scalars(q))
+
+    def batch_counts(self, batch_id: str) -> BatchCounts:
+        with self.session() as s:
+            row = s.execute(
+                select(
+                    func.coalesce(func.sum(Chunk.succeeded), 0),
+                    func.coalesce(func.sum(Chunk.failed), 0),
+                    func.coalesce(func.sum(Chunk.cancelled), 0),
+                    func.count(Chunk.id),
+                    func.count(Chunk.id).filter(Chunk.state.in_(
+                        [ChunkState.SUCCEEDED.value, ChunkState.FAILED.value,
+                         ChunkState.CANCELLED.value])),
+                    func.count(Chunk.id).filter(Chunk.state == ChunkState.RUNNING.value),
+                ).where(Chunk.batch_id == batch_id)
+            ).one()
+            return BatchCounts(*(int(v) for v in row))
+
+    # --- chunks -----------------------------------------------------------------------------
+
+    def add_chunk(self, batch_id: str, seq: int, start_index: int, count: int, input_key: str) -> None:
+        with self.session() as s:
+            s.add(Chunk(batch_id=batch_id, seq=seq, start_index=start_index, count=count,
+                        input_key=input_key, state=ChunkState.PENDING.value))
+
+    def claim_chunk(self, batch_id: str, result_key_for: Any) -> Chunk | None:
+        """Take the first pending chunk of a batch: it becomes running with one more attempt.
+
+        ``result_key_for(chunk)`` names the file this attempt writes its results to.
+        """
+        with self.session() as s:
+            q = (select(Chunk).where(Chunk.batch_id == batch_id,
+                                     Chunk.state == ChunkState.PENDING.value)
+                 .order_by(Chunk.seq).limit(1))
+            if self.engine.dialect.name == "postgresql":
+                q = q.with_for_update(skip_locked=True)
+            chunk = s.scalar(q)
+            if chunk is None:
+                return None
+            chunk.state = ChunkState.RUNNING.value
+            chunk.attempts += 1
+            chunk.started_at = utcnow()
+            chunk.result_key = result_key_for(chunk)
+            chunk.succeeded = chunk.failed = chunk.cancelled = 0
+            return chunk
+
+    def get_chunk(self, chunk_id: int) -> Chunk | None:
+        with self.session() as s:
+            return s.get(Chunk, chunk_id)
+
+    def chunks(self, batch_id: str, states: Sequence[ChunkState] | None = None) -> list[Chunk]:
+        with self.session() as s:
+            q = select(Chunk).where(Chunk.batch_id == batch_id).order_by(Chunk.seq)
+            if states is not None:
+                q = q.where(Chunk.state.in_([st.value for st in states]))
+            return list(s.scalars(q))
+
+    def chunks_covering(self, batch_id: str, start: int, stop: int) -> list[Chunk]:
+        """Chunks holding any index in ``[start, stop)``, in order."""
+        with self.session() as s:
+            q = (select(Chunk).where(Chunk.batch_id == batch_id, Chunk.start_index < stop,
+                                     Chunk.start_index + Chunk.count > start)
+                 .order_by(Chunk.seq))
+            return list(s.scalars(q))
+
+    def set_chunk(self, chunk_id: int, *, expect_state: ChunkState | None = None,
+                  expect_key: str | None = None, **fields: Any) -> bool:
+        """Update a chunk if it is still in ``expect_state`` (and attempt ``expect_key``)."""
+        with self.session() as s:
+            q = update(Chunk).where(Chunk.id == chunk_id)
+            if expect_state is not None:
+                q = q.where(Chunk.state == expect_state.value)
+            if expect_key is not None:
+                q = q.where(Chunk.result_key == expect_key)
+            return s.execute(q.values(**fields)).rowcount == 1  # type: ignore[attr-defined]
+
+    def requeue_running_chunks(self) -> int:
+        """At start-up: chunks left running by a previous process go back to pending."""
+        with self.session() as s:
+            res = s.execute(
+                update(Chunk).where(Chunk.state == ChunkState.RUNNING.value)
+                .values(state=ChunkState.PENDING.value, succeeded=0, failed=0, cancelled=0)
+            )
+            return res.rowcount  # type: ignore[attr-defined,no-any-return]
+
+    def finish_pending_chunks(self, batch_id: str, state: ChunkState, error: str) -> None:
+        """Move every pending chunk of a batch to a final state: its records are cancelled
+        (``state`` CANCELLED) or failed (FAILED) without running."""
+        counter = "cancelled" if state == ChunkState.CANCELLED else "failed"
+        with self.session() as s:
+            s.execute(update(Chunk).where(Chunk.batch_id == batch_id,
+                                          Chunk.state == ChunkState.PENDING.value)
+                      .values({"state": state.value, "finished_at": utcnow(), "error": error,
+                               counter: Chunk.count}))
