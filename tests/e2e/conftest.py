@@ -1,0 +1,110 @@
+"""End-to-end fixtures: a real ``batchserve serve`` process, started once per test session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+ADMIN_PASSWORD = "e2e-admin-password"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """A server process on a data directory; it can be killed and started again."""
+
+    home: Path
+    port: int = field(default_factory=free_port)
+    workers: int = 2
+    process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> ServerProcess:
+        env = dict(os.environ, BATCHSERVE_ADMIN_PASSWORD=ADMIN_PASSWORD,
+                   BATCHSERVE_HOME=str(self.home))
+        self.log = self.home.parent / f"{self.home.name}-server.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "batchserve", "serve", "--port", str(self.port),
+             "--data-dir", str(self.home), "--workers", str(self.workers), "--log-level", "warning"],
+            env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited early:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"the server did not answer in {timeout} s:\n{self.log.read_text()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The shared server of the e2e tests (two workers)."""
+    proc = ServerProcess(tmp_path_factory.mktemp("server") / "home").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server of the test's own, for tests that kill it."""
+    proc = ServerProcess(tmp_path / "home")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def client(server: ServerProcess):  # type: ignore[no-untyped-def]
+    from batchserve import Client
+
+    with Client(server.url, username="admin", password=ADMIN_PASSWORD) as c:
+        yield c
+
+
+_counter = [0]
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> str:
+    """A service name no other test uses."""
+    _counter[0] += 1
+    base = "".join(ch for ch in request.node.name if ch.isalnum())[:40]
+    return f"{base}{_counter[0]}"
