@@ -37,11 +37,14 @@ def normalize_schema(schema: dict[str, Any] | None, what: str) -> dict[str, str]
     out: dict[str, str] = {}
     for name, type_name in schema.items():
         if not isinstance(name, str) or not name.isidentifier():
-            raise SchemaError(f"{what}: {name!r} is not a valid parameter name (use a Python identifier).")
+            raise SchemaError(
+                f"{what}: {name!r} is not a valid parameter name (use a Python identifier)."
+            )
         if type_name not in TYPE_NAMES:
             raise SchemaError(
                 f"{what}: '{name}' has type {type_name!r}; the supported types are "
-                + ", ".join(TYPE_NAMES) + "."
+                + ", ".join(TYPE_NAMES)
+                + "."
             )
         out[name] = type_name
     return out
@@ -126,7 +129,9 @@ def check_columns(columns: list[str], schema: dict[str, str], service: str) -> N
         )
 
 
-def conform_column(column: pa.ChunkedArray | pa.Array, type_name: str) -> pa.Array | pa.ChunkedArray:
+def conform_column(
+    column: pa.ChunkedArray | pa.Array, type_name: str
+) -> pa.Array | pa.ChunkedArray:
     """Cast an uploaded column to its declared Arrow type when every value allows it.
 
     When some value does not fit (``"abc"`` in a float column), keep the values as text so the

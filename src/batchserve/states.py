@@ -7,10 +7,10 @@ Nothing else in batchserve assigns a state by hand. The engine asks :func:`check
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class BatchState(str, Enum):
+class BatchState(StrEnum):
     """The canonical states of a batch (= job). The value is the wire spelling."""
 
     CREATED = "created"  # defined, records uploaded, not started
@@ -47,8 +47,9 @@ _B = BatchState
 # from-state -> the states it may move to.
 BATCH_TRANSITIONS: dict[BatchState, frozenset[BatchState]] = {
     _B.CREATED: frozenset({_B.PENDING, _B.CANCELLED, _B.FAILED}),
-    _B.PENDING: frozenset({_B.RUNNING, _B.PAUSING, _B.PAUSED, _B.CANCELLING, _B.CANCELLED,
-                           _B.COMPLETED, _B.FAILED}),
+    _B.PENDING: frozenset(
+        {_B.RUNNING, _B.PAUSING, _B.PAUSED, _B.CANCELLING, _B.CANCELLED, _B.COMPLETED, _B.FAILED}
+    ),
     _B.RUNNING: frozenset({_B.PENDING, _B.PAUSING, _B.CANCELLING, _B.COMPLETED, _B.FAILED}),
     _B.PAUSING: frozenset({_B.PAUSED, _B.CANCELLING, _B.FAILED}),
     _B.PAUSED: frozenset({_B.PENDING, _B.CANCELLING, _B.CANCELLED, _B.FAILED}),
@@ -59,7 +60,7 @@ BATCH_TRANSITIONS: dict[BatchState, frozenset[BatchState]] = {
 }
 
 
-class ChunkState(str, Enum):
+class ChunkState(StrEnum):
     """States of a chunk (= task), the unit of scheduling, retry and preemption."""
 
     PENDING = "pending"  # waiting to be dispatched (new, retried or requeued)

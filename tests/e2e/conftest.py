@@ -39,13 +39,28 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
-        env = dict(os.environ, BATCHSERVE_ADMIN_PASSWORD=ADMIN_PASSWORD,
-                   BATCHSERVE_HOME=str(self.home))
+        env = dict(
+            os.environ, BATCHSERVE_ADMIN_PASSWORD=ADMIN_PASSWORD, BATCHSERVE_HOME=str(self.home)
+        )
         self.log = self.home.parent / f"{self.home.name}-server.log"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "batchserve", "serve", "--port", str(self.port),
-             "--data-dir", str(self.home), "--workers", str(self.workers), "--log-level", "warning"],
-            env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "batchserve",
+                "serve",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.home),
+                "--workers",
+                str(self.workers),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

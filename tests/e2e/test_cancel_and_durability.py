@@ -35,8 +35,9 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05):  # type:
 
 
 def _publish(client, name):  # type: ignore[no-untyped-def]
-    return client.publish_service(name, code=slow_double, inputs={"x": float},
-                                  outputs={"y": float}, version="v1")
+    return client.publish_service(
+        name, code=slow_double, inputs={"x": float}, outputs={"y": float}, version="v1"
+    )
 
 
 def test_cancel_in_the_middle_keeps_finished_results(client, unique_name):  # type: ignore[no-untyped-def]
@@ -62,8 +63,9 @@ def test_a_killed_server_resumes_and_finishes_every_record_exactly_once(fresh_se
     fresh_server.start()
     with Client(fresh_server.url, username="admin", password=ADMIN_PASSWORD) as client:
         svc = _publish(client, "durable")
-        batch = svc.batch([{"x": float(i)} for i in range(60)], parallel_count=2,
-                          chunk_size=5).start()
+        batch = svc.batch(
+            [{"x": float(i)} for i in range(60)], parallel_count=2, chunk_size=5
+        ).start()
         wait_for(lambda: batch.results().completed_item_count >= 10)
     fresh_server.kill()
     fresh_server.start()
@@ -80,8 +82,7 @@ def test_a_killed_server_resumes_and_finishes_every_record_exactly_once(fresh_se
 
 def test_a_killed_workers_chunk_is_retried_on_a_fresh_worker(client, server, unique_name):  # type: ignore[no-untyped-def]
     svc = _publish(client, unique_name)
-    batch = svc.batch([{"x": float(i)} for i in range(40)], parallel_count=2,
-                      chunk_size=10).start()
+    batch = svc.batch([{"x": float(i)} for i in range(40)], parallel_count=2, chunk_size=10).start()
     token = client.token
     headers = {"Authorization": f"Bearer {token}"}
 

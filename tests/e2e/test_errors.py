@@ -16,8 +16,13 @@ def divide(a: float, b: float) -> float:
 
 @pytest.fixture
 def divider(client, unique_name):  # type: ignore[no-untyped-def]
-    return client.publish_service(unique_name, code=divide, inputs={"a": float, "b": float},
-                                  outputs={"q": float}, version="v1")
+    return client.publish_service(
+        unique_name,
+        code=divide,
+        inputs={"a": float, "b": float},
+        outputs={"q": float},
+        version="v1",
+    )
 
 
 def test_an_exception_fails_only_its_own_record(divider):  # type: ignore[no-untyped-def]
@@ -69,8 +74,13 @@ def test_unknown_service_batch_and_index_are_not_found_errors(client, divider): 
 
 def test_publishing_an_existing_version_again_is_a_conflict(client, divider):  # type: ignore[no-untyped-def]
     with pytest.raises(errors.ConflictError):
-        client.publish_service(divider.name, code=divide, inputs={"a": float, "b": float},
-                               outputs={"q": float}, version="v1")
+        client.publish_service(
+            divider.name,
+            code=divide,
+            inputs={"a": float, "b": float},
+            outputs={"q": float},
+            version="v1",
+        )
 
 
 def test_calls_without_a_token_get_401(server):  # type: ignore[no-untyped-def]

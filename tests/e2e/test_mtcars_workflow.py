@@ -42,9 +42,15 @@ def test_the_mtcars_workflow_publishes_consumes_and_batches(client, unique_name,
     mtcars = pd.read_csv(MTCARS)
     model = _fit(mtcars)
     svc = client.publish_service(
-        unique_name, code=manual_transmission, models={"cars_model": model},
-        objects={"hp_values": mtcars["hp"].tolist()}, inputs={"hp": float, "wt": float},
-        outputs={"answer": float}, artifacts=["Histogram.png"], version="v1.0.0")
+        unique_name,
+        code=manual_transmission,
+        models={"cars_model": model},
+        objects={"hp_values": mtcars["hp"].tolist()},
+        inputs={"hp": float, "wt": float},
+        outputs={"answer": float},
+        artifacts=["Histogram.png"],
+        version="v1.0.0",
+    )
 
     res = svc.consume(hp=120, wt=2.8)
     assert res.error in (None, "")
@@ -97,9 +103,19 @@ def test_the_mtcars_workflow_publishes_consumes_and_batches(client, unique_name,
 
 def test_the_mtcars_example_script_runs_against_a_server(server, tmp_path):  # type: ignore[no-untyped-def]
     out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "mtcars.py"), "--url", server.url,
-         "--password", ADMIN_PASSWORD, "--output-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "examples" / "mtcars.py"),
+            "--url",
+            server.url,
+            "--password",
+            ADMIN_PASSWORD,
+            "--output-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "0.64181" in out.stdout

@@ -52,5 +52,5 @@ def blob_store_from_url(url: str) -> BlobStore:
     if url.startswith("file://"):
         from batchserve.blobs.local import LocalBlobStore
 
-        return LocalBlobStore(url[len("file://"):])
+        return LocalBlobStore(url[len("file://") :])
     raise ValueError(f"Unsupported blob store URL {url!r}; use file:///path/to/folder.")

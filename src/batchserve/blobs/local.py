@@ -101,7 +101,8 @@ class LocalBlobStore:
         if not base.is_dir():
             return []
         return sorted(
-            str(p.relative_to(self.root)) for p in base.rglob("*")
+            str(p.relative_to(self.root))
+            for p in base.rglob("*")
             if p.is_file() and not p.name.startswith(".")
         )
 

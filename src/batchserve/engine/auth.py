@@ -126,10 +126,14 @@ class Accounts:
         now = datetime.now(UTC)
         access, refresh = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         access_exp = now + timedelta(seconds=self.access_lifetime)
-        self.store.add_tokens(user_id, secrets.token_hex(16), [
-            ("access", _digest(access), access_exp),
-            ("refresh", _digest(refresh), now + timedelta(seconds=self.refresh_lifetime)),
-        ])
+        self.store.add_tokens(
+            user_id,
+            secrets.token_hex(16),
+            [
+                ("access", _digest(access), access_exp),
+                ("refresh", _digest(refresh), now + timedelta(seconds=self.refresh_lifetime)),
+            ],
+        )
         return TokenPair(access, refresh, self.access_lifetime, int(access_exp.timestamp()))
 
     def authenticate(self, token: str) -> Principal:

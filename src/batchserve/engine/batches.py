@@ -27,8 +27,9 @@ from batchserve.store import BatchCounts, Store
 from batchserve.store.models import Batch, Chunk, Service, utcnow
 
 
-def choose_chunk_size(record_count: int | None, parallel_count: int, default: int,
-                      maximum: int) -> int:
+def choose_chunk_size(
+    record_count: int | None, parallel_count: int, default: int, maximum: int
+) -> int:
     """Enough chunks to keep every parallel slot busy (about four each), within limits."""
     if not record_count:
         return default
@@ -36,8 +37,15 @@ def choose_chunk_size(record_count: int | None, parallel_count: int, default: in
 
 
 class BatchOps:
-    def __init__(self, store: Store, blobs: BlobStore, scheduler: Scheduler, *,
-                 default_chunk_size: int, max_chunk_size: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        scheduler: Scheduler,
+        *,
+        default_chunk_size: int,
+        max_chunk_size: int,
+    ) -> None:
         self.store = store
         self.blobs = blobs
         self.scheduler = scheduler
@@ -46,35 +54,63 @@ class BatchOps:
 
     # --- create and control -----------------------------------------------------------------
 
-    def create(self, who: Principal, service: Service, source: BinaryIO, content_type: str, *,
-               parallel_count: int = 10, chunk_size: int | None = None,
-               record_count: int | None = None, start: bool = True,
-               options: dict[str, Any] | None = None) -> Batch:
+    def create(
+        self,
+        who: Principal,
+        service: Service,
+        source: BinaryIO,
+        content_type: str,
+        *,
+        parallel_count: int = 10,
+        chunk_size: int | None = None,
+        record_count: int | None = None,
+        start: bool = True,
+        options: dict[str, Any] | None = None,
+    ) -> Batch:
         """Stream records into chunk files and create the batch (started unless ``start``)."""
         if not service.inputs:
-            raise BadRequest(f"Service {service.name} {service.version} declares no inputs, so "
-                             "it cannot be batched; consume it instead.")
+            raise BadRequest(
+                f"Service {service.name} {service.version} declares no inputs, so "
+                "it cannot be batched; consume it instead."
+            )
         if parallel_count < 1:
             raise BadRequest("parallel_count must be at least 1.")
         if chunk_size is not None and chunk_size < 1:
             raise BadRequest("chunk_size must be at least 1.")
-        size = chunk_size or choose_chunk_size(record_count, parallel_count,
-                                               self.default_chunk_size, self.max_chunk_size)
+        size = chunk_size or choose_chunk_size(
+            record_count, parallel_count, self.default_chunk_size, self.max_chunk_size
+        )
         batch_id = uuid.uuid4().hex
         opts = dict(options or {})
-        opts.update(service={"name": service.name, "version": service.version},
-                    inputs=dict(service.inputs), outputs=dict(service.outputs))
-        self.store.add_batch(id=batch_id, service_id=service.id, owner_id=who.id,
-                             parallel_count=parallel_count, chunk_size=size, options=opts,
-                             priority=int(opts.get("priority", 0)))
+        opts.update(
+            service={"name": service.name, "version": service.version},
+            inputs=dict(service.inputs),
+            outputs=dict(service.outputs),
+        )
+        self.store.add_batch(
+            id=batch_id,
+            service_id=service.id,
+            owner_id=who.id,
+            parallel_count=parallel_count,
+            chunk_size=size,
+            options=opts,
+            priority=int(opts.get("priority", 0)),
+        )
 
         def on_chunk(seq: int, start_index: int, count: int, key: str) -> None:
             self.store.add_chunk(batch_id, seq, start_index, count, key)
 
         try:
-            total = ingest(source, content_type, batch_id=batch_id,
-                           service=f"{service.name} {service.version}", inputs=service.inputs,
-                           chunk_size=size, blobs=self.blobs, on_chunk=on_chunk)
+            total = ingest(
+                source,
+                content_type,
+                batch_id=batch_id,
+                service=f"{service.name} {service.version}",
+                inputs=service.inputs,
+                chunk_size=size,
+                blobs=self.blobs,
+                on_chunk=on_chunk,
+            )
         except SchemaError as exc:
             self._discard(batch_id)
             raise BadRequest(str(exc)) from None
@@ -106,12 +142,19 @@ class BatchOps:
         batch = self.get(who, batch_id)
         if batch.state == BatchState.CREATED.value:
             self.store.finish_pending_chunks(batch_id, ChunkState.CANCELLED, "cancelled")
-            return self._move(who, batch_id, BatchState.CANCELLED, "cancel",
-                              termination_reason=reason, end_time=utcnow())
+            return self._move(
+                who,
+                batch_id,
+                BatchState.CANCELLED,
+                "cancel",
+                termination_reason=reason,
+                end_time=utcnow(),
+            )
         if BatchState(batch.state).is_final or batch.state == BatchState.CANCELLING.value:
             return batch  # cancelling a finished batch changes nothing (idempotent)
-        moved = self._move(who, batch_id, BatchState.CANCELLING, "cancel",
-                           termination_reason=reason)
+        moved = self._move(
+            who, batch_id, BatchState.CANCELLING, "cancel", termination_reason=reason
+        )
         self.scheduler.post(CancelBatch(batch_id, "cancelled before it ran"))
         return moved
 
@@ -124,34 +167,51 @@ class BatchOps:
         self.store.delete_batch(batch_id)
         self.blobs.delete_prefix(f"batches/{batch_id}")
 
-    def _move(self, who: Principal, batch_id: str, wanted: BatchState, action: str,
-              **fields: Any) -> Batch:
+    def _move(
+        self, who: Principal, batch_id: str, wanted: BatchState, action: str, **fields: Any
+    ) -> Batch:
         batch = self.get(who, batch_id)
         try:
-            moved = self.store.transition(batch_id, wanted, only_from=[BatchState(batch.state)],
-                                          **fields)
+            moved = self.store.transition(
+                batch_id, wanted, only_from=[BatchState(batch.state)], **fields
+            )
         except InvalidTransition:
             allowed = ", ".join(s.value for s in states_allowing(wanted))
-            raise Conflict(f"Cannot {action} batch {batch_id}: it is {batch.state}; {action} is "
-                           f"allowed only when the batch is {allowed}.",
-                           state=batch.state) from None
+            raise Conflict(
+                f"Cannot {action} batch {batch_id}: it is {batch.state}; {action} is "
+                f"allowed only when the batch is {allowed}.",
+                state=batch.state,
+            ) from None
         if moved is None:  # the state changed under us; report the fresh state
-            raise Conflict(f"Batch {batch_id} changed state while it was being {action}ed; "
-                           "read it again.")
+            raise Conflict(
+                f"Batch {batch_id} changed state while it was being {action}ed; read it again."
+            )
         return moved
 
-    def list(self, who: Principal, *, service: Service | None = None,
-             services: list[Service] | None = None, states: list[str] | None = None,
-             limit: int = 100) -> list[Batch]:
-        ids = [service.id] if service is not None else (
-            [s.id for s in services] if services is not None else None)
+    def list_batches(
+        self,
+        who: Principal,
+        *,
+        service: Service | None = None,
+        services: list[Service] | None = None,
+        states: list[str] | None = None,
+        limit: int = 100,
+    ) -> list[Batch]:
+        ids = (
+            [service.id]
+            if service is not None
+            else ([s.id for s in services] if services is not None else None)
+        )
         try:
             wanted = [BatchState(s).value for s in states] if states else None
         except ValueError:
-            raise BadRequest(f"Unknown state in {states}; the states are "
-                             f"{', '.join(s.value for s in BatchState)}.") from None
-        return self.store.list_batches(service_ids=ids, states=wanted, limit=limit,
-                                       owner_id=None if who.is_owner else who.id)
+            raise BadRequest(
+                f"Unknown state in {states}; the states are "
+                f"{', '.join(s.value for s in BatchState)}."
+            ) from None
+        return self.store.list_batches(
+            service_ids=ids, states=wanted, limit=limit, owner_id=None if who.is_owner else who.id
+        )
 
     def counts(self, batch_id: str) -> BatchCounts:
         return self.store.batch_counts(batch_id)
@@ -171,14 +231,26 @@ class BatchOps:
                 table = None
         if chunk.state in (ChunkState.CANCELLED.value, ChunkState.FAILED.value):
             done = set(table.column("index").to_pylist()) if table is not None else set()
-            missing = [i for i in range(chunk.start_index, chunk.start_index + chunk.count)
-                       if i not in done]
+            missing = [
+                i
+                for i in range(chunk.start_index, chunk.start_index + chunk.count)
+                if i not in done
+            ]
             if missing:
-                filler = (cancelled_rows(missing, outputs, chunk.error or "cancelled")
-                          if chunk.state == ChunkState.CANCELLED.value else
-                          failed_rows(missing, outputs, chunk.error or "the chunk failed",
-                                      "ChunkFailed", chunk.attempts))
-                table = filler if table is None else pa.concat_tables([table, filler]).sort_by("index")
+                filler = (
+                    cancelled_rows(missing, outputs, chunk.error or "cancelled")
+                    if chunk.state == ChunkState.CANCELLED.value
+                    else failed_rows(
+                        missing,
+                        outputs,
+                        chunk.error or "the chunk failed",
+                        "ChunkFailed",
+                        chunk.attempts,
+                    )
+                )
+                table = (
+                    filler if table is None else pa.concat_tables([table, filler]).sort_by("index")
+                )
         return table
 
     def results(self, batch: Batch, start: int, limit: int) -> list[dict[str, Any]]:
@@ -197,13 +269,17 @@ class BatchOps:
 
     def result(self, batch: Batch, index: int) -> dict[str, Any]:
         if index < 0 or index >= batch.total_count:
-            raise NotFound(f"Batch {batch.id} has records 0 to {batch.total_count - 1}; there is "
-                           f"no record {index}.")
+            raise NotFound(
+                f"Batch {batch.id} has records 0 to {batch.total_count - 1}; there is "
+                f"no record {index}."
+            )
         rows = self.results(batch, index, 1)
         if not rows:
             counts = self.counts(batch.id)
-            raise NotFound(f"Record {index} of batch {batch.id} has no result yet; the batch is "
-                           f"{batch.state} ({counts.completed} of {batch.total_count} done).")
+            raise NotFound(
+                f"Record {index} of batch {batch.id} has no result yet; the batch is "
+                f"{batch.state} ({counts.completed} of {batch.total_count} done)."
+            )
         return rows[0]
 
     def results_arrow(self, batch: Batch) -> Iterator[bytes]:
@@ -227,8 +303,10 @@ class BatchOps:
         names = self.artifacts(batch, index)
         if name not in names:
             listed = ", ".join(names) if names else "none"
-            raise NotFound(f"Record {index} of batch {batch.id} has no artifact {name!r} "
-                           f"(its artifacts: {listed}).")
+            raise NotFound(
+                f"Record {index} of batch {batch.id} has no artifact {name!r} "
+                f"(its artifacts: {listed})."
+            )
         try:
             return self.blobs.read_bytes(artifact_key(batch.id, index, name))
         except BlobNotFound:

@@ -32,8 +32,10 @@ class LoadedService:
         self.kind = bundle.get("kind", "callable")
         self.outputs = outputs
         self._code = bundle["code"]
-        self.namespace: dict[str, Any] = {**(bundle.get("objects") or {}),
-                                          **(bundle.get("models") or {})}
+        self.namespace: dict[str, Any] = {
+            **(bundle.get("objects") or {}),
+            **(bundle.get("models") or {}),
+        }
         init = bundle.get("init")
         if self.kind == "callable":
             if not callable(self._code):
@@ -47,7 +49,8 @@ class LoadedService:
                     self._code.__globals__.update(returned)
                 if init.__globals__ is not self._code.__globals__:
                     self._code.__globals__.update(
-                        {k: v for k, v in init.__globals__.items() if not k.startswith("__")})
+                        {k: v for k, v in init.__globals__.items() if not k.startswith("__")}
+                    )
             elif isinstance(init, str) and init.strip():
                 exec(compile(init, "<init>", "exec"), self._code.__globals__)
         elif self.kind == "code":
@@ -94,7 +97,9 @@ def load(data: bytes, outputs: dict[str, str]) -> LoadedService:
     try:
         bundle = cloudpickle.loads(data)
     except Exception as exc:  # the pickle names a module the worker cannot import, etc.
-        raise BundleError(f"the service bundle cannot be loaded: {type(exc).__name__}: {exc}") from exc
+        raise BundleError(
+            f"the service bundle cannot be loaded: {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(bundle, dict) or "code" not in bundle:
         raise BundleError("the service bundle is not a batchserve bundle")
     try:

@@ -25,20 +25,27 @@ class Engine:
         upgrade(settings.db_url)
         self.store = Store(settings.db_url)
         self.blobs = LocalBlobStore(settings.blobs_dir)
-        self.accounts = Accounts(self.store, settings.access_token_lifetime,
-                                 settings.refresh_token_lifetime)
+        self.accounts = Accounts(
+            self.store, settings.access_token_lifetime, settings.refresh_token_lifetime
+        )
         self.scheduler = Scheduler(self.store, self.blobs, settings.max_worker_loss_retries)
         self.services = ServiceOps(self.store, self.blobs, self.scheduler)
-        self.batches = BatchOps(self.store, self.blobs, self.scheduler,
-                                default_chunk_size=settings.default_chunk_size,
-                                max_chunk_size=settings.max_chunk_size)
-        self.executor = ProcessExecutor(settings.workers, self.blobs.url, self.scheduler.post,
-                                        settings.progress_interval)
+        self.batches = BatchOps(
+            self.store,
+            self.blobs,
+            self.scheduler,
+            default_chunk_size=settings.default_chunk_size,
+            max_chunk_size=settings.max_chunk_size,
+        )
+        self.executor = ProcessExecutor(
+            settings.workers, self.blobs.url, self.scheduler.post, settings.progress_interval
+        )
         self.generated_admin_password: str | None = None
 
     def start(self) -> None:
         self.generated_admin_password = self.accounts.ensure_admin(
-            self.settings.admin_password, self.settings.admin_password_file)
+            self.settings.admin_password, self.settings.admin_password_file
+        )
         self._recover()
         self.executor.start()
         self.scheduler.start(self.executor)

@@ -25,7 +25,9 @@ def input_key(batch_id: str, seq: int) -> str:
     return f"batches/{batch_id}/inputs/{seq:06d}.arrow"
 
 
-def _batches(source: BinaryIO, content_type: str, inputs: dict[str, str]) -> Iterator[pa.RecordBatch]:
+def _batches(
+    source: BinaryIO, content_type: str, inputs: dict[str, str]
+) -> Iterator[pa.RecordBatch]:
     try:
         if content_type == ARROW_STREAM:
             yield from pa.ipc.open_stream(source)
@@ -49,9 +51,17 @@ def _batches(source: BinaryIO, content_type: str, inputs: dict[str, str]) -> Ite
         raise SchemaError(f"The records cannot be read as {content_type}: {exc}") from None
 
 
-def ingest(source: BinaryIO, content_type: str, *, batch_id: str, service: str,
-           inputs: dict[str, str], chunk_size: int, blobs: BlobStore,
-           on_chunk: Callable[[int, int, int, str], None]) -> int:
+def ingest(
+    source: BinaryIO,
+    content_type: str,
+    *,
+    batch_id: str,
+    service: str,
+    inputs: dict[str, str],
+    chunk_size: int,
+    blobs: BlobStore,
+    on_chunk: Callable[[int, int, int, str], None],
+) -> int:
     """Write the chunk files of an upload; returns the number of records.
 
     ``on_chunk(seq, start_index, count, key)`` is called after each chunk file is written.

@@ -60,13 +60,17 @@ class ResultWriter:
         self._sink.close()
 
 
-def read_results(data: BinaryIO | bytes, outputs: dict[str, str]) -> pa.Table:
-    """Every complete record batch of a result stream, even one still being written or cut off."""
-    schema = result_schema(outputs)
+def read_results(data: BinaryIO | bytes, outputs: dict[str, str] | None) -> pa.Table:
+    """Every complete record batch of a result stream, even one still being written or cut off.
+
+    With ``outputs`` None the file's own schema is used (for counting statuses only).
+    """
     source = io.BytesIO(data) if isinstance(data, bytes) else data
+    schema = result_schema(outputs) if outputs is not None else None
     batches: list[pa.RecordBatch] = []
     try:
         reader = pa.ipc.open_stream(source)
+        schema = schema or reader.schema
         while True:
             try:
                 batches.append(reader.read_next_batch())
@@ -74,23 +78,41 @@ def read_results(data: BinaryIO | bytes, outputs: dict[str, str]) -> pa.Table:
                 break
     except (pa.ArrowInvalid, OSError, EOFError):
         pass  # a stream cut off mid-message: keep what was complete
-    return pa.Table.from_batches(batches, schema=schema)
+    return pa.Table.from_batches(batches, schema=schema or result_schema({}))
 
 
 def cancelled_rows(indexes: list[int], outputs: dict[str, str], message: str) -> pa.Table:
     """Result rows for records that never ran because the batch was stopped."""
     return pa.Table.from_pylist(
-        [{"index": i, "status": STATUS_CANCELLED, "error": message, "artifacts": [],
-          "attempts": 0} for i in indexes],
+        [
+            {
+                "index": i,
+                "status": STATUS_CANCELLED,
+                "error": message,
+                "artifacts": [],
+                "attempts": 0,
+            }
+            for i in indexes
+        ],
         schema=result_schema(outputs),
     )
 
 
-def failed_rows(indexes: list[int], outputs: dict[str, str], message: str, error_type: str,
-                attempts: int) -> pa.Table:
+def failed_rows(
+    indexes: list[int], outputs: dict[str, str], message: str, error_type: str, attempts: int
+) -> pa.Table:
     return pa.Table.from_pylist(
-        [{"index": i, "status": STATUS_FAILED, "error": message, "error_type": error_type,
-          "artifacts": [], "attempts": attempts} for i in indexes],
+        [
+            {
+                "index": i,
+                "status": STATUS_FAILED,
+                "error": message,
+                "error_type": error_type,
+                "artifacts": [],
+                "attempts": attempts,
+            }
+            for i in indexes
+        ],
         schema=result_schema(outputs),
     )
 
@@ -113,15 +135,18 @@ def row_to_json(row: dict[str, Any]) -> dict[str, Any]:
 def flatten(table: pa.Table) -> pa.Table:
     """Results with one column per output (named after it) instead of the ``outputs`` struct."""
     outputs = table.column("outputs")
-    cols: dict[str, pa.ChunkedArray] = {"index": table.column("index"),
-                                        "status": table.column("status")}
+    cols: dict[str, pa.ChunkedArray] = {
+        "index": table.column("index"),
+        "status": table.column("status"),
+    }
     struct_type = table.schema.field("outputs").type
     for i in range(struct_type.num_fields):
         name = struct_type.field(i).name
         key = name if name not in BASE_COLUMNS else f"output_{name}"
         # flatten() (unlike field()) keeps the nulls of failed records' outputs.
-        cols[key] = pa.chunked_array([c.flatten()[i] for c in outputs.chunks],
-                                     struct_type.field(i).type)
+        cols[key] = pa.chunked_array(
+            [c.flatten()[i] for c in outputs.chunks], struct_type.field(i).type
+        )
     for name in ("error", "error_type", "console_output", "duration_ms", "attempts"):
         cols[name] = table.column(name)
     return pa.table(cols)

@@ -60,9 +60,15 @@ class Runtime:
             raise loaded
         return loaded
 
-    def run_record(self, spec: ServiceSpec, raw_inputs: dict[str, Any], *, index: int,
-                   artifact_sink: Callable[[int, str, bytes], None] | None,
-                   checked: frozenset[str] = frozenset()) -> dict[str, Any]:
+    def run_record(
+        self,
+        spec: ServiceSpec,
+        raw_inputs: dict[str, Any],
+        *,
+        index: int,
+        artifact_sink: Callable[[int, str, bytes], None] | None,
+        checked: frozenset[str] = frozenset(),
+    ) -> dict[str, Any]:
         """Run one record: check inputs, call the service, check outputs, collect artifacts.
 
         ``checked`` names inputs whose values are known to have the declared type already (a
@@ -74,8 +80,10 @@ class Runtime:
         workdir = tempfile.mkdtemp(dir=self.scratch) if spec.artifacts else None
         try:
             if checked:
-                inputs = {n: raw_inputs[n] if n in checked else coerce(raw_inputs.get(n), t, n)
-                          for n, t in spec.inputs.items()}
+                inputs = {
+                    n: raw_inputs[n] if n in checked else coerce(raw_inputs.get(n), t, n)
+                    for n, t in spec.inputs.items()
+                }
             else:
                 inputs = coerce_record(raw_inputs, spec.inputs)
             service = self.service(spec)
@@ -90,8 +98,9 @@ class Runtime:
         except bundles.BundleError as exc:
             row.update(status=STATUS_FAILED, error=str(exc), error_type="BundleError")
         except Exception as exc:
-            row.update(status=STATUS_FAILED, error=str(exc) or repr(exc),
-                       error_type=type(exc).__name__)
+            row.update(
+                status=STATUS_FAILED, error=str(exc) or repr(exc), error_type=type(exc).__name__
+            )
         finally:
             if workdir is not None:
                 os.chdir(self.scratch)
@@ -112,8 +121,9 @@ class Runtime:
         row["duration_ms"] = (time.perf_counter() - started) * 1000.0
         return row
 
-    def run_chunk(self, task: ChunkTask, report: Callable[[int, int], None],
-                  progress_interval: float = 0.25) -> dict[str, Any]:
+    def run_chunk(
+        self, task: ChunkTask, report: Callable[[int, int], None], progress_interval: float = 0.25
+    ) -> dict[str, Any]:
         """Run every record of a chunk; returns ``{"succeeded", "failed"}``.
 
         Results are flushed to the result file often (every ``FLUSH_INTERVAL`` seconds), so a
@@ -126,7 +136,8 @@ class Runtime:
             table = pa.ipc.open_file(f).read_all()
         columns = [c for c in spec.inputs if c in table.column_names]
         checked = frozenset(
-            c for c in columns
+            c
+            for c in columns
             if table.schema.field(c).type == ARROW_TYPES[spec.inputs[c]]
             and table.column(c).null_count == 0
         )
@@ -140,8 +151,13 @@ class Runtime:
         last_flush = last_report = time.monotonic()
         try:
             for offset, values in enumerate(records):
-                row = self.run_record(spec, values, index=task.start_index + offset,
-                                      artifact_sink=sink, checked=checked)
+                row = self.run_record(
+                    spec,
+                    values,
+                    index=task.start_index + offset,
+                    artifact_sink=sink,
+                    checked=checked,
+                )
                 row["attempts"] = task.attempt
                 writer.add(row)
                 if row["status"] == STATUS_SUCCEEDED:

@@ -28,7 +28,6 @@ from batchserve.engine.tasks import (
     Lost,
     Progress,
     ServiceSpec,
-    TaskEvent,
 )
 from batchserve.states import BatchState, ChunkState
 from batchserve.store import Store
@@ -63,9 +62,14 @@ class _Running:
 
 
 def service_spec(service: Service) -> ServiceSpec:
-    return ServiceSpec(key=service.bundle_key, bundle_key=service.bundle_key, mode=service.mode,
-                       inputs=dict(service.inputs), outputs=dict(service.outputs),
-                       artifacts=tuple(service.artifacts))
+    return ServiceSpec(
+        key=service.bundle_key,
+        bundle_key=service.bundle_key,
+        mode=service.mode,
+        inputs=dict(service.inputs),
+        outputs=dict(service.outputs),
+        artifacts=tuple(service.artifacts),
+    )
 
 
 def result_key(chunk: Chunk) -> str:
@@ -131,9 +135,13 @@ class Scheduler:
         if isinstance(event, Progress):
             run = self._running.get(event.task_id)
             if run is not None:
-                self.store.set_chunk(run.chunk_id, expect_state=ChunkState.RUNNING,
-                                     expect_key=run.result_key, succeeded=event.succeeded,
-                                     failed=event.failed)
+                self.store.set_chunk(
+                    run.chunk_id,
+                    expect_state=ChunkState.RUNNING,
+                    expect_key=run.result_key,
+                    succeeded=event.succeeded,
+                    failed=event.failed,
+                )
         elif isinstance(event, Finished):
             self._finished(event)
         elif isinstance(event, Lost):
@@ -156,9 +164,14 @@ class Scheduler:
         if "error" in result:
             self._settle_from_file(run, ChunkState.FAILED, result["error"])
         else:
-            self.store.set_chunk(run.chunk_id, expect_state=ChunkState.RUNNING,
-                                 state=ChunkState.SUCCEEDED.value, finished_at=utcnow(),
-                                 succeeded=result["succeeded"], failed=result["failed"])
+            self.store.set_chunk(
+                run.chunk_id,
+                expect_state=ChunkState.RUNNING,
+                state=ChunkState.SUCCEEDED.value,
+                finished_at=utcnow(),
+                succeeded=result["succeeded"],
+                failed=result["failed"],
+            )
         self._maybe_complete(run.batch_id)
 
     def _lost(self, event: Lost) -> None:
@@ -175,13 +188,20 @@ class Scheduler:
             return
         if chunk.lost_workers < self.max_worker_loss_retries:
             log.warning("chunk %s of batch %s: %s; retrying", chunk.seq, run.batch_id, event.reason)
-            self.store.set_chunk(run.chunk_id, expect_state=ChunkState.RUNNING,
-                                 state=ChunkState.PENDING.value, lost_workers=chunk.lost_workers + 1,
-                                 succeeded=0, failed=0)
+            self.store.set_chunk(
+                run.chunk_id,
+                expect_state=ChunkState.RUNNING,
+                state=ChunkState.PENDING.value,
+                lost_workers=chunk.lost_workers + 1,
+                succeeded=0,
+                failed=0,
+            )
         else:
             self._settle_from_file(
-                run, ChunkState.FAILED,
-                f"{event.reason}, {chunk.lost_workers + 1} times; the chunk was given up")
+                run,
+                ChunkState.FAILED,
+                f"{event.reason}, {chunk.lost_workers + 1} times; the chunk was given up",
+            )
             self._maybe_complete(run.batch_id)
 
     def _settle_from_file(self, run: _Running, state: ChunkState, error: str) -> None:
@@ -189,17 +209,24 @@ class Scheduler:
         succeeded = failed = 0
         try:
             with self.blobs.open_read(run.result_key) as f:
-                statuses = read_results(f, {}).column("status").to_pylist()
+                statuses = read_results(f, None).column("status").to_pylist()
             succeeded = statuses.count("succeeded")
             failed = statuses.count("failed")
         except (BlobNotFound, KeyError):
             pass
         rest = run.count - succeeded - failed
-        fields = {"cancelled": rest} if state == ChunkState.CANCELLED else {}
+        cancelled = rest if state == ChunkState.CANCELLED else 0
         if state == ChunkState.FAILED:
             failed += rest
-        self.store.set_chunk(run.chunk_id, state=state.value, finished_at=utcnow(),
-                             succeeded=succeeded, failed=failed, error=error, **fields)
+        self.store.set_chunk(
+            run.chunk_id,
+            state=state.value,
+            finished_at=utcnow(),
+            succeeded=succeeded,
+            failed=failed,
+            cancelled=cancelled,
+            error=error,
+        )
 
     def _cancel(self, batch_id: str, reason: str) -> None:
         assert self.executor is not None
@@ -209,13 +236,20 @@ class Scheduler:
             self.executor.stop_task(task_id)  # returns once the worker is gone
             del self._running[task_id]
             self._per_batch[batch_id] -= 1
-            self._settle_from_file(run, ChunkState.CANCELLED, reason)
+            try:
+                self._settle_from_file(run, ChunkState.CANCELLED, reason)
+            except Exception:  # an unreadable result file must not leave the batch cancelling
+                log.exception("could not read the results of a stopped chunk")
+                self.store.set_chunk(run.chunk_id, state=ChunkState.CANCELLED.value,
+                                     finished_at=utcnow(), error=reason, succeeded=0, failed=0,
+                                     cancelled=run.count)
         self._finish_cancel(batch_id, reason)
 
     def _finish_cancel(self, batch_id: str, reason: str) -> None:
         self.store.finish_pending_chunks(batch_id, ChunkState.CANCELLED, reason)
-        self.store.transition(batch_id, BatchState.CANCELLED, only_from=[BatchState.CANCELLING],
-                              end_time=utcnow())
+        self.store.transition(
+            batch_id, BatchState.CANCELLED, only_from=[BatchState.CANCELLING], end_time=utcnow()
+        )
 
     def _maybe_complete(self, batch_id: str) -> None:
         batch = self.store.get_batch(batch_id)
@@ -226,8 +260,12 @@ class Scheduler:
             if batch.state == BatchState.CANCELLING.value:
                 self.store.transition(batch_id, BatchState.CANCELLED, end_time=utcnow())
             elif batch.state in (BatchState.PENDING.value, BatchState.RUNNING.value):
-                self.store.transition(batch_id, BatchState.COMPLETED, end_time=utcnow(),
-                                      termination_reason="AllTasksComplete")
+                self.store.transition(
+                    batch_id,
+                    BatchState.COMPLETED,
+                    end_time=utcnow(),
+                    termination_reason="AllTasksComplete",
+                )
 
     # --- dispatch ---------------------------------------------------------------------------
 
@@ -251,9 +289,14 @@ class Scheduler:
                 break
             claimed_any = True
             task = ChunkTask(
-                task_id=uuid.uuid4().hex, batch_id=batch.id, chunk_id=chunk.id,
-                start_index=chunk.start_index, count=chunk.count, attempt=chunk.attempts,
-                input_key=chunk.input_key, result_key=chunk.result_key or "",
+                task_id=uuid.uuid4().hex,
+                batch_id=batch.id,
+                chunk_id=chunk.id,
+                start_index=chunk.start_index,
+                count=chunk.count,
+                attempt=chunk.attempts,
+                input_key=chunk.input_key,
+                result_key=chunk.result_key or "",
                 service=self._spec(batch.service_id),
                 environment=dict(batch.options.get("environment") or {}),
             )
@@ -261,8 +304,12 @@ class Scheduler:
             self._per_batch[batch.id] += 1
             executor.submit(task)
         if claimed_any and batch.state == BatchState.PENDING.value:
-            self.store.transition(batch.id, BatchState.RUNNING, only_from=[BatchState.PENDING],
-                                  start_time=batch.start_time or utcnow())
+            self.store.transition(
+                batch.id,
+                BatchState.RUNNING,
+                only_from=[BatchState.PENDING],
+                start_time=batch.start_time or utcnow(),
+            )
         elif not claimed_any and self._per_batch[batch.id] == 0:
             self._maybe_complete(batch.id)
 

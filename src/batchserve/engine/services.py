@@ -24,29 +24,44 @@ def _check_name(value: str, what: str) -> str:
     if not isinstance(value, str) or not _NAME.match(value) or value == "latest":
         raise BadRequest(
             f"{what} {value!r} is not allowed: use 1-200 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit" + (" ('latest' is reserved)" if value == "latest" else "")
+            "starting with a letter or digit"
+            + (" ('latest' is reserved)" if value == "latest" else "")
             + "."
         )
     return value
 
 
 class ServiceOps:
-    def __init__(self, store: Store, blobs: BlobStore, scheduler: Scheduler,
-                 consume_timeout: float = 600.0) -> None:
+    def __init__(
+        self, store: Store, blobs: BlobStore, scheduler: Scheduler, consume_timeout: float = 600.0
+    ) -> None:
         self.store = store
         self.blobs = blobs
         self.scheduler = scheduler
         self.consume_timeout = consume_timeout
 
-    def publish(self, who: Principal, *, name: str, version: str | None, bundle: bytes,
-                bundle_kind: str, inputs: dict[str, Any] | None, outputs: dict[str, Any] | None,
-                artifacts: list[str] | None = None, description: str = "",
-                alias: str | None = None, mode: str = "row",
-                extra: dict[str, Any] | None = None) -> Service:
+    def publish(
+        self,
+        who: Principal,
+        *,
+        name: str,
+        version: str | None,
+        bundle: bytes,
+        bundle_kind: str,
+        inputs: dict[str, Any] | None,
+        outputs: dict[str, Any] | None,
+        artifacts: list[str] | None = None,
+        description: str = "",
+        alias: str | None = None,
+        mode: str = "row",
+        extra: dict[str, Any] | None = None,
+    ) -> Service:
         if not who.can_publish:
-            raise Forbidden(f"User {who.username!r} has the role '{who.role}', which may list and "
-                            "consume services but not publish them; ask an owner for the "
-                            "contributor role.")
+            raise Forbidden(
+                f"User {who.username!r} has the role '{who.role}', which may list and "
+                "consume services but not publish them; ask an owner for the "
+                "contributor role."
+            )
         _check_name(name, "The service name")
         version = _check_name(version, "The version") if version else uuid.uuid4().hex
         if mode not in MODES:
@@ -66,15 +81,26 @@ class ServiceOps:
         if not alias.isidentifier():
             raise BadRequest(f"The alias {alias!r} must be a Python identifier.")
         if self.store.get_service(name, version) is not None:
-            raise Conflict(f"Service {name} version {version} exists already; publish a new "
-                           "version instead.")
+            raise Conflict(
+                f"Service {name} version {version} exists already; publish a new version instead."
+            )
         key = f"services/{name}/{version}/{uuid.uuid4().hex}.bundle"
         self.blobs.write_bytes(key, bundle)
         try:
             return self.store.add_service(
-                name=name, version=version, description=description or "", alias=alias, mode=mode,
-                inputs=ins, outputs=outs, artifacts=names, bundle_key=key, bundle_kind=bundle_kind,
-                extra=extra or {}, owner_id=who.id)
+                name=name,
+                version=version,
+                description=description or "",
+                alias=alias,
+                mode=mode,
+                inputs=ins,
+                outputs=outs,
+                artifacts=names,
+                bundle_key=key,
+                bundle_kind=bundle_kind,
+                extra=extra or {},
+                owner_id=who.id,
+            )
         except AlreadyExists:
             self.blobs.delete(key)
             raise Conflict(f"Service {name} version {version} exists already.") from None
@@ -89,19 +115,23 @@ class ServiceOps:
             raise NotFound(f"No service {name!r} with version {version!r} exists.{hint}")
         return svc
 
-    def list(self, name: str | None = None) -> list[Service]:
+    def list_services(self, name: str | None = None) -> list[Service]:
         return self.store.list_services(name)
 
     def delete(self, who: Principal, name: str, version: str) -> None:
         svc = self.get(name, version)
         if not who.is_owner and (not who.can_publish or svc.owner_id != who.id):
-            raise Forbidden(f"User {who.username!r} may not delete service {name} {version}: "
-                            "only its publisher or an owner may.")
+            raise Forbidden(
+                f"User {who.username!r} may not delete service {name} {version}: "
+                "only its publisher or an owner may."
+            )
         batches = self.store.list_batches(service_ids=[svc.id], limit=100_000)
         active = [b.id for b in batches if not BatchState(b.state).is_final]
         if active:
-            raise Conflict(f"Service {name} {version} has unfinished batches "
-                           f"({', '.join(active[:5])}); cancel them first.")
+            raise Conflict(
+                f"Service {name} {version} has unfinished batches "
+                f"({', '.join(active[:5])}); cancel them first."
+            )
         for b in batches:
             self.store.delete_batch(b.id)
             self.blobs.delete_prefix(f"batches/{b.id}")
@@ -115,9 +145,11 @@ class ServiceOps:
             raise BadRequest("inputs must be an object mapping input names to values.")
         unknown = [k for k in inputs if k not in svc.inputs]
         if unknown:
-            raise BadRequest(f"Service {name} {svc.version} has no input named "
-                             f"{', '.join(map(repr, unknown))}; its inputs are "
-                             f"{', '.join(svc.inputs) or '(none)'}.")
+            raise BadRequest(
+                f"Service {name} {svc.version} has no input named "
+                f"{', '.join(map(repr, unknown))}; its inputs are "
+                f"{', '.join(svc.inputs) or '(none)'}."
+            )
         future = self.scheduler.consume(service_spec(svc), inputs)
         try:
             return future.result(timeout=self.consume_timeout)

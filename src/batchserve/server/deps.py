@@ -27,8 +27,10 @@ def get_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Unauthorized("This route needs a bearer token: log in with POST /login and send "
-                           "'Authorization: Bearer <access_token>'.")
+        raise Unauthorized(
+            "This route needs a bearer token: log in with POST /login and send "
+            "'Authorization: Bearer <access_token>'."
+        )
     return engine.accounts.authenticate(credentials.credentials)
 
 

@@ -28,10 +28,18 @@ STATUS = {
 _CODES = {v: k for k, v in STATUS.items()}
 
 
-def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "details": details or {}}},
-                        status_code=status, headers=headers)
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "details": details or {}}},
+        status_code=status,
+        headers=headers,
+    )
 
 
 def install(app: FastAPI) -> None:
@@ -43,11 +51,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"location": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg")}
-                  for e in exc.errors()]
+        errors = [
+            {"location": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg")}
+            for e in exc.errors()
+        ]
         summary = "; ".join(f"{e['location']}: {e['message']}" for e in errors[:5])
-        return error_response(422, "validation_error", f"The request is not valid: {summary}",
-                              {"errors": errors})
+        return error_response(
+            422, "validation_error", f"The request is not valid: {summary}", {"errors": errors}
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -62,6 +73,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error",
-                              f"The server failed while handling this request ({type(exc).__name__});"
-                              " the server log has the details.")
+        return error_response(
+            500,
+            "internal_error",
+            f"The server failed while handling this request ({type(exc).__name__});"
+            " the server log has the details.",
+        )

@@ -17,7 +17,7 @@ class LoginRequest(BaseModel):
 
 
 class RefreshRequest(BaseModel):
-    refreshToken: str  # noqa: N815 - ML Server's field name
+    refreshToken: str
 
 
 class TokenPublic(BaseModel):
@@ -62,10 +62,19 @@ class ServicePublic(BaseModel):
 
     @classmethod
     def of(cls, svc: Service, published_by: str | None) -> ServicePublic:
-        return cls(name=svc.name, version=svc.version, description=svc.description,
-                   alias=svc.alias, mode=svc.mode, inputs=svc.inputs, outputs=svc.outputs,
-                   artifacts=svc.artifacts, bundle_kind=svc.bundle_kind,
-                   published_by=published_by, created_at=svc.created_at)
+        return cls(
+            name=svc.name,
+            version=svc.version,
+            description=svc.description,
+            alias=svc.alias,
+            mode=svc.mode,
+            inputs=svc.inputs,
+            outputs=svc.outputs,
+            artifacts=svc.artifacts,
+            bundle_kind=svc.bundle_kind,
+            published_by=published_by,
+            created_at=svc.created_at,
+        )
 
 
 class ServiceList(BaseModel):
@@ -123,17 +132,29 @@ class BatchPublic(BaseModel):
     def of(cls, batch: Batch, counts: BatchCounts, created_by: str | None) -> BatchPublic:
         svc = batch.options.get("service", {})
         return cls(
-            id=batch.id, service=ServiceRef(name=svc.get("name", ""), version=svc.get("version", "")),
-            state=batch.state, previous_state=batch.previous_state,
+            id=batch.id,
+            service=ServiceRef(name=svc.get("name", ""), version=svc.get("version", "")),
+            state=batch.state,
+            previous_state=batch.previous_state,
             state_transition_time=batch.state_transition_time,
             previous_state_transition_time=batch.previous_state_transition_time,
-            creation_time=batch.creation_time, last_modified=batch.last_modified,
-            etag=f'"{batch.revision}"', start_time=batch.start_time, end_time=batch.end_time,
-            termination_reason=batch.termination_reason, parallel_count=batch.parallel_count,
-            chunk_size=batch.chunk_size, priority=batch.priority, created_by=created_by,
-            total_item_count=batch.total_count, completed_item_count=counts.completed,
-            succeeded_item_count=counts.succeeded, failed_item_count=counts.failed,
-            cancelled_item_count=counts.cancelled, chunk_count=counts.chunks, error=batch.error,
+            creation_time=batch.creation_time,
+            last_modified=batch.last_modified,
+            etag=f'"{batch.revision}"',
+            start_time=batch.start_time,
+            end_time=batch.end_time,
+            termination_reason=batch.termination_reason,
+            parallel_count=batch.parallel_count,
+            chunk_size=batch.chunk_size,
+            priority=batch.priority,
+            created_by=created_by,
+            total_item_count=batch.total_count,
+            completed_item_count=counts.completed,
+            succeeded_item_count=counts.succeeded,
+            failed_item_count=counts.failed,
+            cancelled_item_count=counts.cancelled,
+            chunk_count=counts.chunks,
+            error=batch.error,
         )
 
 

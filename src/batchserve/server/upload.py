@@ -14,8 +14,9 @@ from batchserve.engine.errors import PayloadTooLarge
 
 
 class BodyReader(io.RawIOBase):
-    def __init__(self, stream: AsyncIterator[bytes], limit: int,
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, stream: AsyncIterator[bytes], limit: int, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self._it = stream.__aiter__()
         self._loop = loop
         self._buf = b""
@@ -46,10 +47,11 @@ class BodyReader(io.RawIOBase):
             if self.total > self.limit:
                 raise PayloadTooLarge(
                     f"The upload is larger than the limit of {self.limit} bytes "
-                    "(BATCHSERVE_MAX_UPLOAD_BYTES); split the records into several batches.")
+                    "(BATCHSERVE_MAX_UPLOAD_BYTES); split the records into several batches."
+                )
             self._buf, self._pos = piece, 0
         n = min(len(buffer), len(self._buf) - self._pos)
-        buffer[:n] = self._buf[self._pos:self._pos + n]
+        buffer[:n] = self._buf[self._pos : self._pos + n]
         self._pos += n
         return n
 

@@ -101,17 +101,27 @@ class Store:
         with self.session() as s:
             s.execute(delete(User).where(User.id == user_id))
 
-    def add_tokens(self, user_id: int, pair: str, tokens: Sequence[tuple[str, str, datetime]]) -> None:
+    def add_tokens(
+        self, user_id: int, pair: str, tokens: Sequence[tuple[str, str, datetime]]
+    ) -> None:
         """Store ``(kind, token_hash, expires_at)`` rows issued together as ``pair``."""
         with self.session() as s:
             for kind, token_hash, expires_at in tokens:
-                s.add(Token(user_id=user_id, kind=kind, pair=pair, token_hash=token_hash,
-                            expires_at=expires_at))
+                s.add(
+                    Token(
+                        user_id=user_id,
+                        kind=kind,
+                        pair=pair,
+                        token_hash=token_hash,
+                        expires_at=expires_at,
+                    )
+                )
 
     def find_token(self, token_hash: str, kind: str) -> tuple[Token, User] | None:
         with self.session() as s:
             row = s.execute(
-                select(Token, User).join(User, User.id == Token.user_id)
+                select(Token, User)
+                .join(User, User.id == Token.user_id)
                 .where(Token.token_hash == token_hash, Token.kind == kind)
             ).first()
             return (row[0], row[1]) if row else None
@@ -168,8 +178,14 @@ class Store:
 
     def add_batch(self, **fields: Any) -> Batch:
         now = utcnow()
-        batch = Batch(creation_time=now, last_modified=now, state_transition_time=now,
-                      state=BatchState.CREATED.value, revision=1, **fields)
+        batch = Batch(
+            creation_time=now,
+            last_modified=now,
+            state_transition_time=now,
+            state=BatchState.CREATED.value,
+            revision=1,
+            **fields,
+        )
         with self.session() as s:
             s.add(batch)
         return batch
@@ -178,9 +194,15 @@ class Store:
         with self.session() as s:
             return s.get(Batch, batch_id)
 
-    def list_batches(self, *, service_ids: Sequence[int] | None = None,
-                     states: Sequence[str] | None = None, owner_id: int | None = None,
-                     limit: int = 100, before: tuple[datetime, str] | None = None) -> list[Batch]:
+    def list_batches(
+        self,
+        *,
+        service_ids: Sequence[int] | None = None,
+        states: Sequence[str] | None = None,
+        owner_id: int | None = None,
+        limit: int = 100,
+        before: tuple[datetime, str] | None = None,
+    ) -> list[Batch]:
         """Newest first; ``before`` is the (creation_time, id) of the last row of a page."""
         with self.session() as s:
             q = select(Batch).where(Batch.sealed.is_(True))
@@ -192,7 +214,9 @@ class Store:
                 q = q.where(Batch.owner_id == owner_id)
             if before is not None:
                 t, bid = before
-                q = q.where((Batch.creation_time < t) | ((Batch.creation_time == t) & (Batch.id < bid)))
+                q = q.where(
+                    (Batch.creation_time < t) | ((Batch.creation_time == t) & (Batch.id < bid))
+                )
             q = q.order_by(Batch.creation_time.desc(), Batch.id.desc()).limit(limit)
             return list(s.scalars(q))
 
@@ -208,8 +232,14 @@ class Store:
             batch.last_modified = utcnow()
             return batch
 
-    def transition(self, batch_id: str, wanted: BatchState, *, only_from: Sequence[BatchState] | None = None,
-                   **fields: Any) -> Batch | None:
+    def transition(
+        self,
+        batch_id: str,
+        wanted: BatchState,
+        *,
+        only_from: Sequence[BatchState] | None = None,
+        **fields: Any,
+    ) -> Batch | None:
         """Move a batch to ``wanted`` if the state table allows it.
 
         Returns the updated row, or None when the batch is gone or its current state is not in
@@ -237,7 +267,9 @@ class Store:
             s.execute(delete(Chunk).where(Chunk.batch_id == batch_id))
             s.execute(delete(Batch).where(Batch.id == batch_id))
 
-    def batches_in_states(self, states: Sequence[BatchState], *, sealed: bool | None = True) -> list[Batch]:
+    def batches_in_states(
+        self, states: Sequence[BatchState], *, sealed: bool | None = True
+    ) -> list[Batch]:
         """Batches in these states, highest priority first, first come first within one."""
         with self.session() as s:
             q = select(Batch).where(Batch.state.in_([st.value for st in states]))
@@ -254,9 +286,15 @@ class Store:
                     func.coalesce(func.sum(Chunk.failed), 0),
                     func.coalesce(func.sum(Chunk.cancelled), 0),
                     func.count(Chunk.id),
-                    func.count(Chunk.id).filter(Chunk.state.in_(
-                        [ChunkState.SUCCEEDED.value, ChunkState.FAILED.value,
-                         ChunkState.CANCELLED.value])),
+                    func.count(Chunk.id).filter(
+                        Chunk.state.in_(
+                            [
+                                ChunkState.SUCCEEDED.value,
+                                ChunkState.FAILED.value,
+                                ChunkState.CANCELLED.value,
+                            ]
+                        )
+                    ),
                     func.count(Chunk.id).filter(Chunk.state == ChunkState.RUNNING.value),
                 ).where(Chunk.batch_id == batch_id)
             ).one()
@@ -264,10 +302,20 @@ class Store:
 
     # --- chunks -----------------------------------------------------------------------------
 
-    def add_chunk(self, batch_id: str, seq: int, start_index: int, count: int, input_key: str) -> None:
+    def add_chunk(
+        self, batch_id: str, seq: int, start_index: int, count: int, input_key: str
+    ) -> None:
         with self.session() as s:
-            s.add(Chunk(batch_id=batch_id, seq=seq, start_index=start_index, count=count,
-                        input_key=input_key, state=ChunkState.PENDING.value))
+            s.add(
+                Chunk(
+                    batch_id=batch_id,
+                    seq=seq,
+                    start_index=start_index,
+                    count=count,
+                    input_key=input_key,
+                    state=ChunkState.PENDING.value,
+                )
+            )
 
     def claim_chunk(self, batch_id: str, result_key_for: Any) -> Chunk | None:
         """Take the first pending chunk of a batch: it becomes running with one more attempt.
@@ -275,9 +323,12 @@ class Store:
         ``result_key_for(chunk)`` names the file this attempt writes its results to.
         """
         with self.session() as s:
-            q = (select(Chunk).where(Chunk.batch_id == batch_id,
-                                     Chunk.state == ChunkState.PENDING.value)
-                 .order_by(Chunk.seq).limit(1))
+            q = (
+                select(Chunk)
+                .where(Chunk.batch_id == batch_id, Chunk.state == ChunkState.PENDING.value)
+                .order_by(Chunk.seq)
+                .limit(1)
+            )
             if self.engine.dialect.name == "postgresql":
                 q = q.with_for_update(skip_locked=True)
             chunk = s.scalar(q)
@@ -304,13 +355,25 @@ class Store:
     def chunks_covering(self, batch_id: str, start: int, stop: int) -> list[Chunk]:
         """Chunks holding any index in ``[start, stop)``, in order."""
         with self.session() as s:
-            q = (select(Chunk).where(Chunk.batch_id == batch_id, Chunk.start_index < stop,
-                                     Chunk.start_index + Chunk.count > start)
-                 .order_by(Chunk.seq))
+            q = (
+                select(Chunk)
+                .where(
+                    Chunk.batch_id == batch_id,
+                    Chunk.start_index < stop,
+                    Chunk.start_index + Chunk.count > start,
+                )
+                .order_by(Chunk.seq)
+            )
             return list(s.scalars(q))
 
-    def set_chunk(self, chunk_id: int, *, expect_state: ChunkState | None = None,
-                  expect_key: str | None = None, **fields: Any) -> bool:
+    def set_chunk(
+        self,
+        chunk_id: int,
+        *,
+        expect_state: ChunkState | None = None,
+        expect_key: str | None = None,
+        **fields: Any,
+    ) -> bool:
         """Update a chunk if it is still in ``expect_state`` (and attempt ``expect_key``)."""
         with self.session() as s:
             q = update(Chunk).where(Chunk.id == chunk_id)
@@ -324,17 +387,26 @@ class Store:
         """At start-up: chunks left running by a previous process go back to pending."""
         with self.session() as s:
             res = s.execute(
-                update(Chunk).where(Chunk.state == ChunkState.RUNNING.value)
+                update(Chunk)
+                .where(Chunk.state == ChunkState.RUNNING.value)
                 .values(state=ChunkState.PENDING.value, succeeded=0, failed=0, cancelled=0)
             )
-            return res.rowcount  # type: ignore[attr-defined,no-any-return]
+            return int(res.rowcount)  # type: ignore[attr-defined]
 
     def finish_pending_chunks(self, batch_id: str, state: ChunkState, error: str) -> None:
         """Move every pending chunk of a batch to a final state: its records are cancelled
         (``state`` CANCELLED) or failed (FAILED) without running."""
         counter = "cancelled" if state == ChunkState.CANCELLED else "failed"
         with self.session() as s:
-            s.execute(update(Chunk).where(Chunk.batch_id == batch_id,
-                                          Chunk.state == ChunkState.PENDING.value)
-                      .values({"state": state.value, "finished_at": utcnow(), "error": error,
-                               counter: Chunk.count}))
+            s.execute(
+                update(Chunk)
+                .where(Chunk.batch_id == batch_id, Chunk.state == ChunkState.PENDING.value)
+                .values(
+                    {
+                        "state": state.value,
+                        "finished_at": utcnow(),
+                        "error": error,
+                        counter: Chunk.count,
+                    }
+                )
+            )

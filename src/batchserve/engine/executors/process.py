@@ -13,7 +13,6 @@ import contextlib
 import ctypes
 import logging
 import multiprocessing as mp
-import os
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -75,8 +74,9 @@ class _Slot:
 
 
 class ProcessExecutor:
-    def __init__(self, workers: int, blob_url: str, sink: EventSink,
-                 progress_interval: float = 0.25) -> None:
+    def __init__(
+        self, workers: int, blob_url: str, sink: EventSink, progress_interval: float = 0.25
+    ) -> None:
         self._n = workers
         self._blob_url = blob_url
         self._sink = sink
@@ -93,14 +93,21 @@ class ProcessExecutor:
 
     def _spawn(self, slot: _Slot) -> None:
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=worker_main, name=f"batchserve-worker-{slot.number}",
-                                 args=(child, self._blob_url, self._progress_interval),
-                                 daemon=True)
+        proc = self._ctx.Process(
+            target=worker_main,
+            name=f"batchserve-worker-{slot.number}",
+            args=(child, self._blob_url, self._progress_interval),
+            daemon=True,
+        )
         proc.start()
         child.close()
         slot.process, slot.conn, slot.task_id, slot.stopping = proc, parent, None, False
-        threading.Thread(target=self._read, args=(slot, proc, parent), daemon=True,
-                         name=f"batchserve-worker-reader-{slot.number}").start()
+        threading.Thread(
+            target=self._read,
+            args=(slot, proc, parent),
+            daemon=True,
+            name=f"batchserve-worker-reader-{slot.number}",
+        ).start()
 
     def _read(self, slot: _Slot, proc: Any, conn: Connection) -> None:
         while True:
@@ -126,8 +133,9 @@ class ProcessExecutor:
                 except Exception:  # the fork server is gone: the process is shutting down
                     log.exception("could not start a new worker")
         if task_id is not None:
-            reason = ("stopped" if stopped else
-                      f"the worker process died (exit code {proc.exitcode})")
+            reason = (
+                "stopped" if stopped else f"the worker process died (exit code {proc.exitcode})"
+            )
             self._sink(Lost(task_id, reason, stopped))
 
     def shutdown(self) -> None:
@@ -154,8 +162,11 @@ class ProcessExecutor:
             if slot is None:
                 raise RuntimeError("no free worker")
             slot.task_id = task.task_id
-            slot.task_info = ({"batch_id": task.batch_id, "chunk_id": task.chunk_id}
-                              if isinstance(task, ChunkTask) else {"consume": True})
+            slot.task_info = (
+                {"batch_id": task.batch_id, "chunk_id": task.chunk_id}
+                if isinstance(task, ChunkTask)
+                else {"consume": True}
+            )
             conn = slot.conn
         assert conn is not None
         conn.send(task)
@@ -173,6 +184,13 @@ class ProcessExecutor:
 
     def workers(self) -> list[dict[str, object]]:
         with self._lock:
-            return [{"slot": s.number, "pid": s.process.pid if s.process else None,
-                     "busy": s.task_id is not None, "task": s.task_id, **s.task_info}
-                    for s in self._slots]
+            return [
+                {
+                    "slot": s.number,
+                    "pid": s.process.pid if s.process else None,
+                    "busy": s.task_id is not None,
+                    "task": s.task_id,
+                    **s.task_info,
+                }
+                for s in self._slots
+            ]

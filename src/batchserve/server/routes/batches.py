@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -26,20 +28,30 @@ def public(engine: EngineDep, batch: Batch) -> BatchPublic:
     return BatchPublic.of(batch, engine.batches.counts(batch.id), user.username if user else None)
 
 
-def record(row: dict) -> RecordResult:  # type: ignore[type-arg]
+def record(row: dict[str, Any]) -> RecordResult:
     from batchserve.engine.results import row_to_json
 
     return RecordResult.model_validate(row_to_json(row))
 
 
 @router.post(
-    "/v1/services/{name}/{version}/batches", response_model=BatchPublic, status_code=201,
+    "/v1/services/{name}/{version}/batches",
+    response_model=BatchPublic,
+    status_code=201,
     summary="Create a batch from streamed records",
-    openapi_extra={"requestBody": {"required": True, "content": {
-        t: {"schema": {"type": "string", "format": "binary"}} for t in FORMATS}}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in FORMATS},
+        }
+    },
 )
 async def create_batch(
-    name: str, version: str, request: Request, engine: EngineDep, who: PrincipalDep,
+    name: str,
+    version: str,
+    request: Request,
+    engine: EngineDep,
+    who: PrincipalDep,
     parallel_count: int = Query(10, ge=1, le=10_000),
     chunk_size: int | None = Query(None, ge=1, le=10_000_000),
     record_count: int | None = Query(None, ge=0),
@@ -51,32 +63,54 @@ async def create_batch(
 
     def create() -> BatchPublic:
         batch = engine.batches.create(
-            who, service, body, content_type.lower(), parallel_count=parallel_count,
-            chunk_size=chunk_size, record_count=record_count, start=start)
+            who,
+            service,
+            body,
+            content_type.lower(),
+            parallel_count=parallel_count,
+            chunk_size=chunk_size,
+            record_count=record_count,
+            start=start,
+        )
         return public(engine, batch)
 
     return await anyio.to_thread.run_sync(create)
 
 
-@router.get("/v1/services/{name}/{version}/batches", response_model=BatchList,
-            summary="Batches of one service version, newest first")
-def service_batches(name: str, version: str, engine: EngineDep, who: PrincipalDep,
-                    limit: int = Query(1000, ge=1, le=10_000)) -> BatchList:
+@router.get(
+    "/v1/services/{name}/{version}/batches",
+    response_model=BatchList,
+    summary="Batches of one service version, newest first",
+)
+def service_batches(
+    name: str,
+    version: str,
+    engine: EngineDep,
+    who: PrincipalDep,
+    limit: int = Query(1000, ge=1, le=10_000),
+) -> BatchList:
     service = engine.services.get(name, version)
-    batches = engine.batches.list(who, service=service, limit=limit)
+    batches = engine.batches.list_batches(who, service=service, limit=limit)
     return BatchList(batches=[public(engine, b) for b in batches])
 
 
 @router.get("/v1/batches", response_model=BatchList, summary="List batches, newest first")
-def list_batches(engine: EngineDep, who: PrincipalDep,
-                 service: str | None = Query(None), version: str | None = Query(None),
-                 state: list[str] | None = Query(None),
-                 limit: int = Query(100, ge=1, le=10_000)) -> BatchList:
+def list_batches(
+    engine: EngineDep,
+    who: PrincipalDep,
+    service: str | None = Query(None),
+    version: str | None = Query(None),
+    state: list[str] | None = Query(None),
+    limit: int = Query(100, ge=1, le=10_000),
+) -> BatchList:
     services = None
     if service is not None:
-        services = ([engine.services.get(service, version)] if version
-                    else engine.services.list(service))
-    batches = engine.batches.list(who, services=services, states=state, limit=limit)
+        services = (
+            [engine.services.get(service, version)]
+            if version
+            else engine.services.list_services(service)
+        )
+    batches = engine.batches.list_batches(who, services=services, states=state, limit=limit)
     return BatchList(batches=[public(engine, b) for b in batches])
 
 
@@ -90,56 +124,88 @@ def start_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> BatchPub
     return public(engine, engine.batches.start(who, batch_id))
 
 
-@router.post("/v1/batches/{batch_id}/cancel", response_model=BatchPublic,
-             summary="Cancel a batch; finished results are kept")
+@router.post(
+    "/v1/batches/{batch_id}/cancel",
+    response_model=BatchPublic,
+    summary="Cancel a batch; finished results are kept",
+)
 def cancel_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> BatchPublic:
     return public(engine, engine.batches.cancel(who, batch_id))
 
 
-@router.delete("/v1/batches/{batch_id}", status_code=204,
-               summary="Delete a batch and its data (cancels it first)")
+@router.delete(
+    "/v1/batches/{batch_id}",
+    status_code=204,
+    summary="Delete a batch and its data (cancels it first)",
+)
 def delete_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> Response:
     engine.batches.delete(who, batch_id)
     return Response(status_code=204)
 
 
-@router.get("/v1/batches/{batch_id}/results", response_model=ResultPage,
-            summary="Finished results by index range, or all of them as an Arrow stream",
-            responses={200: {"content": {ARROW_STREAM: {}}}})
-def results(batch_id: str, engine: EngineDep, who: PrincipalDep,
-            start: int = Query(0, ge=0), limit: int = Query(1000, ge=1, le=100_000),
-            format: str = Query("json", pattern="^(json|arrow)$")) -> ResultPage | StreamingResponse:
+@router.get(
+    "/v1/batches/{batch_id}/results",
+    response_model=ResultPage,
+    summary="Finished results by index range, or all of them as an Arrow stream",
+    responses={200: {"content": {ARROW_STREAM: {}}}},
+)
+def results(
+    batch_id: str,
+    engine: EngineDep,
+    who: PrincipalDep,
+    start: int = Query(0, ge=0),
+    limit: int = Query(1000, ge=1, le=100_000),
+    format: str = Query("json", pattern="^(json|arrow)$"),
+) -> ResultPage | StreamingResponse:
     batch = engine.batches.get(who, batch_id)
     if format == "arrow":
         return StreamingResponse(engine.batches.results_arrow(batch), media_type=ARROW_STREAM)
     rows = engine.batches.results(batch, start, limit)
     nxt = start + limit if start + limit < batch.total_count else None
-    return ResultPage(batch=public(engine, batch), start=start, limit=limit, next_start=nxt,
-                      results=[record(r) for r in rows])
+    return ResultPage(
+        batch=public(engine, batch),
+        start=start,
+        limit=limit,
+        next_start=nxt,
+        results=[record(r) for r in rows],
+    )
 
 
-@router.get("/v1/batches/{batch_id}/results/{index}", response_model=RecordResult,
-            summary="The result of one record")
+@router.get(
+    "/v1/batches/{batch_id}/results/{index}",
+    response_model=RecordResult,
+    summary="The result of one record",
+)
 def result(batch_id: str, index: int, engine: EngineDep, who: PrincipalDep) -> RecordResult:
     batch = engine.batches.get(who, batch_id)
     return record(engine.batches.result(batch, index))
 
 
-@router.get("/v1/batches/{batch_id}/results/{index}/artifacts", response_model=ArtifactList,
-            summary="Artifact names of one record")
+@router.get(
+    "/v1/batches/{batch_id}/results/{index}/artifacts",
+    response_model=ArtifactList,
+    summary="Artifact names of one record",
+)
 def artifacts(batch_id: str, index: int, engine: EngineDep, who: PrincipalDep) -> ArtifactList:
     batch = engine.batches.get(who, batch_id)
     return ArtifactList(artifacts=engine.batches.artifacts(batch, index))
 
 
-@router.get("/v1/batches/{batch_id}/results/{index}/artifacts/{name}",
-            summary="One artifact's bytes", responses={200: {"content": {"application/octet-stream": {}}}})
-def artifact(batch_id: str, index: int, name: str, engine: EngineDep,
-             who: PrincipalDep) -> Response:
+@router.get(
+    "/v1/batches/{batch_id}/results/{index}/artifacts/{name}",
+    summary="One artifact's bytes",
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def artifact(
+    batch_id: str, index: int, name: str, engine: EngineDep, who: PrincipalDep
+) -> Response:
     batch = engine.batches.get(who, batch_id)
     data = engine.batches.artifact(batch, index, name)
-    return Response(data, media_type="application/octet-stream",
-                    headers={"Content-Disposition": f'attachment; filename="{_safe(name)}"'})
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{_safe(name)}"'},
+    )
 
 
 def _safe(name: str) -> str:

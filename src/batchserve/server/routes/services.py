@@ -43,28 +43,41 @@ def publish(
     if len(data) > MAX_BUNDLE_BYTES:
         raise PayloadTooLarge("The service bundle is larger than 2 GiB.")
     svc = engine.services.publish(
-        who, name=meta.name, version=meta.version, bundle=data, bundle_kind=meta.bundle_kind,
-        inputs=meta.inputs, outputs=meta.outputs, artifacts=meta.artifacts,
-        description=meta.description, alias=meta.alias, mode=meta.mode)
+        who,
+        name=meta.name,
+        version=meta.version,
+        bundle=data,
+        bundle_kind=meta.bundle_kind,
+        inputs=meta.inputs,
+        outputs=meta.outputs,
+        artifacts=meta.artifacts,
+        description=meta.description,
+        alias=meta.alias,
+        mode=meta.mode,
+    )
     return public(engine, svc)
 
 
 @router.get("", response_model=ServiceList, summary="List services")
-def list_services(engine: EngineDep, who: PrincipalDep,
-                  name: str | None = Query(None)) -> ServiceList:
-    return ServiceList(services=[public(engine, s) for s in engine.services.list(name)])
+def list_services(
+    engine: EngineDep, who: PrincipalDep, name: str | None = Query(None)
+) -> ServiceList:
+    return ServiceList(services=[public(engine, s) for s in engine.services.list_services(name)])
 
 
 @router.get("/{name}", response_model=ServiceList, summary="All versions of a service")
 def list_versions(name: str, engine: EngineDep, who: PrincipalDep) -> ServiceList:
-    found = engine.services.list(name)
+    found = engine.services.list_services(name)
     if not found:
         engine.services.get(name, None)  # raises the not-found error
     return ServiceList(services=[public(engine, s) for s in found])
 
 
-@router.get("/{name}/{version}", response_model=ServicePublic,
-            summary="One version ('latest' for the newest)")
+@router.get(
+    "/{name}/{version}",
+    response_model=ServicePublic,
+    summary="One version ('latest' for the newest)",
+)
 def get_service(name: str, version: str, engine: EngineDep, who: PrincipalDep) -> ServicePublic:
     return public(engine, engine.services.get(name, version))
 
@@ -75,10 +88,19 @@ def delete_service(name: str, version: str, engine: EngineDep, who: PrincipalDep
     return Response(status_code=204)
 
 
-@router.post("/{name}/{version}/consume", response_model=RecordResult,
-             summary="Run the service once (request-response)")
-def consume(name: str, version: str, body: ConsumeRequest, engine: EngineDep,
-            who: PrincipalDep) -> RecordResult:
+@router.post(
+    "/{name}/{version}/consume",
+    response_model=RecordResult,
+    summary="Run the service once (request-response)",
+)
+def consume(
+    name: str, version: str, body: ConsumeRequest, engine: EngineDep, who: PrincipalDep
+) -> RecordResult:
     row = engine.services.consume(name, version, body.inputs)
     return RecordResult.model_validate(
-        {**row, "outputs": row.get("outputs") or {}, "console_output": row.get("console_output") or ""})
+        {
+            **row,
+            "outputs": row.get("outputs") or {},
+            "console_output": row.get("console_output") or "",
+        }
+    )

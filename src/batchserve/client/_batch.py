@@ -1,0 +1,213 @@
+"""A batch execution of a service over a set of records (ML Server's ``Batch``).
+
+``Service.batch(records)`` only prepares the upload; nothing exists on the server until
+:meth:`Batch.start`, which streams the records and gives the batch its ``execution_id``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from batchserve.client import _ops
+from batchserve.client._records import RecordsBody
+from batchserve.client._responses import BatchResponse
+from batchserve.client._wire import Op, sleep
+from batchserve.errors import UsageError, WaitTimeout
+from batchserve.states import BatchState
+
+if TYPE_CHECKING:
+    from batchserve.client._service import Service
+
+T = TypeVar("T")
+
+
+class Batch:
+    """A batch execution: start it, follow it, read its results and artifacts, cancel it."""
+
+    #: The batch states, so that ``batch.STATE.complete`` reads as it does with ML Server.
+    STATE = BatchState
+
+    def __init__(
+        self,
+        service: Service,
+        body: RecordsBody | None,
+        *,
+        records: Any = None,
+        parallel_count: int = 10,
+        chunk_size: int | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.service = service
+        self.records = records  #: the records as given to ``Service.batch`` (None when fetched)
+        self.parallel_count = parallel_count
+        self.chunk_size = chunk_size
+        self.info = info  #: the batch as the server last described it (``BatchPublic``), or None
+        self._body = body
+        self._runner = service._runner
+
+    @property
+    def execution_id(self) -> str | None:
+        """The batch's id on the server; None until :meth:`start`."""
+        return None if self.info is None else str(self.info["id"])
+
+    @property
+    def state(self) -> BatchState | None:
+        """The state when the server was last asked (see :meth:`refresh`); None before start."""
+        return None if self.info is None else BatchState(self.info["state"])
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> Batch:
+        """Upload the records and start the batch; a batch already started is left alone."""
+        return self._runner.run(self._start())
+
+    def _start(self) -> Op[Batch]:
+        if self.info is None:
+            if self._body is None:
+                raise UsageError("This batch has no records to start with.")
+            self.info = yield from _ops.create_batch(
+                self.service.name,
+                self.service.version,
+                self._body,
+                parallel_count=self.parallel_count,
+                chunk_size=self.chunk_size,
+            )
+        elif self.state is BatchState.CREATED:
+            # Created without starting (through the REST API): starting is what is asked.
+            self.info = yield from _ops.start_batch(self._require_id())
+        return self
+
+    def refresh(self) -> Batch:
+        """Read the batch's current state and counts from the server; returns the batch."""
+        return self._runner.run(self._refresh())
+
+    def _refresh(self) -> Op[Batch]:
+        self.info = yield from _ops.get_batch(self._require_id())
+        return self
+
+    def cancel(self) -> BatchResponse:
+        """Stop the batch; records already finished keep their results."""
+        return self._runner.run(self._cancel())
+
+    def _cancel(self) -> Op[BatchResponse]:
+        self.info = yield from _ops.cancel_batch(self._require_id())
+        return self._response(self.info, show_partial_results=True)
+
+    def delete(self) -> None:
+        """Remove the batch and its results from the server (cancelling it first if running)."""
+        return self._runner.run(self._with_id(_ops.delete_batch))
+
+    # -- results ----------------------------------------------------------------------------
+
+    def results(self, show_partial_results: bool = True) -> BatchResponse:
+        """A snapshot of the batch's state and counts, giving access to its records' results.
+
+        With ``show_partial_results=False``, records can be read only once the batch is finished.
+        """
+        return self._runner.run(self._results(show_partial_results))
+
+    def _results(self, show_partial_results: bool) -> Op[BatchResponse]:
+        self.info = yield from _ops.get_batch(self._require_id())
+        return self._response(self.info, show_partial_results=show_partial_results)
+
+    def wait(self, timeout: float | None = None, poll_interval: float = 0.5) -> BatchResponse:
+        """Poll until the batch is finished and return its final :class:`BatchResponse`.
+
+        Raises :class:`~batchserve.errors.WaitTimeout` (a ``TimeoutError``) when ``timeout``
+        seconds pass first; the batch itself goes on.
+        """
+        return self._runner.run(self._wait(timeout, poll_interval))
+
+    def _wait(self, timeout: float | None, poll_interval: float) -> Op[BatchResponse]:
+        execution_id = self._require_id()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.info = yield from _ops.get_batch(execution_id)
+            state = BatchState(self.info["state"])
+            if state.is_final:
+                return self._response(self.info, show_partial_results=True)
+            pause = poll_interval
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    assert timeout is not None
+                    done = self.info.get("completed_item_count")
+                    total = self.info.get("total_item_count")
+                    raise WaitTimeout(
+                        f"Batch {execution_id} did not finish within {timeout} s (state {state}, "
+                        f"{done} of {total} records finished). It goes on running: call wait() "
+                        "again, or cancel() it.",
+                        execution_id=execution_id,
+                        state=state.value,
+                        timeout=timeout,
+                    )
+                # The last poll lands on the deadline rather than after it.
+                pause = min(poll_interval, remaining)
+            yield from sleep(pause)
+
+    def _response(self, info: dict[str, Any], *, show_partial_results: bool) -> BatchResponse:
+        return BatchResponse(
+            info,
+            self._runner,
+            outputs=list(self.service.outputs),
+            show_partial_results=show_partial_results,
+        )
+
+    # -- artifacts --------------------------------------------------------------------------
+
+    def list_artifacts(self, index: int) -> list[str]:
+        """The names of the files record ``index`` produced."""
+        return self._runner.run(self._with_id(_ops.list_artifacts, index))
+
+    def artifact(self, index: int, file_name: str) -> bytes:
+        """The bytes of the file ``file_name`` of record ``index``."""
+        return self._runner.run(self._with_id(_ops.artifact, index, file_name))
+
+    def download(
+        self, index: int, file_name: str | None = None, destination: str | Path = "."
+    ) -> list[str]:
+        """Save one artifact of record ``index`` (or all of them when ``file_name`` is None)
+        into the existing directory ``destination``; returns the paths written."""
+        return self._runner.run(self._download(index, file_name, Path(destination)))
+
+    def _download(self, index: int, file_name: str | None, destination: Path) -> Op[list[str]]:
+        execution_id = self._require_id()
+        if not destination.is_dir():
+            raise UsageError(
+                f"The download destination '{destination}' does not exist or is not a directory; "
+                "create it first."
+            )
+        names = (
+            [file_name]
+            if file_name is not None
+            else (yield from _ops.list_artifacts(execution_id, index))
+        )
+        paths = []
+        for name in names:
+            # Only the last part of a name is used, so a name can never write outside destination.
+            safe_name = Path(name).name
+            if safe_name in ("", ".", ".."):
+                raise UsageError(f"Cannot save an artifact named {name!r} as a file.")
+            target = destination / safe_name
+            yield from _ops.download_artifact(execution_id, index, name, target)
+            paths.append(str(target))
+        return paths
+
+    def _with_id(self, make_op: Callable[..., Op[T]], *args: Any) -> Op[T]:
+        # Inside the operation, so that "not started" is raised where the result is awaited.
+        return (yield from make_op(self._require_id(), *args))
+
+    def _require_id(self) -> str:
+        if self.info is None:
+            raise UsageError("This batch has not been started: call batch.start() first.")
+        return str(self.info["id"])
+
+    def __repr__(self) -> str:
+        where = f"{self.service.name}/{self.service.version}"
+        if self.info is None:
+            source = self._body.source if self._body is not None else "no records"
+            return f"<Batch of {where}, not started ({source})>"
+        return f"<Batch {self.execution_id} of {where} state={self.state}>"

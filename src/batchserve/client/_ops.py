@@ -1,0 +1,192 @@
+"""The REST calls of ``docs/rest-api.md``, each written once as a sans-IO operation.
+
+Each function returns a generator (see ``_wire.py``) that yields the requests it needs and returns
+the decoded answer: a JSON dict or list, or bytes. The objects in ``_service.py``, ``_batch.py`` and
+``_responses.py`` compose these into their methods; a runner from ``_runner.py`` carries them out.
+Error statuses never reach an operation: the session turns them into exceptions first.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from batchserve.client._records import ARROW_STREAM, RecordsBody
+from batchserve.client._wire import Op, Request, call, q
+
+#: How many records one page of batch results holds when the SDK reads them.
+RESULTS_PAGE_SIZE = 1000
+
+
+def _service_path(name: str, version: str) -> str:
+    return f"/v1/services/{q(name)}/{q(version)}"
+
+
+# -- authentication ---------------------------------------------------------------------------
+
+
+def login(username: str, password: str) -> Op[dict[str, Any]]:
+    resp = yield from call(
+        Request("POST", "/login", json={"username": username, "password": password}, auth=False)
+    )
+    return dict(resp.json())
+
+
+def refresh_token(token: str) -> Op[dict[str, Any]]:
+    resp = yield from call(
+        Request("POST", "/login/refreshToken", json={"refreshToken": token}, auth=False)
+    )
+    return dict(resp.json())
+
+
+def me() -> Op[dict[str, Any]]:
+    resp = yield from call(Request("GET", "/v1/me"))
+    return dict(resp.json())
+
+
+# -- services ---------------------------------------------------------------------------------
+
+
+def publish_service(metadata_json: str, bundle: bytes) -> Op[dict[str, Any]]:
+    resp = yield from call(
+        Request(
+            "POST",
+            "/v1/services",
+            data={"metadata": metadata_json},
+            files={"bundle": ("bundle.pkl", bundle, "application/octet-stream")},
+        )
+    )
+    return dict(resp.json())
+
+
+def get_service(name: str, version: str | None) -> Op[dict[str, Any]]:
+    resp = yield from call(Request("GET", _service_path(name, version or "latest")))
+    return dict(resp.json())
+
+
+def list_services(name: str | None) -> Op[list[dict[str, Any]]]:
+    params = {"name": name} if name is not None else None
+    resp = yield from call(Request("GET", "/v1/services", params=params))
+    return list(resp.json()["services"])
+
+
+def delete_service(name: str, version: str) -> Op[None]:
+    yield from call(Request("DELETE", _service_path(name, version)))
+
+
+def consume(name: str, version: str, inputs: dict[str, Any]) -> Op[dict[str, Any]]:
+    resp = yield from call(
+        Request("POST", f"{_service_path(name, version)}/consume", json={"inputs": inputs})
+    )
+    return dict(resp.json())
+
+
+# -- batches ----------------------------------------------------------------------------------
+
+
+def create_batch(
+    name: str,
+    version: str,
+    body: RecordsBody,
+    *,
+    parallel_count: int,
+    chunk_size: int | None,
+    start: bool = True,
+) -> Op[dict[str, Any]]:
+    params: dict[str, Any] = {
+        "parallel_count": parallel_count,
+        "start": "true" if start else "false",
+    }
+    if chunk_size is not None:
+        params["chunk_size"] = chunk_size
+    if body.record_count is not None:
+        params["record_count"] = body.record_count
+    resp = yield from call(
+        Request(
+            "POST",
+            f"{_service_path(name, version)}/batches",
+            params=params,
+            content=body.pieces,
+            headers={"Content-Type": body.content_type},
+        )
+    )
+    return dict(resp.json())
+
+
+def list_service_batches(name: str, version: str) -> Op[list[dict[str, Any]]]:
+    resp = yield from call(Request("GET", f"{_service_path(name, version)}/batches"))
+    return list(resp.json()["batches"])
+
+
+def get_batch(execution_id: str) -> Op[dict[str, Any]]:
+    resp = yield from call(Request("GET", f"/v1/batches/{q(execution_id)}"))
+    return dict(resp.json())
+
+
+def start_batch(execution_id: str) -> Op[dict[str, Any]]:
+    resp = yield from call(Request("POST", f"/v1/batches/{q(execution_id)}/start"))
+    return dict(resp.json())
+
+
+def cancel_batch(execution_id: str) -> Op[dict[str, Any]]:
+    resp = yield from call(Request("POST", f"/v1/batches/{q(execution_id)}/cancel"))
+    return dict(resp.json())
+
+
+def delete_batch(execution_id: str) -> Op[None]:
+    yield from call(Request("DELETE", f"/v1/batches/{q(execution_id)}"))
+
+
+def results_page(
+    execution_id: str, start: int, limit: int = RESULTS_PAGE_SIZE
+) -> Op[dict[str, Any]]:
+    resp = yield from call(
+        Request(
+            "GET", f"/v1/batches/{q(execution_id)}/results", params={"start": start, "limit": limit}
+        )
+    )
+    return dict(resp.json())
+
+
+def results_arrow(execution_id: str) -> Op[bytes]:
+    resp = yield from call(
+        Request(
+            "GET",
+            f"/v1/batches/{q(execution_id)}/results",
+            params={"format": "arrow"},
+            headers={"Accept": ARROW_STREAM},
+        )
+    )
+    return resp.content
+
+
+def list_artifacts(execution_id: str, index: int) -> Op[list[str]]:
+    resp = yield from call(
+        Request("GET", f"/v1/batches/{q(execution_id)}/results/{index}/artifacts")
+    )
+    return [str(name) for name in resp.json()["artifacts"]]
+
+
+def _artifact_path(execution_id: str, index: int, name: str) -> str:
+    return f"/v1/batches/{q(execution_id)}/results/{index}/artifacts/{q(name)}"
+
+
+def artifact(execution_id: str, index: int, name: str) -> Op[bytes]:
+    resp = yield from call(Request("GET", _artifact_path(execution_id, index, name)))
+    return resp.content
+
+
+def download_artifact(execution_id: str, index: int, name: str, target: Path) -> Op[Path]:
+    """Stream an artifact into ``target``; a failed download leaves no file behind."""
+    partial = target.with_name(target.name + ".part")
+    with open(partial, "wb") as out:
+        try:
+            path = _artifact_path(execution_id, index, name)
+            yield from call(Request("GET", path, sink=out.write))
+        except BaseException:
+            out.close()
+            partial.unlink(missing_ok=True)
+            raise
+    os.replace(partial, target)
+    return target

@@ -1,0 +1,189 @@
+"""A published service (ML Server's ``Service``): consume it, run batches of it.
+
+Each service object is an instance of a class made for it, ``<Name>Service``, whose method named
+after the service's alias (``manual_transmission``, say) calls the service with its inputs, as
+ML Server's SDK does.
+"""
+
+from __future__ import annotations
+
+import inspect
+import keyword
+import re
+from typing import TYPE_CHECKING, Any
+
+from batchserve.client import _ops
+from batchserve.client._batch import Batch
+from batchserve.client._records import records_body
+from batchserve.client._responses import ServiceResponse
+from batchserve.client._types import plain
+from batchserve.client._wire import Op
+from batchserve.errors import UsageError
+
+if TYPE_CHECKING:
+    from batchserve.client._runner import Runner
+
+
+class Service:
+    """A service version on the server, as described when it was read."""
+
+    def __init__(self, info: dict[str, Any], runner: Runner) -> None:
+        self.info = info  #: the service as the server described it (``ServicePublic``)
+        self._runner = runner
+
+    @property
+    def name(self) -> str:
+        return str(self.info["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.info["version"])
+
+    @property
+    def description(self) -> str:
+        return str(self.info.get("description") or "")
+
+    @property
+    def alias(self) -> str:
+        """The name of the method that calls the service (``consume`` always works too)."""
+        return str(self.info.get("alias") or "consume")
+
+    @property
+    def mode(self) -> str:
+        return str(self.info.get("mode") or "row")
+
+    @property
+    def artifacts(self) -> list[str]:
+        """The names of the files each call may produce."""
+        return [str(name) for name in self.info.get("artifacts") or []]
+
+    @property
+    def bundle_kind(self) -> str:
+        """``callable`` (a published function) or ``code`` (a published code string)."""
+        return str(self.info.get("bundle_kind") or "callable")
+
+    @property
+    def published_by(self) -> str | None:
+        return self.info.get("published_by")
+
+    @property
+    def created_at(self) -> str | None:
+        return self.info.get("created_at")
+
+    @property
+    def inputs(self) -> dict[str, str]:
+        """Input names, in the order the service takes them, with their types."""
+        return dict(self.info.get("inputs") or {})
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        """Output names with their types."""
+        return dict(self.info.get("outputs") or {})
+
+    def consume(self, *args: Any, **kwargs: Any) -> ServiceResponse:
+        """Call the service once, with its inputs given in declared order or by name."""
+        inputs = _bind(self.inputs, self.alias, args, kwargs)
+        return self._runner.run(self._consume(inputs))
+
+    def _consume(self, inputs: dict[str, Any]) -> Op[ServiceResponse]:
+        raw = yield from _ops.consume(self.name, self.version, inputs)
+        return ServiceResponse(raw, self._runner)
+
+    def batch(self, records: Any, parallel_count: int = 10, chunk_size: int | None = None) -> Batch:
+        """Prepare a batch execution over ``records``; :meth:`Batch.start` runs it.
+
+        ``records`` is a pandas DataFrame, a list of dicts, a dict of equal-length columns, or the
+        path of a CSV/TSV file. In-memory records are checked and converted now, so a problem with
+        them is raised here; nothing is sent until ``start()``.
+        """
+        if not self.inputs:
+            raise UsageError(f"Service {self.name} {self.version} has no inputs to run a batch on.")
+        for option, value in (("parallel_count", parallel_count), ("chunk_size", chunk_size)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise UsageError(f"{option} must be a whole number of at least 1, not {value!r}.")
+        body = records_body(records, list(self.inputs))
+        return Batch(
+            self, body, records=records, parallel_count=parallel_count, chunk_size=chunk_size
+        )
+
+    def get_batch(self, execution_id: str) -> Batch:
+        """The batch with this execution id, as the server describes it now."""
+        return self._runner.run(self._get_batch(execution_id))
+
+    def _get_batch(self, execution_id: str) -> Op[Batch]:
+        info = yield from _ops.get_batch(execution_id)
+        return Batch(
+            self,
+            None,
+            parallel_count=int(info.get("parallel_count") or 0),
+            chunk_size=info.get("chunk_size"),
+            info=info,
+        )
+
+    def list_batch_executions(self) -> list[str]:
+        """The execution ids of this service version's batches, newest first."""
+        return self._runner.run(self._list_batch_executions())
+
+    def _list_batch_executions(self) -> Op[list[str]]:
+        batches = yield from _ops.list_service_batches(self.name, self.version)
+        return [str(b["id"]) for b in batches]
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{n}: {t}" for n, t in self.inputs.items())
+        return f"<{type(self).__name__} {self.name} {self.version} {self.alias}({args})>"
+
+
+def _bind(
+    inputs: dict[str, str], alias: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Map call arguments to input names like Python binds a function's parameters."""
+    names = list(inputs)
+    if len(args) > len(names):
+        raise TypeError(
+            f"{alias}() takes {len(names)} inputs ({', '.join(names) or 'none'}) "
+            f"but {len(args)} were given"
+        )
+    values = dict(zip(names, args, strict=False))
+    for name, value in kwargs.items():
+        if name not in inputs:
+            raise TypeError(f"{alias}() got an unexpected input {name!r}; it takes {names}")
+        if name in values:
+            raise TypeError(f"{alias}() got multiple values for input {name!r}")
+        values[name] = value
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise TypeError(f"{alias}() is missing input(s): {', '.join(missing)}")
+    return {name: plain(values[name]) for name in names}
+
+
+def service_from_info(info: dict[str, Any], runner: Runner) -> Service:
+    """A :class:`Service` whose class has the alias method, named ``<Name>Service``."""
+    alias = str(info.get("alias") or "consume")
+    inputs = list(info.get("inputs") or {})
+    namespace: dict[str, Any] = {"__doc__": Service.__doc__}
+    # An alias that is not a usable name, or that would hide a Service attribute, gets no method
+    # of its own; consume() always works.
+    if alias.isidentifier() and not keyword.iskeyword(alias) and not hasattr(Service, alias):
+        namespace[alias] = _alias_method(alias, inputs)
+    base = re.sub(r"\W", "", str(info.get("name", "")))
+    class_name = f"{base[:1].upper()}{base[1:]}Service" if base.isidentifier() else "Service"
+    cls = type(class_name, (Service,), namespace)
+    cls.__module__ = Service.__module__
+    return cls(info, runner)
+
+
+def _alias_method(alias: str, inputs: list[str]) -> Any:
+    def method(self: Service, *args: Any, **kwargs: Any) -> ServiceResponse:
+        return self.consume(*args, **kwargs)
+
+    method.__name__ = method.__qualname__ = alias
+    method.__doc__ = (
+        f"Call the service with {', '.join(inputs) or 'no inputs'} "
+        "(in this order, or by name); returns a ServiceResponse."
+    )
+    if all(n.isidentifier() and not keyword.iskeyword(n) for n in inputs):
+        # For help() and editors: the inputs as the method's parameters.
+        params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        params += [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in inputs]
+        method.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    return method
