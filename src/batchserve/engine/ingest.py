@@ -6,6 +6,8 @@ memory at a time, whatever the size of the upload.
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
@@ -25,20 +27,36 @@ def input_key(batch_id: str, seq: int) -> str:
     return f"batches/{batch_id}/inputs/{seq:06d}.arrow"
 
 
+def _csv_header(source: io.BufferedReader, delimiter: str) -> list[str]:
+    """The column names of a CSV/TSV upload, read without consuming the stream."""
+    head = source.peek(1 << 20)[: 1 << 20]
+    line = head.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace").rstrip("\r")
+    if not line.strip():
+        raise SchemaError("The upload holds no records (not even a header row).")
+    return next(csv.reader([line], delimiter=delimiter))
+
+
 def _batches(
-    source: BinaryIO, content_type: str, inputs: dict[str, str]
+    source: BinaryIO, content_type: str, inputs: dict[str, str], service: str
 ) -> Iterator[pa.RecordBatch]:
     try:
         if content_type == ARROW_STREAM:
             yield from pa.ipc.open_stream(source)
         elif content_type in (CSV, TSV):
+            delimiter = "\t" if content_type == TSV else ","
+            buffered = source if isinstance(source, io.BufferedReader) else io.BufferedReader(
+                source, buffer_size=1 << 20)  # type: ignore[arg-type]
+            # Check the header first, then read only the input columns: other columns are never
+            # parsed, so their values cannot fail the upload.
+            check_columns(_csv_header(buffered, delimiter), inputs, service)
             # Inputs are read as text and cast per chunk: a bad value then fails only its record.
             reader = pacsv.open_csv(
-                source,
+                buffered,
                 read_options=pacsv.ReadOptions(block_size=1 << 20),
-                parse_options=pacsv.ParseOptions(delimiter="\t" if content_type == TSV else ","),
+                parse_options=pacsv.ParseOptions(delimiter=delimiter),
                 convert_options=pacsv.ConvertOptions(
                     column_types={name: pa.string() for name in inputs},
+                    include_columns=list(inputs),
                     strings_can_be_null=True,
                 ),
             )
@@ -85,7 +103,7 @@ def ingest(
         seq += 1
         total += chunk.num_rows
 
-    for rb in _batches(source, content_type, inputs):
+    for rb in _batches(source, content_type, inputs, service):
         if not checked:
             check_columns(rb.schema.names, inputs, service)
             checked = True
