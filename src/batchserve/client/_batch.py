@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+#: Seconds the server may hold a wait() poll open.
+LONG_POLL = 10.0
+
+
 class Batch:
     """A batch execution: start it, follow it, read its results and artifacts, cancel it."""
 
@@ -125,28 +129,32 @@ class Batch:
         execution_id = self._require_id()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            self.info = yield from _ops.get_batch(execution_id)
+            # The server holds the request until the batch finishes (at most LONG_POLL s), so
+            # wait() returns as soon as the batch is done rather than at the next poll.
+            window = LONG_POLL if deadline is None else max(0.0, deadline - time.monotonic())
+            before = time.monotonic()
+            self.info = yield from _ops.get_batch(execution_id, wait=min(window, LONG_POLL))
             state = BatchState(self.info["state"])
             if state.is_final:
                 return self._response(self.info, show_partial_results=True)
-            pause = poll_interval
+            if deadline is not None and time.monotonic() >= deadline:
+                assert timeout is not None
+                done = self.info.get("completed_item_count")
+                total = self.info.get("total_item_count")
+                raise WaitTimeout(
+                    f"Batch {execution_id} did not finish within {timeout} s (state {state}, "
+                    f"{done} of {total} records finished). It goes on running: call wait() "
+                    "again, or cancel() it.",
+                    execution_id=execution_id,
+                    state=state.value,
+                    timeout=timeout,
+                )
+            # A server that answered early (an older one, or a proxy) is polled at poll_interval.
+            pause = poll_interval - (time.monotonic() - before)
             if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    assert timeout is not None
-                    done = self.info.get("completed_item_count")
-                    total = self.info.get("total_item_count")
-                    raise WaitTimeout(
-                        f"Batch {execution_id} did not finish within {timeout} s (state {state}, "
-                        f"{done} of {total} records finished). It goes on running: call wait() "
-                        "again, or cancel() it.",
-                        execution_id=execution_id,
-                        state=state.value,
-                        timeout=timeout,
-                    )
-                # The last poll lands on the deadline rather than after it.
-                pause = min(poll_interval, remaining)
-            yield from sleep(pause)
+                pause = min(pause, deadline - time.monotonic())
+            if pause > 0:
+                yield from sleep(pause)
 
     def _response(self, info: dict[str, Any], *, show_partial_results: bool) -> BatchResponse:
         return BatchResponse(

@@ -119,8 +119,10 @@ def list_service_batches(name: str, version: str) -> Op[list[dict[str, Any]]]:
     return list(resp.json()["batches"])
 
 
-def get_batch(execution_id: str) -> Op[dict[str, Any]]:
-    resp = yield from call(Request("GET", f"/v1/batches/{q(execution_id)}"))
+def get_batch(execution_id: str, wait: float = 0.0) -> Op[dict[str, Any]]:
+    """The batch; with ``wait`` the server answers once it is finished or ``wait`` s passed."""
+    params = {"wait": round(wait, 3)} if wait > 0 else None
+    resp = yield from call(Request("GET", f"/v1/batches/{q(execution_id)}", params=params))
     return dict(resp.json())
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import anyio.to_thread
@@ -18,7 +20,10 @@ from batchserve.server.schemas import (
     ResultPage,
 )
 from batchserve.server.upload import blocking_body
+from batchserve.states import BatchState
 from batchserve.store.models import Batch
+
+LONG_POLL_STEP = 0.05  # seconds between looks at a batch a long poll waits for
 
 router = APIRouter(tags=["batches"])
 
@@ -115,8 +120,24 @@ def list_batches(
 
 
 @router.get("/v1/batches/{batch_id}", response_model=BatchPublic, summary="One batch")
-def get_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> BatchPublic:
-    return public(engine, engine.batches.get(who, batch_id))
+async def get_batch(
+    batch_id: str,
+    engine: EngineDep,
+    who: PrincipalDep,
+    wait: float = Query(
+        0,
+        ge=0,
+        le=60,
+        description="Hold the answer until the batch is finished, at most this "
+        "many seconds (a long poll).",
+    ),
+) -> BatchPublic:
+    batch = await anyio.to_thread.run_sync(engine.batches.get, who, batch_id)
+    deadline = time.monotonic() + wait
+    while not BatchState(batch.state).is_final and time.monotonic() < deadline:
+        await asyncio.sleep(LONG_POLL_STEP)
+        batch = await anyio.to_thread.run_sync(engine.batches.get, who, batch_id)
+    return await anyio.to_thread.run_sync(public, engine, batch)
 
 
 @router.post("/v1/batches/{batch_id}/start", response_model=BatchPublic, summary="Start a batch")
