@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 TYPE_NAMES = ("int", "float", "str", "bool")
 
@@ -20,6 +21,7 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "bool": pa.bool_(),
 }
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
 
@@ -80,10 +82,15 @@ def coerce(value: Any, type_name: str, name: str, kind: str = "input") -> Any:
     elif type_name == "int":
         if isinstance(value, bool):
             raise SchemaError(_wrong(kind, name, type_name, value))
-        if isinstance(value, int):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int):
+            if kind == "output" and not INT64_MIN <= value <= INT64_MAX:
+                raise SchemaError(
+                    f"output '{name}' is {value}, outside the 64-bit integer range; declare it "
+                    "as float or str to return such values."
+                )
+            return value
         if isinstance(value, str) and kind == "input":
             try:
                 return int(value.strip())
@@ -98,6 +105,13 @@ def coerce(value: Any, type_name: str, name: str, kind: str = "input") -> Any:
             return value.strip().lower() in _TRUE
     elif type_name == "str":
         if isinstance(value, str):
+            if kind == "output":
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise SchemaError(
+                        f"output '{name}' is not valid text (it holds a lone surrogate)."
+                    ) from None
             return value
         if kind == "input" and isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)  # a CSV column of digits declared as text
@@ -141,8 +155,16 @@ def conform_column(
     if column.type == target:
         return column
     try:
+        # Arrow casts more freely than the per-record check (True -> 1, 2 -> True); such
+        # columns go through that check instead, so a value fails exactly as it would alone.
         if type_name == "bool" and pa.types.is_string(column.type):
             raise pa.ArrowInvalid("text booleans are parsed per record")
+        if type_name in ("int", "float") and pa.types.is_boolean(column.type):
+            raise pa.ArrowInvalid("booleans are not numbers here")
+        if type_name == "bool" and pa.types.is_integer(column.type):
+            values = pc.unique(column).drop_null().to_pylist()
+            if not set(values) <= {0, 1}:
+                raise pa.ArrowInvalid("only 0 and 1 are booleans")
         if type_name == "int" and pa.types.is_floating(column.type):
             return column.cast(target, safe=True)
         return column.cast(target)

@@ -61,6 +61,10 @@ class LoadedService:
             if callable(init):
                 init.__globals__.update(self.namespace)
                 returned = init()
+                # What the init function made global is visible to the code, as for callables.
+                self.namespace.update(
+                    {k: v for k, v in init.__globals__.items() if not k.startswith("__")}
+                )
                 if isinstance(returned, dict):
                     self.namespace.update(returned)
             elif isinstance(init, str) and init.strip():

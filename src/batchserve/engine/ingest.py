@@ -44,8 +44,11 @@ def _batches(
             yield from pa.ipc.open_stream(source)
         elif content_type in (CSV, TSV):
             delimiter = "\t" if content_type == TSV else ","
-            buffered = source if isinstance(source, io.BufferedReader) else io.BufferedReader(
-                source, buffer_size=1 << 20)  # type: ignore[arg-type]
+            buffered = (
+                source
+                if isinstance(source, io.BufferedReader)
+                else io.BufferedReader(source, buffer_size=1 << 20)
+            )  # type: ignore[arg-type]
             # Check the header first, then read only the input columns: other columns are never
             # parsed, so their values cannot fail the upload.
             check_columns(_csv_header(buffered, delimiter), inputs, service)
@@ -118,7 +121,7 @@ def ingest(
             buffered = rest.to_batches()
             buffered_rows = rest.num_rows
     if not checked and names:
-        raise SchemaError("The upload holds no records (not even a header row).")
+        raise SchemaError("The upload holds no records.")
     if buffered_rows:
         write(pa.Table.from_batches(buffered))
     return total

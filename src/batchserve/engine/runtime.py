@@ -15,12 +15,12 @@ import shutil
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
 
-from batchserve.blobs import BlobStore
+from batchserve.blobs import BlobNotFound, BlobStore
 from batchserve.engine import bundles
 from batchserve.engine.results import STATUS_FAILED, STATUS_SUCCEEDED, ResultWriter
 from batchserve.engine.tasks import ChunkTask, ConsumeTask, ServiceSpec
@@ -32,6 +32,21 @@ FLUSH_INTERVAL = 0.02  # seconds of finished records a stopped chunk may lose at
 
 def artifact_key(batch_id: str, index: int, name: str) -> str:
     return f"batches/{batch_id}/artifacts/{index}/{name}"
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    """Set a batch's environment variables for the service code, and put back the old ones."""
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class Runtime:
@@ -50,6 +65,10 @@ class Runtime:
             try:
                 data = self.blobs.read_bytes(spec.bundle_key)
                 self._cache[spec.key] = bundles.load(data, spec.outputs)
+            except BlobNotFound:
+                self._cache[spec.key] = bundles.BundleError(
+                    f"the service bundle {spec.bundle_key} is missing from the blob store"
+                )
             except bundles.BundleError as exc:
                 self._cache[spec.key] = exc
             while len(self._cache) > self._cache_size:
@@ -78,6 +97,7 @@ class Runtime:
         row: dict[str, Any] = {"index": index, "artifacts": []}
         console = io.StringIO()
         workdir = tempfile.mkdtemp(dir=self.scratch) if spec.artifacts else None
+        cwd = os.getcwd() if workdir is not None else ""
         try:
             if checked:
                 inputs = {
@@ -103,7 +123,7 @@ class Runtime:
             )
         finally:
             if workdir is not None:
-                os.chdir(self.scratch)
+                os.chdir(cwd)
         if workdir is not None:
             for name in spec.artifacts:
                 path = os.path.join(workdir, name)
@@ -130,8 +150,13 @@ class Runtime:
         chunk stopped by a cancel keeps nearly every record it finished; progress counts go to
         ``report`` every ``progress_interval`` seconds.
         """
+        with _environment(task.environment):
+            return self._run_chunk(task, report, progress_interval)
+
+    def _run_chunk(
+        self, task: ChunkTask, report: Callable[[int, int], None], progress_interval: float
+    ) -> dict[str, Any]:
         spec = task.service
-        os.environ.update(task.environment)
         with self.blobs.open_read(task.input_key) as f:
             table = pa.ipc.open_file(f).read_all()
         columns = [c for c in spec.inputs if c in table.column_names]

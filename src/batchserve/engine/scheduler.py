@@ -240,9 +240,15 @@ class Scheduler:
                 self._settle_from_file(run, ChunkState.CANCELLED, reason)
             except Exception:  # an unreadable result file must not leave the batch cancelling
                 log.exception("could not read the results of a stopped chunk")
-                self.store.set_chunk(run.chunk_id, state=ChunkState.CANCELLED.value,
-                                     finished_at=utcnow(), error=reason, succeeded=0, failed=0,
-                                     cancelled=run.count)
+                self.store.set_chunk(
+                    run.chunk_id,
+                    state=ChunkState.CANCELLED.value,
+                    finished_at=utcnow(),
+                    error=reason,
+                    succeeded=0,
+                    failed=0,
+                    cancelled=run.count,
+                )
         self._finish_cancel(batch_id, reason)
 
     def _finish_cancel(self, batch_id: str, reason: str) -> None:

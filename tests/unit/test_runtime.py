@@ -1,0 +1,891 @@
+"""The service runtime (batchserve.engine.runtime and bundles), run in-process.
+
+Service functions are defined inside the tests so that cloudpickle stores them by value, as it
+does for functions a data scientist defines in a notebook.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import os
+
+import cloudpickle
+import pyarrow as pa
+import pytest
+
+from batchserve.blobs import LocalBlobStore
+from batchserve.engine import runtime as runtime_module
+from batchserve.engine.bundles import BundleError
+from batchserve.engine.results import STATUS_FAILED, STATUS_SUCCEEDED, read_results
+from batchserve.engine.runtime import MAX_CONSOLE_CHARS, Runtime, artifact_key
+from batchserve.engine.tasks import ChunkTask, ConsumeTask, ServiceSpec
+
+_keys = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def start_in_tmp_path(tmp_path, monkeypatch):
+    # Records change the working directory; whatever a test does, the next one starts clean.
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def every_record_flushed_and_reported(monkeypatch):
+    monkeypatch.setattr(runtime_module, "FLUSH_INTERVAL", 0)
+
+
+@pytest.fixture
+def blobs(tmp_path):
+    return LocalBlobStore(tmp_path / "blobs")
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    return tmp_path / "scratch"
+
+
+@pytest.fixture
+def runtime(blobs, scratch):
+    return Runtime(blobs, scratch=str(scratch))
+
+
+@pytest.fixture
+def publish(blobs):
+    def publish(code, *, inputs, outputs, init=None, models=None, objects=None, artifacts=()):
+        kind = "code" if isinstance(code, str) else "callable"
+        bundle = {
+            "format": 1,
+            "kind": kind,
+            "code": code,
+            "init": init,
+            "models": models or {},
+            "objects": objects or {},
+        }
+        key = f"services/svc/{next(_keys)}/bundle.pkl"
+        blobs.write_bytes(key, cloudpickle.dumps(bundle))
+        return ServiceSpec(
+            key=key,
+            bundle_key=key,
+            mode="row",
+            inputs=inputs,
+            outputs=outputs,
+            artifacts=tuple(artifacts),
+        )
+
+    return publish
+
+
+def run(runtime, spec, inputs, index=0, sink=None):
+    return runtime.run_record(spec, inputs, index=index, artifact_sink=sink)
+
+
+def write_chunk(blobs, table, key="batches/b1/inputs/000000.arrow"):
+    with blobs.open_write(key) as f, pa.ipc.new_file(f, table.schema) as writer:
+        writer.write_table(table)
+    return key
+
+
+def chunk_task(
+    spec,
+    input_key,
+    *,
+    start_index=0,
+    count,
+    attempt=1,
+    batch_id="b1",
+    environment=None,
+    result_key="batches/b1/results/000000-1.arrow",
+):
+    return ChunkTask(
+        task_id=f"t-{next(_keys)}",
+        batch_id=batch_id,
+        chunk_id=1,
+        start_index=start_index,
+        count=count,
+        attempt=attempt,
+        input_key=input_key,
+        result_key=result_key,
+        service=spec,
+        environment=environment or {},
+    )
+
+
+def test_the_runtime_creates_its_scratch_folder(blobs, scratch):
+    Runtime(blobs, scratch=str(scratch))
+    assert scratch.is_dir()
+
+
+# --- calling a function ----------------------------------------------------------------------
+
+
+def test_inputs_are_passed_as_keyword_arguments(runtime, publish):
+    def service(wt, hp):
+        return hp - wt
+
+    spec = publish(service, inputs={"hp": "float", "wt": "float"}, outputs={"answer": "float"})
+    row = run(runtime, spec, {"hp": 120.0, "wt": 20.0})
+    assert row["status"] == STATUS_SUCCEEDED
+    assert row["outputs"] == {"answer": 100.0}
+
+
+def test_inputs_are_coerced_to_their_declared_types_before_the_call(runtime, publish):
+    def service(hp, cyl, manual):
+        return f"{type(hp).__name__} {type(cyl).__name__} {manual!r}"
+
+    spec = publish(
+        service, inputs={"hp": "float", "cyl": "int", "manual": "bool"}, outputs={"kinds": "str"}
+    )
+    row = run(runtime, spec, {"hp": "110", "cyl": "6", "manual": "yes"})
+    assert row["outputs"] == {"kinds": "float int True"}
+
+
+def test_a_dict_return_is_mapped_to_outputs_by_name(runtime, publish):
+    def service(x):
+        return {"double": x * 2, "label": "even" if x % 2 == 0 else "odd", "ignored": 1}
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"label": "str", "double": "int"})
+    assert run(runtime, spec, {"x": 3})["outputs"] == {"label": "odd", "double": 6}
+
+
+def test_a_single_value_becomes_the_first_output(runtime, publish):
+    def service(x):
+        return x + 1
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
+    assert run(runtime, spec, {"x": 1})["outputs"] == {"y": 2}
+
+
+def test_a_tuple_is_mapped_to_outputs_by_position(runtime, publish):
+    def service(x):
+        return x, str(x)
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"number": "int", "text": "str"})
+    assert run(runtime, spec, {"x": 7})["outputs"] == {"number": 7, "text": "7"}
+
+
+def test_an_int_return_is_accepted_for_a_float_output(runtime, publish):
+    def service(x):
+        return 3
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "float"})
+    row = run(runtime, spec, {"x": 1})
+    assert row["outputs"] == {"y": 3.0}
+    assert type(row["outputs"]["y"]) is float
+
+
+def test_a_numpy_return_becomes_a_python_value(runtime, publish):
+    def service(x):
+        import numpy
+
+        return numpy.float64(x) / 2
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "float"})
+    row = run(runtime, spec, {"x": 3})
+    assert row["outputs"] == {"y": 1.5}
+    assert type(row["outputs"]["y"]) is float
+
+
+def test_a_result_row_has_its_index_and_a_duration(runtime, publish):
+    def service(x):
+        return x
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
+    row = run(runtime, spec, {"x": 1}, index=41)
+    assert row["index"] == 41
+    assert row["duration_ms"] >= 0
+    assert row["artifacts"] == []
+
+
+# --- code strings ----------------------------------------------------------------------------
+
+
+def test_code_sees_inputs_as_variables_and_outputs_are_read_back(runtime, publish):
+    spec = publish(
+        "answer = hp / wt\nlabel = 'heavy' if wt > 3 else 'light'",
+        inputs={"hp": "float", "wt": "float"},
+        outputs={"answer": "float", "label": "str"},
+    )
+    row = run(runtime, spec, {"hp": 120, "wt": 4})
+    assert row["outputs"] == {"answer": 30.0, "label": "heavy"}
+
+
+def test_code_that_does_not_set_an_output_fails_naming_it(runtime, publish):
+    spec = publish("other = x", inputs={"x": "int"}, outputs={"y": "int"})
+    row = run(runtime, spec, {"x": 1})
+    assert row["status"] == STATUS_FAILED
+    assert row["error_type"] == "NameError"
+    assert "output variable(s) y" in row["error"]
+
+
+def test_variables_set_by_one_record_are_not_seen_by_the_next(runtime, publish):
+    code = "y = seen if 'seen' in dir() else 'fresh'\nseen = 'stale'"
+    spec = publish(code, inputs={"x": "int"}, outputs={"y": "str"})
+    assert run(runtime, spec, {"x": 1})["outputs"] == {"y": "fresh"}
+    assert run(runtime, spec, {"x": 2})["outputs"] == {"y": "fresh"}
+
+
+# --- init ------------------------------------------------------------------------------------
+
+
+def test_an_init_function_runs_once_per_loaded_service(runtime, publish, tmp_path):
+    log = tmp_path / "init.log"
+
+    def init():
+        with open(log, "a") as f:
+            f.write("init\n")
+
+    def service(x):
+        return x
+
+    spec = publish(service, init=init, inputs={"x": "int"}, outputs={"y": "int"})
+    for i in range(3):
+        assert run(runtime, spec, {"x": i})["status"] == STATUS_SUCCEEDED
+    assert log.read_text() == "init\n"
+
+
+def test_a_second_runtime_loads_the_service_and_runs_init_again(blobs, scratch, publish, tmp_path):
+    log = tmp_path / "init.log"
+
+    def init():
+        with open(log, "a") as f:
+            f.write("init\n")
+
+    def service(x):
+        return x
+
+    spec = publish(service, init=init, inputs={"x": "int"}, outputs={"y": "int"})
+    for _ in range(2):
+        fresh = Runtime(blobs, scratch=str(scratch))
+        run(fresh, spec, {"x": 1})
+        run(fresh, spec, {"x": 2})
+    assert log.read_text() == "init\ninit\n"
+
+
+def test_an_init_string_runs_once_per_loaded_service(runtime, publish, tmp_path):
+    log = tmp_path / "init.log"
+    spec = publish(
+        "y = x + offset",
+        init="open(LOG, 'a').write('init\\n')\noffset = 10",
+        objects={"LOG": str(log)},
+        inputs={"x": "int"},
+        outputs={"y": "int"},
+    )
+    assert [run(runtime, spec, {"x": i})["outputs"] for i in range(3)] == [
+        {"y": 10},
+        {"y": 11},
+        {"y": 12},
+    ]
+    assert log.read_text() == "init\n"
+
+
+def test_globals_set_by_an_init_function_are_seen_by_the_function(runtime, publish):
+    def init():
+        global offset
+        offset = 10
+
+    def service(x):
+        return x + offset  # a global set by init
+
+    spec = publish(service, init=init, inputs={"x": "int"}, outputs={"y": "int"})
+    assert run(runtime, spec, {"x": 1})["outputs"] == {"y": 11}
+
+
+def test_a_dict_returned_by_init_becomes_globals_of_the_function(runtime, publish):
+    def init():
+        return {"offset": 5}
+
+    def service(x):
+        return x + offset  # returned by init
+
+    spec = publish(service, init=init, inputs={"x": "int"}, outputs={"y": "int"})
+    assert run(runtime, spec, {"x": 1})["outputs"] == {"y": 6}
+
+
+def test_an_init_string_defines_globals_of_the_function(runtime, publish):
+    def service(x):
+        return x + offset  # defined by the init string
+
+    spec = publish(service, init="offset = 100", inputs={"x": "int"}, outputs={"y": "int"})
+    assert run(runtime, spec, {"x": 1})["outputs"] == {"y": 101}
+
+
+def test_a_dict_returned_by_init_is_seen_by_code(runtime, publish):
+    def init():
+        return {"offset": 5}
+
+    spec = publish("y = x + offset", init=init, inputs={"x": "int"}, outputs={"y": "int"})
+    assert run(runtime, spec, {"x": 1})["outputs"] == {"y": 6}
+
+
+def test_globals_set_by_an_init_function_are_seen_by_code(runtime, publish):
+    # "code ... run in a namespace holding ... what the init code defined" (bundles.py), as a
+    # function's globals are for a callable.
+    def init():
+        global offset
+        offset = 10
+
+    spec = publish("y = x + offset", init=init, inputs={"x": "int"}, outputs={"y": "int"})
+    row = run(runtime, spec, {"x": 1})
+    assert row.get("error") is None
+    assert row["outputs"] == {"y": 11}
+
+
+def test_a_failing_init_fails_every_record_with_a_bundle_error(runtime, publish, tmp_path):
+    log = tmp_path / "init.log"
+
+    def init():
+        with open(log, "a") as f:
+            f.write("init\n")
+        raise RuntimeError("model file not found")
+
+    def service(x):
+        return x
+
+    spec = publish(service, init=init, inputs={"x": "int"}, outputs={"y": "int"})
+    rows = [run(runtime, spec, {"x": i}, index=i) for i in range(3)]
+    for row in rows:
+        assert row["status"] == STATUS_FAILED
+        assert row["error_type"] == "BundleError"
+        assert row["error"] == "the service's init failed: RuntimeError: model file not found"
+    assert log.read_text() == "init\n"  # the failure is remembered, not retried per record
+
+
+def test_a_failing_init_string_fails_records_with_a_bundle_error(runtime, publish):
+    spec = publish("y = x", init="1 / 0", inputs={"x": "int"}, outputs={"y": "int"})
+    row = run(runtime, spec, {"x": 1})
+    assert row["error_type"] == "BundleError"
+    assert "ZeroDivisionError" in row["error"]
+
+
+def test_a_bundle_that_cannot_be_unpickled_fails_records_with_a_bundle_error(runtime, blobs):
+    blobs.write_bytes("services/broken", b"not a pickle")
+    spec = ServiceSpec(
+        key="services/broken",
+        bundle_key="services/broken",
+        mode="row",
+        inputs={"x": "int"},
+        outputs={"y": "int"},
+        artifacts=(),
+    )
+    row = run(runtime, spec, {"x": 1})
+    assert row["error_type"] == "BundleError"
+    assert row["error"].startswith("the service bundle cannot be loaded:")
+
+
+def test_a_pickle_that_is_no_bundle_fails_records_with_a_bundle_error(runtime, blobs):
+    blobs.write_bytes("services/other", cloudpickle.dumps(["not", "a", "bundle"]))
+    spec = ServiceSpec(
+        key="services/other",
+        bundle_key="services/other",
+        mode="row",
+        inputs={"x": "int"},
+        outputs={"y": "int"},
+        artifacts=(),
+    )
+    row = run(runtime, spec, {"x": 1})
+    assert row["error_type"] == "BundleError"
+    assert row["error"] == "the service bundle is not a batchserve bundle"
+
+
+def test_a_missing_bundle_fails_records_with_a_bundle_error(runtime):
+    # BundleError: "The bundle cannot be loaded or its init failed".
+    spec = ServiceSpec(
+        key="services/gone",
+        bundle_key="services/gone",
+        mode="row",
+        inputs={"x": "int"},
+        outputs={"y": "int"},
+        artifacts=(),
+    )
+    row = run(runtime, spec, {"x": 1})
+    assert row["status"] == STATUS_FAILED
+    assert row["error_type"] == "BundleError"
+
+
+def test_an_unknown_bundle_kind_is_a_bundle_error(runtime, blobs):
+    blobs.write_bytes("services/k", cloudpickle.dumps({"kind": "notebook", "code": "y = 1"}))
+    spec = ServiceSpec(
+        key="services/k",
+        bundle_key="services/k",
+        mode="row",
+        inputs={"x": "int"},
+        outputs={"y": "int"},
+        artifacts=(),
+    )
+    row = run(runtime, spec, {"x": 1})
+    assert row["error_type"] == "BundleError"
+    assert "unknown bundle kind 'notebook'" in row["error"]
+
+
+def test_runtime_service_raises_the_remembered_bundle_error(runtime, publish):
+    spec = publish("y = x", init="1 / 0", inputs={"x": "int"}, outputs={"y": "int"})
+    with pytest.raises(BundleError):
+        runtime.service(spec)
+    with pytest.raises(BundleError):
+        runtime.service(spec)
+
+
+# --- models and objects ----------------------------------------------------------------------
+
+
+def test_models_and_objects_are_globals_of_the_function(runtime, publish):
+    def service(x):
+        return model["slope"] * x + intercept  # noqa: F821 - published models and objects
+
+    spec = publish(
+        service,
+        models={"model": {"slope": 2}},
+        objects={"intercept": 1},
+        inputs={"x": "int"},
+        outputs={"y": "int"},
+    )
+    assert run(runtime, spec, {"x": 5})["outputs"] == {"y": 11}
+
+
+def test_models_and_objects_are_variables_of_code(runtime, publish):
+    spec = publish(
+        "y = model['slope'] * x + intercept",
+        models={"model": {"slope": 3}},
+        objects={"intercept": 2},
+        inputs={"x": "int"},
+        outputs={"y": "int"},
+    )
+    assert run(runtime, spec, {"x": 5})["outputs"] == {"y": 17}
+
+
+def test_init_sees_models_and_objects(runtime, publish):
+    def init():
+        return {"offset": model * 10}  # noqa: F821 - a published model
+
+    def service(x):
+        return x + offset  # returned by init
+
+    spec = publish(
+        service, init=init, models={"model": 4}, inputs={"x": "int"}, outputs={"y": "int"}
+    )
+    assert run(runtime, spec, {"x": 1})["outputs"] == {"y": 41}
+
+
+# --- console output --------------------------------------------------------------------------
+
+
+def test_console_output_is_captured_per_record(runtime, publish, capsys):
+    def service(x):
+        print(f"working on {x}")
+        return x
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
+    first = run(runtime, spec, {"x": 1})
+    second = run(runtime, spec, {"x": 2})
+    assert first["console_output"] == "working on 1\n"
+    assert second["console_output"] == "working on 2\n"
+    assert "working on" not in capsys.readouterr().out
+
+
+def test_console_output_is_kept_when_the_record_fails(runtime, publish):
+    def service(x):
+        print("about to fail")
+        raise ValueError("nope")
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
+    row = run(runtime, spec, {"x": 1})
+    assert row["status"] == STATUS_FAILED
+    assert row["console_output"] == "about to fail\n"
+
+
+def test_very_long_console_output_is_truncated(runtime, publish):
+    def service(x):
+        print("x" * (MAX_CONSOLE_CHARS + 100))
+        return x
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
+    text = run(runtime, spec, {"x": 1})["console_output"]
+    assert text.endswith("[console output truncated]\n")
+    assert len(text) < MAX_CONSOLE_CHARS + 100
+
+
+# --- failures --------------------------------------------------------------------------------
+
+
+def test_an_exception_fails_the_record_with_its_message_and_type(runtime, publish):
+    def service(x):
+        raise ValueError(f"cannot score {x}")
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
+    row = run(runtime, spec, {"x": 3})
+    assert row["status"] == STATUS_FAILED
+    assert row["error"] == "cannot score 3"
+    assert row["error_type"] == "ValueError"
+    assert "outputs" not in row
+
+
+def test_an_exception_without_a_message_is_described_by_its_repr(runtime, publish):
+    def service(x):
+        raise KeyError
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
+    row = run(runtime, spec, {"x": 3})
+    assert row["error"] == "KeyError()"
+    assert row["error_type"] == "KeyError"
+
+
+def test_a_wrongly_typed_input_fails_the_record_before_the_call(runtime, publish, tmp_path):
+    called = tmp_path / "called"
+
+    def service(hp):
+        called.write_text("yes")
+        return hp
+
+    spec = publish(service, inputs={"hp": "float"}, outputs={"y": "float"})
+    row = run(runtime, spec, {"hp": "fast"})
+    assert row["status"] == STATUS_FAILED
+    assert row["error_type"] == "SchemaError"
+    assert row["error"] == "input 'hp' must be float, got str 'fast'."
+    assert not called.exists()
+
+
+def test_a_missing_input_fails_the_record_saying_it_is_missing(runtime, publish):
+    def service(hp, wt):
+        return hp
+
+    spec = publish(service, inputs={"hp": "float", "wt": "float"}, outputs={"y": "float"})
+    row = run(runtime, spec, {"hp": 1.0})
+    assert row["error_type"] == "SchemaError"
+    assert row["error"] == "input 'wt' is missing (no value given; expected float)."
+
+
+def test_an_output_of_the_wrong_type_fails_the_record(runtime, publish):
+    def service(x):
+        return "high"
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"score": "float"})
+    row = run(runtime, spec, {"x": 1})
+    assert row["status"] == STATUS_FAILED
+    assert row["error_type"] == "SchemaError"
+    assert row["error"] == "output 'score' must be float, got str 'high'."
+
+
+def test_an_output_left_out_of_a_returned_dict_fails_the_record(runtime, publish):
+    def service(x):
+        return {"a": 1}
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"a": "int", "b": "int"})
+    row = run(runtime, spec, {"x": 1})
+    assert row["error"] == "output 'b' has no value (expected int); return one."
+
+
+def test_a_tuple_of_the_wrong_length_is_not_spread_over_the_outputs(runtime, publish):
+    def service(x):
+        return (1, 2, 3)
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"a": "int", "b": "int"})
+    row = run(runtime, spec, {"x": 1})
+    assert row["status"] == STATUS_FAILED
+    assert "output 'a' must be int, got tuple" in row["error"]
+
+
+# --- artifacts and the working directory -----------------------------------------------------
+
+
+def test_declared_files_written_in_the_working_directory_become_artifacts(runtime, publish):
+    def service(x):
+        with open("plot.txt", "w") as f:
+            f.write(f"plot of {x}")
+        with open("notes.txt", "w") as f:
+            f.write("not declared")
+        return x
+
+    spec = publish(
+        service, inputs={"x": "int"}, outputs={"y": "int"}, artifacts=["plot.txt", "table.csv"]
+    )
+    received = []
+    row = run(
+        runtime,
+        spec,
+        {"x": 4},
+        index=9,
+        sink=lambda index, name, data: received.append((index, name, data)),
+    )
+    assert row["artifacts"] == ["plot.txt"]
+    assert received == [(9, "plot.txt", b"plot of 4")]
+
+
+def test_each_record_has_its_own_working_directory(runtime, publish, scratch):
+    def service(x):
+        if x == 0:
+            with open("plot.txt", "w") as f:
+                f.write("only for record 0")
+        with open("cwd.txt", "w") as f:
+            f.write(os.getcwd())
+        return x
+
+    spec = publish(
+        service, inputs={"x": "int"}, outputs={"y": "int"}, artifacts=["plot.txt", "cwd.txt"]
+    )
+    files = {}
+    rows = [
+        run(
+            runtime,
+            spec,
+            {"x": i},
+            index=i,
+            sink=lambda index, name, data: files.__setitem__((index, name), data),
+        )
+        for i in range(2)
+    ]
+    assert rows[0]["artifacts"] == ["plot.txt", "cwd.txt"]
+    assert rows[1]["artifacts"] == ["cwd.txt"]
+    first, second = files[(0, "cwd.txt")].decode(), files[(1, "cwd.txt")].decode()
+    assert first != second
+    assert os.path.dirname(first) == os.path.realpath(scratch)
+
+
+def test_record_working_directories_are_removed_afterwards(runtime, publish, scratch):
+    def service(x):
+        with open("plot.txt", "w") as f:
+            f.write("x")
+        return x
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"}, artifacts=["plot.txt"])
+    run(runtime, spec, {"x": 1}, sink=lambda *args: None)
+    assert list(scratch.iterdir()) == []
+
+
+def test_artifacts_of_a_failed_record_are_still_collected(runtime, publish):
+    def service(x):
+        with open("debug.txt", "w") as f:
+            f.write("state before the failure")
+        raise RuntimeError("late failure")
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"}, artifacts=["debug.txt"])
+    received = []
+    row = run(runtime, spec, {"x": 1}, sink=lambda *args: received.append(args))
+    assert row["status"] == STATUS_FAILED
+    assert row["artifacts"] == ["debug.txt"]
+    assert received == [(0, "debug.txt", b"state before the failure")]
+
+
+def test_the_working_directory_is_restored_after_a_record(runtime, publish):
+    def service(x):
+        os.chdir("/")
+        if x:
+            raise ValueError("fails after changing directory")
+        return x
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"}, artifacts=["a.txt"])
+    before = os.getcwd()
+    run(runtime, spec, {"x": 0}, sink=lambda *args: None)
+    assert os.getcwd() == before
+    run(runtime, spec, {"x": 1}, sink=lambda *args: None)
+    assert os.getcwd() == before
+
+
+# --- run_chunk -------------------------------------------------------------------------------
+
+
+def test_run_chunk_writes_one_result_per_record_in_index_order(runtime, publish, blobs):
+    def service(x):
+        if x == 2:
+            raise ValueError("two is not allowed")
+        return x * 10
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
+    key = write_chunk(blobs, pa.table({"x": [0, 1, 2, 3]}))
+    task = chunk_task(spec, key, start_index=8, count=4, attempt=2)
+    counts = runtime.run_chunk(task, lambda *args: None)
+    assert counts == {"succeeded": 3, "failed": 1}
+    rows = read_results(blobs.read_bytes(task.result_key), spec.outputs).to_pylist()
+    assert [r["index"] for r in rows] == [8, 9, 10, 11]
+    assert [r["status"] for r in rows] == ["succeeded", "succeeded", "failed", "succeeded"]
+    assert [r["outputs"] and r["outputs"]["y"] for r in rows] == [0, 10, None, 30]
+    assert rows[2]["error"] == "two is not allowed"
+    assert rows[2]["error_type"] == "ValueError"
+    assert {r["attempts"] for r in rows} == {2}
+
+
+def test_run_chunk_fails_only_the_record_with_a_bad_value(runtime, publish, blobs):
+    def service(hp):
+        return hp * 2
+
+    spec = publish(service, inputs={"hp": "float"}, outputs={"y": "float"})
+    key = write_chunk(blobs, pa.table({"hp": ["1.5", "abc", None]}))
+    task = chunk_task(spec, key, count=3)
+    assert runtime.run_chunk(task, lambda *args: None) == {"succeeded": 1, "failed": 2}
+    rows = read_results(blobs.read_bytes(task.result_key), spec.outputs).to_pylist()
+    assert rows[0]["outputs"] == {"y": 3.0}
+    assert rows[1]["error"] == "input 'hp' must be float, got str 'abc'."
+    assert rows[2]["error"] == "input 'hp' is missing (no value given; expected float)."
+
+
+@pytest.mark.usefixtures("every_record_flushed_and_reported")
+def test_run_chunk_reports_progress_through_the_callback(runtime, publish, blobs):
+    def service(x):
+        if x < 0:
+            raise ValueError("negative")
+        return x
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
+    key = write_chunk(blobs, pa.table({"x": [1, -1, 2]}))
+    reports = []
+    runtime.run_chunk(
+        chunk_task(spec, key, count=3), lambda s, f: reports.append((s, f)), progress_interval=0
+    )
+    assert reports == [(1, 0), (1, 1), (2, 1)]
+
+
+@pytest.mark.usefixtures("every_record_flushed_and_reported")
+def test_rows_reported_as_progress_are_already_readable(runtime, publish, blobs):
+    def service(x):
+        return x
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
+    task = chunk_task(spec, write_chunk(blobs, pa.table({"x": [1, 2, 3]})), count=3)
+    seen = []
+
+    def report(succeeded, failed):
+        data = blobs.read_bytes(task.result_key)
+        seen.append((succeeded, read_results(data, spec.outputs).num_rows))
+
+    runtime.run_chunk(task, report, progress_interval=0)
+    assert seen == [(1, 1), (2, 2), (3, 3)]
+
+
+def test_run_chunk_gives_the_function_values_of_the_declared_types(runtime, publish, blobs):
+    def service(n, hp, label):
+        return f"{type(n).__name__} {type(hp).__name__} {type(label).__name__}"
+
+    spec = publish(
+        service, inputs={"n": "int", "hp": "float", "label": "str"}, outputs={"kinds": "str"}
+    )
+    # n arrives typed, hp as ints for a float input, label as digits for a text input.
+    key = write_chunk(blobs, pa.table({"n": [1, 2], "hp": [110, 120], "label": [7, 8]}))
+    task = chunk_task(spec, key, count=2)
+    assert runtime.run_chunk(task, lambda *args: None) == {"succeeded": 2, "failed": 0}
+    rows = read_results(blobs.read_bytes(task.result_key), spec.outputs).to_pylist()
+    assert [r["outputs"]["kinds"] for r in rows] == ["int float str"] * 2
+
+
+def test_run_chunk_ignores_columns_that_are_not_inputs(runtime, publish, blobs):
+    def service(x):
+        return x
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
+    key = write_chunk(blobs, pa.table({"x": [5], "other": ["ignored"]}))
+    task = chunk_task(spec, key, count=1)
+    assert runtime.run_chunk(task, lambda *args: None) == {"succeeded": 1, "failed": 0}
+
+
+def test_run_chunk_stores_artifacts_under_the_batch_and_record(runtime, publish, blobs):
+    def service(x):
+        with open("plot.txt", "w") as f:
+            f.write(f"plot {x}")
+        return x
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"}, artifacts=["plot.txt"])
+    key = write_chunk(blobs, pa.table({"x": [1, 2]}))
+    task = chunk_task(spec, key, start_index=4, count=2)
+    runtime.run_chunk(task, lambda *args: None)
+    assert blobs.read_bytes(artifact_key("b1", 4, "plot.txt")) == b"plot 1"
+    assert blobs.read_bytes(artifact_key("b1", 5, "plot.txt")) == b"plot 2"
+    rows = read_results(blobs.read_bytes(task.result_key), spec.outputs).to_pylist()
+    assert [r["artifacts"] for r in rows] == [["plot.txt"], ["plot.txt"]]
+
+
+def test_run_chunk_sets_the_batch_environment(runtime, publish, blobs, monkeypatch):
+    monkeypatch.setenv("BATCHSERVE_TEST_SETTING", "outer")
+
+    def service(x):
+        return os.environ.get("BATCHSERVE_TEST_SETTING", "")
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "str"})
+    key = write_chunk(blobs, pa.table({"x": [1]}))
+    task = chunk_task(spec, key, count=1, environment={"BATCHSERVE_TEST_SETTING": "inner"})
+    runtime.run_chunk(task, lambda *args: None)
+    rows = read_results(blobs.read_bytes(task.result_key), spec.outputs).to_pylist()
+    assert rows[0]["outputs"] == {"y": "inner"}
+
+
+def test_a_batch_environment_does_not_leak_into_the_next_chunk(
+    runtime, publish, blobs, monkeypatch
+):
+    monkeypatch.setenv("BATCHSERVE_TEST_SETTING", "")
+    monkeypatch.delenv("BATCHSERVE_TEST_SETTING")
+
+    def service(x):
+        return os.environ.get("BATCHSERVE_TEST_SETTING", "unset")
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "str"})
+    key = write_chunk(blobs, pa.table({"x": [1]}))
+    first = chunk_task(
+        spec,
+        key,
+        count=1,
+        batch_id="b1",
+        environment={"BATCHSERVE_TEST_SETTING": "from b1"},
+        result_key="batches/b1/results/000000-1.arrow",
+    )
+    second = chunk_task(
+        spec, key, count=1, batch_id="b2", result_key="batches/b2/results/000000-1.arrow"
+    )
+    runtime.run_chunk(first, lambda *args: None)
+    runtime.run_chunk(second, lambda *args: None)
+    rows = read_results(blobs.read_bytes(second.result_key), spec.outputs).to_pylist()
+    assert rows[0]["outputs"] == {"y": "unset"}
+    assert "BATCHSERVE_TEST_SETTING" not in os.environ
+
+
+def test_an_int_output_too_large_for_the_results_fails_only_its_record(runtime, publish, blobs):
+    def service(x):
+        return 2**70 if x == 1 else x
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
+    key = write_chunk(blobs, pa.table({"x": [0, 1, 2]}))
+    task = chunk_task(spec, key, count=3)
+    assert runtime.run_chunk(task, lambda *args: None) == {"succeeded": 2, "failed": 1}
+    rows = read_results(blobs.read_bytes(task.result_key), spec.outputs).to_pylist()
+    assert [r["status"] for r in rows] == ["succeeded", "failed", "succeeded"]
+    assert "'y'" in rows[1]["error"]
+
+
+# --- run_consume -----------------------------------------------------------------------------
+
+
+def test_run_consume_returns_the_record_with_artifact_data(runtime, publish):
+    def service(x):
+        with open("plot.png", "wb") as f:
+            f.write(b"\x89PNG" + bytes([x]))
+        print("drawn")
+        return x * 2
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"}, artifacts=["plot.png"])
+    row = runtime.run_consume(ConsumeTask(task_id="c1", inputs={"x": 3}, service=spec))
+    assert row["status"] == STATUS_SUCCEEDED
+    assert row["index"] == 0
+    assert row["outputs"] == {"y": 6}
+    assert row["console_output"] == "drawn\n"
+    assert row["attempts"] == 1
+    assert row["artifacts"] == ["plot.png"]
+    assert base64.b64decode(row["artifact_data"]["plot.png"]) == b"\x89PNG\x03"
+
+
+def test_run_consume_does_not_store_artifacts_in_the_blob_store(runtime, publish, blobs):
+    def service(x):
+        with open("plot.png", "wb") as f:
+            f.write(b"data")
+        return x
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"}, artifacts=["plot.png"])
+    runtime.run_consume(ConsumeTask(task_id="c1", inputs={"x": 3}, service=spec))
+    assert blobs.list("batches") == []
+
+
+def test_run_consume_reports_a_failure_in_the_row(runtime, publish):
+    def service(x):
+        raise ValueError("bad")
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
+    row = runtime.run_consume(ConsumeTask(task_id="c1", inputs={"x": 3}, service=spec))
+    assert row["status"] == STATUS_FAILED
+    assert row["error"] == "bad"
+    assert row["artifact_data"] == {}
