@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -27,7 +27,7 @@ def input_key(batch_id: str, seq: int) -> str:
     return f"batches/{batch_id}/inputs/{seq:06d}.arrow"
 
 
-def _csv_header(source: io.BufferedReader, delimiter: str) -> list[str]:
+def _csv_header(source: Any, delimiter: str) -> list[str]:
     """The column names of a CSV/TSV upload, read without consuming the stream."""
     head = source.peek(1 << 20)[: 1 << 20]
     line = head.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace").rstrip("\r")
@@ -44,11 +44,11 @@ def _batches(
             yield from pa.ipc.open_stream(source)
         elif content_type in (CSV, TSV):
             delimiter = "\t" if content_type == TSV else ","
-            buffered = (
+            buffered: Any = (
                 source
                 if isinstance(source, io.BufferedReader)
                 else io.BufferedReader(source, buffer_size=1 << 20)
-            )  # type: ignore[arg-type]
+            )
             # Check the header first, then read only the input columns: other columns are never
             # parsed, so their values cannot fail the upload.
             check_columns(_csv_header(buffered, delimiter), inputs, service)
