@@ -38,10 +38,14 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> ServerProcess:
-        env = dict(
-            os.environ, BATCHSERVE_ADMIN_PASSWORD=ADMIN_PASSWORD, BATCHSERVE_HOME=str(self.home)
-        )
+    def start(
+        self, timeout: float = 60.0, admin_password: str | None = ADMIN_PASSWORD
+    ) -> ServerProcess:
+        """Start (again) on the data directory; ``admin_password`` None lets it generate one."""
+        env = dict(os.environ, BATCHSERVE_HOME=str(self.home))
+        env.pop("BATCHSERVE_ADMIN_PASSWORD", None)
+        if admin_password is not None:
+            env["BATCHSERVE_ADMIN_PASSWORD"] = admin_password
         self.log = self.home.parent / f"{self.home.name}-server.log"
         self.process = subprocess.Popen(
             [

@@ -87,7 +87,6 @@ class Scheduler:
         self._per_batch: Counter[str] = Counter()
         self._consumes: dict[str, Future[dict[str, Any]]] = {}
         self._consume_queue: list[ConsumeTask] = []
-        self._specs: dict[int, ServiceSpec] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -289,11 +288,13 @@ class Scheduler:
 
     def _dispatch_batch(self, batch: Batch, executor: Executor) -> None:
         claimed_any = False
+        spec: ServiceSpec | None = None
         while executor.free_slots() > 0 and self._per_batch[batch.id] < batch.parallel_count:
             chunk = self.store.claim_chunk(batch.id, result_key)
             if chunk is None:
                 break
             claimed_any = True
+            spec = spec or self._spec(batch.service_id)
             task = ChunkTask(
                 task_id=uuid.uuid4().hex,
                 batch_id=batch.id,
@@ -303,7 +304,7 @@ class Scheduler:
                 attempt=chunk.attempts,
                 input_key=chunk.input_key,
                 result_key=chunk.result_key or "",
-                service=self._spec(batch.service_id),
+                service=spec,
                 environment=dict(batch.options.get("environment") or {}),
             )
             self._running[task.task_id] = _Running(batch.id, chunk.id, task.result_key, chunk.count)
@@ -320,9 +321,8 @@ class Scheduler:
             self._maybe_complete(batch.id)
 
     def _spec(self, service_id: int) -> ServiceSpec:
-        if service_id not in self._specs:
-            service = self.store.get_service_by_id(service_id)
-            if service is None:
-                raise LookupError(f"service {service_id} is gone")
-            self._specs[service_id] = service_spec(service)
-        return self._specs[service_id]
+        # Looked up per dispatch round, not cached by id: a deleted service's id may be reused.
+        service = self.store.get_service_by_id(service_id)
+        if service is None:
+            raise LookupError(f"service {service_id} is gone")
+        return service_spec(service)

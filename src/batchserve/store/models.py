@@ -47,6 +47,7 @@ class Base(DeclarativeBase):
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(200), unique=True)
@@ -70,7 +71,10 @@ class Token(Base):
 
 class Service(Base):
     __tablename__ = "services"
-    __table_args__ = (UniqueConstraint("name", "version", name="uq_service_name_version"),)
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_service_name_version"),
+        {"sqlite_autoincrement": True},  # ids are never reused
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), index=True)

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import logging
 import multiprocessing as mp
+import os
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -53,14 +54,20 @@ def worker_main(conn: Connection, blob_url: str, progress_interval: float) -> No
                 tid = task.task_id
 
                 def report(succeeded: int, failed: int, tid: str = tid) -> None:
-                    conn.send(Progress(tid, succeeded, failed))
+                    try:
+                        conn.send(Progress(tid, succeeded, failed))
+                    except OSError:  # the server is gone
+                        os._exit(0)
 
                 result: dict[str, Any] = runtime.run_chunk(task, report, progress_interval)
             else:
                 result = runtime.run_consume(task)
         except Exception as exc:  # an unreadable chunk file, a full disk: the task fails
             result = {"error": f"{type(exc).__name__}: {exc}"}
-        conn.send(Finished(task.task_id, result))
+        try:
+            conn.send(Finished(task.task_id, result))
+        except OSError:  # the server is gone: nobody is waiting for the result
+            return
 
 
 @dataclass

@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("username"),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "services",
@@ -49,6 +50,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name", "version", name="uq_service_name_version"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("services", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_services_name"), ["name"], unique=False)
