@@ -113,7 +113,13 @@ def test_csv_path_is_streamed_as_text_csv(tmp_path: Path):
     body = records_body(str(path), INPUTS)
     assert body.content_type == CSV
     assert b"".join(body.pieces()) == path.read_bytes()
-    assert body.record_count is None
+    assert body.record_count == 2  # a hint for chunk sizes, from the newlines
+
+
+def test_the_row_count_hint_of_a_file_counts_a_last_line_without_newline(tmp_path: Path):
+    path = tmp_path / "cars.csv"
+    path.write_text("hp,wt\n110,2.6\n150,3.2")
+    assert records_body(str(path), INPUTS).record_count == 2
 
 
 def test_tsv_path_is_streamed_as_tab_separated_values(tmp_path: Path):
