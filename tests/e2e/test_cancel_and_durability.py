@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from batchserve import BatchState, Client
+from batchserve import BatchState, Client, errors
 
 from .conftest import ADMIN_PASSWORD
 
@@ -101,3 +101,13 @@ def test_a_killed_workers_chunk_is_retried_on_a_fresh_worker(client, server, uni
     workers = httpx.get(server.url + "/v1/workers", headers=headers).json()["workers"]
     assert victim["pid"] not in [w["pid"] for w in workers]
     assert len(workers) == 2
+
+
+def test_deleting_a_running_batch_stops_it_and_removes_it(client, unique_name):  # type: ignore[no-untyped-def]
+    svc = _publish(client, unique_name)
+    batch = svc.batch([{"x": float(i)} for i in range(100)], parallel_count=2).start()
+    wait_for(lambda: batch.results().completed_item_count >= 2)
+    batch.delete()
+    assert batch.execution_id not in svc.list_batch_executions()
+    with pytest.raises(errors.NotFoundError):
+        svc.get_batch(batch.execution_id)

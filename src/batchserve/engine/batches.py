@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -162,8 +163,14 @@ class BatchOps:
         batch = self.get(who, batch_id)
         if not BatchState(batch.state).is_final:
             self.cancel(who, batch_id)
-            # The scheduler settles the cancel; removing the rows under it is safe because it
-            # ignores events of chunks and batches that are gone.
+            # Let the scheduler stop the workers first, so none writes files after the removal
+            # (it ignores events of batches that are gone, should this time run out).
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                current = self.store.get_batch(batch_id)
+                if current is None or BatchState(current.state).is_final:
+                    break
+                time.sleep(0.02)
         self.store.delete_batch(batch_id)
         self.blobs.delete_prefix(f"batches/{batch_id}")
 
