@@ -134,14 +134,14 @@ def test_starting_a_started_batch_sends_nothing():
     assert server.requests == []
 
 
-def test_csv_batch_is_uploaded_as_text_csv_without_a_record_count(tmp_path: Path):
+def test_csv_batch_is_uploaded_as_text_csv_with_a_row_count_hint(tmp_path: Path):
     path = tmp_path / "cars.csv"
     path.write_text("hp,wt\n1,2\n")
     server = Server({("POST", BATCHES): (201, batch_info("pending"))})
     server.service().batch(path).start()
     sent = server.requests[0]
     assert sent.headers["Content-Type"] == "text/csv"
-    assert "record_count" not in sent.url.params
+    assert sent.url.params["record_count"] == "1"
     assert sent.content == path.read_bytes()
 
 
