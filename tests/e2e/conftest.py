@@ -67,7 +67,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while deadline > time.monotonic():
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited early:\n{self.log.read_text()}")
             try:
