@@ -1,7 +1,9 @@
 """Service bundles: loading a published service inside a worker and calling it per record.
 
 A bundle is a cloudpickle of ``{"format", "kind", "code", "init", "models", "objects"}`` made
-by the SDK. It is only ever unpickled here, in worker processes: never in the API process.
+by the SDK; a bundle published through the ML Server face also has ``dill_objects`` (name ->
+dill bytes, loaded into the namespace like ``objects``). It is only ever unpickled here, in
+worker processes: never in the API process.
 
 Two kinds, with ML Server's semantics:
 
@@ -36,6 +38,9 @@ class LoadedService:
             **(bundle.get("objects") or {}),
             **(bundle.get("models") or {}),
         }
+        # ML Server's clients upload models and objects dill-serialized. The API process keeps
+        # those bytes opaque (it never unpickles user data), so they are opened here.
+        self.namespace.update(_load_dill_objects(bundle.get("dill_objects") or {}))
         init = bundle.get("init")
         if self.kind == "callable":
             if not callable(self._code):
@@ -95,6 +100,22 @@ class LoadedService:
         if isinstance(value, tuple) and len(names) > 1 and len(value) == len(names):
             return dict(zip(names, value, strict=True))
         return {names[0]: value}
+
+
+def _load_dill_objects(objects: dict[str, bytes]) -> dict[str, Any]:
+    if not objects:
+        return {}
+    import dill  # only bundles published through the ML Server face need it
+
+    loaded: dict[str, Any] = {}
+    for name, data in objects.items():
+        try:
+            loaded[name] = dill.loads(data)
+        except Exception as exc:
+            raise BundleError(
+                f"the workspace object {name!r} cannot be loaded: {type(exc).__name__}: {exc}"
+            ) from exc
+    return loaded
 
 
 def load(data: bytes, outputs: dict[str, str]) -> LoadedService:

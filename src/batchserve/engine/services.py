@@ -138,6 +138,75 @@ class ServiceOps:
         self.store.delete_service(svc.id)
         self.blobs.delete(svc.bundle_key)
 
+    def update(
+        self,
+        who: Principal,
+        name: str,
+        version: str,
+        *,
+        bundle: bytes | None = None,
+        bundle_kind: str | None = None,
+        inputs: dict[str, Any] | None = None,
+        outputs: dict[str, Any] | None = None,
+        artifacts: list[str] | None = None,
+        description: str | None = None,
+        alias: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Service:
+        """Change a published version in place (ML Server's redeploy); None keeps a field."""
+        svc = self.get(name, version)
+        if not who.is_owner and (not who.can_publish or svc.owner_id != who.id):
+            raise Forbidden(
+                f"User {who.username!r} may not change service {name} {version}: "
+                "only its publisher or an owner may."
+            )
+        # A batch runs one bundle from its first record to its last.
+        active = [
+            b.id
+            for b in self.store.list_batches(service_ids=[svc.id], limit=100_000)
+            if not BatchState(b.state).is_final
+        ]
+        if active:
+            raise Conflict(
+                f"Service {name} {version} has unfinished batches "
+                f"({', '.join(active[:5])}); let them finish or cancel them first."
+            )
+        fields: dict[str, Any] = {}
+        try:
+            if inputs is not None:
+                fields["inputs"] = normalize_schema(inputs, "inputs")
+            if outputs is not None:
+                fields["outputs"] = normalize_schema(outputs, "outputs")
+        except SchemaError as exc:
+            raise BadRequest(str(exc)) from None
+        if artifacts is not None:
+            for a in artifacts:
+                if not isinstance(a, str) or not a or "/" in a or "\\" in a or a in (".", ".."):
+                    raise BadRequest(f"Artifact name {a!r} is not a plain file name.")
+            fields["artifacts"] = list(artifacts)
+        if description is not None:
+            fields["description"] = description
+        if alias is not None:
+            if not alias.isidentifier():
+                raise BadRequest(f"The alias {alias!r} must be a Python identifier.")
+            fields["alias"] = alias
+        if extra is not None:
+            fields["extra"] = extra
+        if bundle_kind is not None:
+            if bundle_kind not in ("callable", "code"):
+                raise BadRequest("bundle_kind must be 'callable' or 'code'.")
+            fields["bundle_kind"] = bundle_kind
+        old_key = svc.bundle_key
+        if bundle is not None:
+            # A new key: workers cache loaded bundles by key, so none keeps running the old one.
+            fields["bundle_key"] = f"services/{name}/{svc.version}/{uuid.uuid4().hex}.bundle"
+            self.blobs.write_bytes(fields["bundle_key"], bundle)
+        if fields:
+            self.store.update_service(svc.id, **fields)
+        if bundle is not None:
+            self.blobs.delete(old_key)
+        return self.get(name, svc.version)
+
     def consume(self, name: str, version: str | None, inputs: dict[str, Any]) -> dict[str, Any]:
         """Run one record on a worker and return its result, artifacts inline."""
         svc = self.get(name, version)

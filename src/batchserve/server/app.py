@@ -9,7 +9,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from batchserve.engine.core import Engine
-from batchserve.server import errors
+from batchserve.server import errors, mlserver
 from batchserve.server.routes import auth, batches, health, services, workers
 
 
@@ -38,4 +38,6 @@ def create_app(engine: Engine, manage_engine: bool = True) -> FastAPI:
     errors.install(app)
     for module in (health, auth, services, batches, workers):
         app.include_router(module.router)
+    for router in mlserver.routers:  # the Machine Learning Server compatible face
+        app.include_router(router)
     return app

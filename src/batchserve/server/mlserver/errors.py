@@ -57,9 +57,7 @@ def engine_error_response(exc: EngineError) -> JSONResponse:
 
 
 def validation_response(exc: RequestValidationError) -> JSONResponse:
-    fields = {
-        ".".join(str(p) for p in e.get("loc", ())): str(e.get("msg")) for e in exc.errors()
-    }
+    fields = {".".join(str(p) for p in e.get("loc", ())): str(e.get("msg")) for e in exc.errors()}
     summary = "; ".join(f"{k}: {v}" for k, v in list(fields.items())[:5])
     return error_response(400, "BadRequest", f"The request is not valid: {summary}", fields)
 

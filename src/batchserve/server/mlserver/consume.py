@@ -1,0 +1,44 @@
+"""Consume: ``POST /api/{name}/{version}`` runs one record and answers a WebServiceResult."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body
+
+from batchserve.engine.results import STATUS_SUCCEEDED
+from batchserve.server.deps import EngineDep, PrincipalDep
+from batchserve.server.mlserver.errors import MLServerRoute
+from batchserve.server.mlserver.schemas import WebServiceResult
+
+router = APIRouter(tags=["ML Server: consume"], route_class=MLServerRoute)
+
+
+def web_result(row: dict[str, Any], files: dict[str, str] | None = None) -> WebServiceResult:
+    """A result row as ML Server's WebServiceResult. ``changedFiles`` names the record's
+    artifacts; ``outputFiles`` holds their base64 content when given (consume does)."""
+    ok = row.get("status") == STATUS_SUCCEEDED
+    return WebServiceResult(
+        success=ok,
+        errorMessage=row.get("error") or "",
+        consoleOutput=row.get("console_output") or "",
+        changedFiles=list(row.get("artifacts") or []),
+        outputParameters=(row.get("outputs") or {}) if ok else {},
+        outputFiles=files or {},
+    )
+
+
+@router.post(
+    "/api/{name}/{version}",
+    response_model=WebServiceResult,
+    summary="Run the service once with the given inputs",
+)
+def consume(
+    name: str,
+    version: str,
+    engine: EngineDep,
+    who: PrincipalDep,
+    body: Annotated[dict[str, Any] | None, Body()] = None,
+) -> WebServiceResult:
+    row = engine.services.consume(name, version, body or {})
+    return web_result(row, row.get("artifact_data") or {})
