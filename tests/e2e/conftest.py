@@ -1,4 +1,6 @@
-"""End-to-end fixtures: a real ``batchserve serve`` process, started once per test session."""
+"""End-to-end fixtures: a real ``batchserve serve`` process, started once per test session, the
+native SDK's client on it, and Machine Learning Server's original client
+(``azureml-model-management-sdk``) on it."""
 
 from __future__ import annotations
 
@@ -8,9 +10,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -127,3 +130,41 @@ def unique_name(request: pytest.FixtureRequest) -> str:
     _counter[0] += 1
     base = "".join(ch for ch in request.node.name if ch.isalnum())[:40]
     return f"{base}{_counter[0]}"
+
+
+def function_beget(fn, fn_name, fn_args, doc=""):  # type: ignore[no-untyped-def]
+    """The ML Server client's consume-method factory, for Python >= 3.8.
+
+    ``azureml.common.utils.function_beget`` builds the method with the pre-3.8
+    ``types.CodeType`` signature, so on this Python every ``Service`` the client makes fails
+    with "code expected at least 16 arguments". This makes the same method (positional
+    inputs, posted by name through ``_consume``) another way; nothing else changes.
+    """
+    params = ", ".join(fn_args)
+    inputs = ", ".join(f"{n!r}: {n}" for n in fn_args[1:])
+    namespace: dict[str, object] = {}
+    exec(f"def {fn_name}({params}):\n    return self._consume({{{inputs}}})", namespace)
+    method = namespace[fn_name]
+    method.__doc__ = doc  # type: ignore[attr-defined]
+    return method
+
+
+@pytest.fixture
+def ml_login(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """Log in with ML Server's client: ``ml_login(username, password)``, or ``ml_login(token)``
+    with an access token, as ``DeployClient``'s ``auth`` takes them."""
+    from azureml.deploy import DeployClient
+    from azureml.deploy.server import MLServer
+
+    monkeypatch.setattr("azureml.deploy.server.service.function_beget", function_beget)
+
+    def login(*auth: str) -> Any:
+        return DeployClient(server.url, use=MLServer, auth=auth if len(auth) > 1 else auth[0])
+
+    return login
+
+
+@pytest.fixture
+def ml(ml_login: Callable[..., Any]) -> Any:
+    """ML Server's client, logged in as the admin (an owner)."""
+    return ml_login("admin", ADMIN_PASSWORD)

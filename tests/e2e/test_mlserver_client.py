@@ -15,9 +15,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from azureml.common.http_client import HttpException
-from azureml.deploy import DeployClient
-from azureml.deploy.server import MLServer
-from tests.e2e.conftest import ADMIN_PASSWORD
 
 pytestmark = pytest.mark.e2e
 
@@ -50,33 +47,6 @@ def slow_double(x):
 
 def double(x):
     return x * 2
-
-
-def function_beget(fn, fn_name, fn_args, doc=""):  # type: ignore[no-untyped-def]
-    """The client's consume-method factory, for Python >= 3.8.
-
-    ``azureml.common.utils.function_beget`` builds the method with the pre-3.8
-    ``types.CodeType`` signature, so on this Python every ``Service`` the client makes fails
-    with "code expected at least 16 arguments". This makes the same method (positional
-    inputs, posted by name through ``_consume``) another way; nothing else changes.
-    """
-    params = ", ".join(fn_args)
-    inputs = ", ".join(f"{n!r}: {n}" for n in fn_args[1:])
-    namespace: dict[str, object] = {}
-    exec(f"def {fn_name}({params}):\n    return self._consume({{{inputs}}})", namespace)
-    method = namespace[fn_name]
-    method.__doc__ = doc  # type: ignore[attr-defined]
-    return method
-
-
-@pytest.fixture(autouse=True)
-def client_runs_on_this_python(monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr("azureml.deploy.server.service.function_beget", function_beget)
-
-
-@pytest.fixture
-def ml(server):  # type: ignore[no-untyped-def]
-    return DeployClient(server.url, use=MLServer, auth=("admin", ADMIN_PASSWORD))
 
 
 @pytest.fixture

@@ -23,8 +23,19 @@ def _object(schema: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _error() -> dict[str, Any]:
-    return {"description": "Error", "schema": {"$ref": "#/definitions/Error"}}
+def _answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    # Swagger 2.0 requires a description on every response object.
+    return {"description": description, **({"schema": schema} if schema else {})}
+
+
+def _responses(status: str, description: str, schema: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        status: _answer(description, schema),
+        "default": _answer("Error", {"$ref": "#/definitions/Error"}),
+    }
+
+
+_STRINGS = {"type": "array", "items": {"type": "string"}}
 
 
 @router.get("/api/{name}/{version}/swagger.json", summary="The service's Swagger document")
@@ -42,8 +53,15 @@ def swagger(name: str, version: str, engine: EngineDep, who: PrincipalDep) -> di
             "outputFiles": {"type": "object", "additionalProperties": {"type": "string"}},
         },
     }
-    body = {"name": "inputs", "in": "body", "schema": {"$ref": "#/definitions/InputParameters"}}
+    body = {
+        "name": "inputs",
+        "in": "body",
+        "required": True,
+        "schema": {"$ref": "#/definitions/InputParameters"},
+    }
     execution_id = {"name": "executionId", "in": "path", "required": True, "type": "string"}
+    index = {"name": "index", "in": "path", "required": True, "type": "integer"}
+    file_name = {"name": "fileName", "in": "path", "required": True, "type": "string"}
     return {
         "swagger": "2.0",
         "info": {"title": svc.name, "description": svc.description, "version": svc.version},
@@ -58,49 +76,71 @@ def swagger(name: str, version: str, engine: EngineDep, who: PrincipalDep) -> di
             base: {
                 "post": {
                     "operationId": svc.alias,
+                    "summary": "Run the service once with the given inputs",
                     "parameters": [body],
-                    "responses": {
-                        "200": {"schema": {"$ref": "#/definitions/WebServiceResult"}},
-                        "default": _error(),
-                    },
+                    "responses": _responses(
+                        "200", "The outputs", {"$ref": "#/definitions/WebServiceResult"}
+                    ),
                 }
             },
             base + "/batch": {
                 "post": {
                     "operationId": "StartBatchExecution",
+                    "summary": "Start a batch execution over an array of inputs",
                     "parameters": [
                         {**body, "schema": {"type": "array", "items": body["schema"]}},
                         {"name": "parallelCount", "in": "query", "type": "integer"},
                     ],
-                    "responses": {"202": {"description": "Accepted"}, "default": _error()},
+                    "responses": _responses(
+                        "202",
+                        "Accepted",
+                        {"$ref": "#/definitions/StartBatchExecutionResponse"},
+                    ),
                 },
                 "get": {
                     "operationId": "GetBatchExecutions",
-                    "responses": {
-                        "200": {"schema": {"type": "array", "items": {"type": "string"}}},
-                        "default": _error(),
-                    },
+                    "summary": "The batch execution ids of the service",
+                    "responses": _responses("200", "The execution ids", _STRINGS),
                 },
             },
             base + "/batch/{executionId}": {
                 "get": {
                     "operationId": "GetBatchExecutionStatus",
+                    "summary": "A batch execution's state and results",
                     "parameters": [
                         execution_id,
                         {"name": "showPartialResults", "in": "query", "type": "boolean"},
                     ],
-                    "responses": {
-                        "200": {"schema": {"$ref": "#/definitions/BatchWebServiceResult"}},
-                        "default": _error(),
-                    },
+                    "responses": _responses(
+                        "200", "The state", {"$ref": "#/definitions/BatchWebServiceResult"}
+                    ),
                 },
                 "delete": {
                     "operationId": "CancelAndDeleteBatchExecution",
+                    "summary": "Cancel a batch execution and delete it with its results",
                     "parameters": [execution_id],
-                    "responses": {
-                        "200": {"schema": {"type": "array", "items": {"type": "string"}}},
-                        "default": _error(),
-                    },
+                    "responses": _responses("200", "The deleted execution id", _STRINGS),
+                },
+            },
+            base + "/batch/{executionId}/{index}/files": {
+                "get": {
+                    "operationId": "GetBatchExecutionFiles",
+                    "summary": "The file names a record of the batch produced",
+                    "parameters": [execution_id, index],
+                    "responses": _responses("200", "The file names", _STRINGS),
+                },
+            },
+            base + "/batch/{executionId}/{index}/files/{fileName}": {
+                "get": {
+                    "operationId": "GetBatchExecutionFile",
+                    "summary": "One file a record of the batch produced",
+                    "produces": ["application/octet-stream"],
+                    "parameters": [execution_id, index, file_name],
+                    # A binary string rather than Swagger's ``type: file``, which the JSON
+                    # schema of Swagger 2.0 (and so its validators) reject inside ``schema``.
+                    "responses": _responses(
+                        "200", "The file", {"type": "string", "format": "binary"}
+                    ),
                 },
             },
         },
@@ -108,6 +148,14 @@ def swagger(name: str, version: str, engine: EngineDep, who: PrincipalDep) -> di
             "InputParameters": _object(svc.inputs),
             "OutputParameters": _object(svc.outputs),
             "WebServiceResult": web_result,
+            "StartBatchExecutionResponse": {
+                "type": "object",
+                # both spellings are sent (see schemas.StartBatchExecutionResponse)
+                "properties": {
+                    "batchExecutionId": {"type": "string"},
+                    "BatchExecutionId": {"type": "string"},
+                },
+            },
             "BatchWebServiceResult": {
                 "type": "object",
                 "properties": {
