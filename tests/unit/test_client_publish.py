@@ -178,3 +178,16 @@ def test_a_function_from_the_users_own_module_is_sent_by_value():
     )
     assert out.returncode == 0, out.stderr.decode()
     assert out.stdout.decode().strip() == "3.0"
+
+
+def test_a_vectorized_function_is_published_in_vectorized_mode():
+    server = Capture()
+    server.client().publish_service(
+        "scorer",
+        code=manual_transmission,
+        inputs={"hp": float, "wt": float},
+        outputs={"answer": float},
+        version="v1",
+        vectorized=True,
+    )
+    assert server.metadata["mode"] == "vectorized"

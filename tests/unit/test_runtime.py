@@ -7,16 +7,19 @@ does for functions a data scientist defines in a notebook.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import itertools
 import os
 
 import cloudpickle
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 
 from batchserve.blobs import LocalBlobStore
 from batchserve.engine import runtime as runtime_module
-from batchserve.engine.bundles import BundleError
+from batchserve.engine.bundles import BundleError, frame_outputs
 from batchserve.engine.results import STATUS_FAILED, STATUS_SUCCEEDED, read_results
 from batchserve.engine.runtime import MAX_CONSOLE_CHARS, Runtime, artifact_key
 from batchserve.engine.tasks import ChunkTask, ConsumeTask, ServiceSpec
@@ -889,3 +892,101 @@ def test_run_consume_reports_a_failure_in_the_row(runtime, publish):
     assert row["status"] == STATUS_FAILED
     assert row["error"] == "bad"
     assert row["artifact_data"] == {}
+
+
+# -- vectorized services: one call per chunk with a DataFrame ----------------------------------
+
+
+def vectorized(spec):  # type: ignore[no-untyped-def]
+    return dataclasses.replace(spec, mode="vectorized")
+
+
+def run_chunk(runtime, blobs, spec, table, start_index=0):  # type: ignore[no-untyped-def]
+    key = write_chunk(blobs, table)
+    task = chunk_task(spec, key, start_index=start_index, count=table.num_rows)
+    counts = runtime.run_chunk(task, lambda s, f: None)
+    with blobs.open_read(task.result_key) as f:
+        rows = read_results(f, spec.outputs).to_pylist()
+    return counts, rows
+
+
+def double(frame):  # type: ignore[no-untyped-def]
+    return frame["x"] * 2
+
+
+def calls_counted(frame):  # type: ignore[no-untyped-def]
+    print(f"rows {len(frame)}")
+    return pd.DataFrame({"y": frame["x"] + 1, "z": frame["x"].astype(str)})
+
+
+def fails_on_seven(frame):  # type: ignore[no-untyped-def]
+    if (frame["x"] == 7).any():
+        raise ValueError("seven is not allowed")
+    return np.asarray(frame["x"]) * 10
+
+
+def test_a_vectorized_service_is_called_with_a_frame_of_the_chunk(runtime, blobs, publish):  # type: ignore[no-untyped-def]
+    spec = vectorized(publish(calls_counted, inputs={"x": "int"}, outputs={"y": "int", "z": "str"}))
+    counts, rows = run_chunk(runtime, blobs, spec, pa.table({"x": [1, 2, 3]}), start_index=10)
+    assert counts == {"succeeded": 3, "failed": 0}
+    assert [r["index"] for r in rows] == [10, 11, 12]
+    assert [r["outputs"] for r in rows] == [
+        {"y": 2, "z": "1"},
+        {"y": 3, "z": "2"},
+        {"y": 4, "z": "3"},
+    ]
+    assert rows[0]["console_output"] == "rows 3\n"  # one call for the whole chunk
+
+
+def test_a_failing_call_is_split_until_only_the_bad_record_fails(runtime, blobs, publish):  # type: ignore[no-untyped-def]
+    spec = vectorized(publish(fails_on_seven, inputs={"x": "int"}, outputs={"y": "int"}))
+    counts, rows = run_chunk(runtime, blobs, spec, pa.table({"x": list(range(16))}))
+    assert counts == {"succeeded": 15, "failed": 1}
+    bad = rows[7]
+    assert bad["status"] == "failed"
+    assert bad["error"] == "seven is not allowed"
+    assert bad["error_type"] == "ValueError"
+    assert [r["outputs"]["y"] for i, r in enumerate(rows) if i != 7] == [
+        i * 10 for i in range(16) if i != 7
+    ]
+
+
+def test_a_record_with_a_bad_input_fails_alone_and_is_left_out_of_the_frame(
+    runtime, blobs, publish
+):  # type: ignore[no-untyped-def]
+    spec = vectorized(publish(double, inputs={"x": "float"}, outputs={"y": "float"}))
+    counts, rows = run_chunk(runtime, blobs, spec, pa.table({"x": ["1.5", "abc", None, "4"]}))
+    assert counts == {"succeeded": 2, "failed": 2}
+    assert [r["status"] for r in rows] == ["succeeded", "failed", "failed", "succeeded"]
+    assert rows[1]["error_type"] == "SchemaError" and "abc" in rows[1]["error"]
+    assert rows[3]["outputs"] == {"y": 8.0}
+
+
+def test_consume_runs_a_vectorized_service_on_a_one_row_frame(runtime, publish):  # type: ignore[no-untyped-def]
+    spec = vectorized(publish(double, inputs={"x": "float"}, outputs={"y": "float"}))
+    row = runtime.run_record(spec, {"x": 2.5}, index=0, artifact_sink=None)
+    assert row["outputs"] == {"y": 5.0}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pd.DataFrame({"a": [1, 2], "b": [3, 4]}),
+        {"a": [1, 2], "b": [3, 4]},
+        np.array([[1, 3], [2, 4]]),
+    ],
+)
+def test_frames_dicts_and_2d_arrays_map_to_outputs(value):  # type: ignore[no-untyped-def]
+    assert frame_outputs(value, ["a", "b"], 2) == {"a": [1, 2], "b": [3, 4]}
+
+
+def test_a_series_or_list_is_the_first_output():  # type: ignore[no-untyped-def]
+    assert frame_outputs(pd.Series([0.5, 1.5]), ["p"], 2) == {"p": [0.5, 1.5]}
+    assert frame_outputs([True, False], ["ok"], 2) == {"ok": [True, False]}
+
+
+def test_a_result_of_the_wrong_length_is_an_error_naming_the_counts():  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="3 values for 2 input rows"):
+        frame_outputs([1, 2, 3], ["y"], 2)
+    with pytest.raises(ValueError, match="expected the outputs"):
+        frame_outputs(pd.DataFrame({"q": [1], "r": [2], "s": [3]}), ["a", "b"], 1)

@@ -45,6 +45,7 @@ class ClientBase:
         version: str | None = None,
         description: str = "",
         alias: str | None = None,
+        vectorized: bool = False,
     ) -> Service:
         """Publish ``code`` as the web service ``name`` and return it.
 
@@ -54,7 +55,10 @@ class ClientBase:
         for a function whose parameters are all annotated with those types. ``artifacts`` names the
         files the code writes that are returned with each result. Without ``version`` the server
         generates one. ``alias`` names the service object's call method (default: the function's
-        name, or ``consume``).
+        name, or ``consume``). With ``vectorized=True`` the function is called once per chunk with
+        a pandas DataFrame of the inputs and returns one row per input row (a DataFrame, a
+        Series, a NumPy array or a dict of columns); a failing call is split until only the
+        failing records fail.
         """
         return self._runner.run(
             self._publish(
@@ -69,6 +73,7 @@ class ClientBase:
                 version=version,
                 description=description,
                 alias=alias,
+                vectorized=vectorized,
             )
         )
 

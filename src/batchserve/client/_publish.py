@@ -40,6 +40,7 @@ def prepare_publication(
     version: str | None = None,
     description: str = "",
     alias: str | None = None,
+    vectorized: bool = False,
 ) -> Publication:
     """Check every argument of ``Client.publish_service`` and build what is sent."""
     if not isinstance(name, str) or not name.strip():
@@ -57,6 +58,10 @@ def prepare_publication(
         raise UsageError(f"init must be a function, a string of Python code or None, not {init!r}.")
     if version is not None and not isinstance(version, str):
         raise UsageError(f"version must be a string like 'v1.0.0', not {version!r}.")
+    if vectorized and kind != "callable":
+        raise UsageError(
+            "A vectorized service needs a function (called with a DataFrame), not code."
+        )
     if alias is not None and (not isinstance(alias, str) or not alias):
         raise UsageError(f"alias must be a non-empty string, not {alias!r}.")
 
@@ -64,7 +69,7 @@ def prepare_publication(
         "name": name,
         "description": description or "",
         "alias": alias or default_alias(code),
-        "mode": "row",
+        "mode": "vectorized" if vectorized else "row",
         "bundle_kind": kind,  # what ServicePublic reports; the server cannot unpickle to see it
         "inputs": _inputs(code, inputs),
         "outputs": _outputs(outputs),

@@ -91,6 +91,17 @@ class LoadedService:
             )
         return {n: ns[n] for n in self.outputs}
 
+    def call_frame(self, frame: Any) -> dict[str, list[Any]]:
+        """Run a vectorized service on a DataFrame; returns one list of values per output."""
+        return frame_outputs(self._code(frame), list(self.outputs), len(frame))
+
+    def call_one_row(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Run a vectorized service on a single record (request-response consumption)."""
+        import pandas as pd
+
+        out = self.call_frame(pd.DataFrame([inputs], columns=list(inputs)))
+        return {n: values[0] for n, values in out.items()}
+
     def _map_return(self, value: Any) -> dict[str, Any]:
         names = list(self.outputs)
         if not names:
@@ -136,3 +147,50 @@ def load(data: bytes, outputs: dict[str, str]) -> LoadedService:
 
 
 Loader = Callable[[bytes, dict[str, str]], LoadedService]
+
+
+def frame_outputs(value: Any, names: list[str], rows: int) -> dict[str, list[Any]]:
+    """Map what a vectorized service returned to a column of values per output.
+
+    Accepted: a DataFrame (columns by output name, or a single column for a single output), a
+    dict of columns, a Series, a 1-D array or list (the first output), a 2-D array (outputs by
+    position). Each column must have one value per input row.
+    """
+    import numpy as np
+    import pandas as pd
+
+    columns: dict[str, Any]
+    if isinstance(value, pd.DataFrame):
+        if all(n in value.columns for n in names):
+            columns = {n: value[n] for n in names}
+        elif len(value.columns) == len(names):
+            columns = {n: value.iloc[:, i] for i, n in enumerate(names)}
+        else:
+            raise ValueError(
+                f"the returned DataFrame has columns {list(value.columns)}; expected the outputs "
+                f"{names}"
+            )
+    elif isinstance(value, dict):
+        missing = [n for n in names if n not in value]
+        if missing:
+            raise ValueError(f"the returned dict has no column for output(s) {missing}")
+        columns = {n: value[n] for n in names}
+    else:
+        array = np.asarray(value)
+        if array.ndim == 2 and array.shape[1] == len(names):
+            columns = {n: array[:, i] for i, n in enumerate(names)}
+        elif array.ndim == 1 and names:
+            columns = {names[0]: array}
+        else:
+            raise ValueError(
+                f"a vectorized service must return one row per input row; got shape {array.shape}"
+            )
+    out: dict[str, list[Any]] = {}
+    for n, col in columns.items():
+        values = col.tolist() if hasattr(col, "tolist") else list(col)
+        if len(values) != rows:
+            raise ValueError(
+                f"output {n!r} has {len(values)} values for {rows} input rows; return one per row"
+            )
+        out[n] = values
+    return out

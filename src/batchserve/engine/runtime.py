@@ -49,6 +49,18 @@ def _environment(variables: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _failed(index: int, error: str, error_type: str, attempt: int) -> dict[str, Any]:
+    return {
+        "index": index,
+        "status": STATUS_FAILED,
+        "error": error,
+        "error_type": error_type,
+        "artifacts": [],
+        "console_output": "",
+        "attempts": attempt,
+    }
+
+
 class Runtime:
     """Loads services (once per process each) and runs records for one worker process."""
 
@@ -110,7 +122,11 @@ class Runtime:
             if workdir is not None:
                 os.chdir(workdir)  # a record's files are its own
             with contextlib.redirect_stdout(console):
-                raw = service.call(inputs)
+                raw = (
+                    service.call_one_row(inputs)
+                    if spec.mode == "vectorized"
+                    else service.call(inputs)
+                )
             outputs = {n: coerce(raw.get(n), t, n, kind="output") for n, t in spec.outputs.items()}
             row.update(status=STATUS_SUCCEEDED, outputs=outputs)
         except SchemaError as exc:
@@ -159,6 +175,8 @@ class Runtime:
         spec = task.service
         with self.blobs.open_read(task.input_key) as f:
             table = pa.ipc.open_file(f).read_all()
+        if spec.mode == "vectorized":
+            return self._run_vectorized(task, table, report)
         columns = [c for c in spec.inputs if c in table.column_names]
         checked = frozenset(
             c
@@ -199,6 +217,90 @@ class Runtime:
         finally:
             writer.close()
         return {"succeeded": succeeded, "failed": failed}
+
+    def _run_vectorized(
+        self, task: ChunkTask, table: pa.Table, report: Callable[[int, int], None]
+    ) -> dict[str, Any]:
+        """Call the service once per chunk with a DataFrame; isolate failing records by splitting.
+
+        Records whose inputs fail the schema check fail alone and are left out of the frame.
+        When a call raises, the slice is halved and each half called again, down to single
+        records, so only the records that make the service fail get an error. What a call
+        prints is the console output of the first record of that call.
+        """
+        import pandas as pd
+
+        spec = task.service
+        rows: dict[int, dict[str, Any]] = {}
+        good: list[int] = []
+        values: dict[str, list[Any]] = {n: [] for n in spec.inputs}
+        raw = table.select([c for c in spec.inputs if c in table.column_names]).to_pydict()
+        for offset in range(table.num_rows):
+            index = task.start_index + offset
+            try:
+                record = {
+                    n: coerce(raw.get(n, [None] * table.num_rows)[offset], t, n)
+                    for n, t in spec.inputs.items()
+                }
+            except SchemaError as exc:
+                rows[index] = _failed(index, str(exc), "SchemaError", task.attempt)
+                continue
+            good.append(index)
+            for n in spec.inputs:
+                values[n].append(record[n])
+        frame = pd.DataFrame(values, columns=list(spec.inputs))
+        try:
+            service = self.service(spec)
+        except bundles.BundleError as exc:
+            service = None
+            for index in good:
+                rows[index] = _failed(index, str(exc), "BundleError", task.attempt)
+
+        def attempt(lo: int, hi: int) -> None:
+            assert service is not None
+            console = io.StringIO()
+            started = time.perf_counter()
+            try:
+                with contextlib.redirect_stdout(console):
+                    out = service.call_frame(frame.iloc[lo:hi].reset_index(drop=True))
+                checked = [
+                    {n: coerce(out[n][i], t, n, kind="output") for n, t in spec.outputs.items()}
+                    for i in range(hi - lo)
+                ]
+            except Exception as exc:
+                if hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    attempt(lo, mid)
+                    attempt(mid, hi)
+                    return
+                error_type = "SchemaError" if isinstance(exc, SchemaError) else type(exc).__name__
+                rows[good[lo]] = _failed(good[lo], str(exc) or repr(exc), error_type, task.attempt)
+                rows[good[lo]]["console_output"] = console.getvalue()[:MAX_CONSOLE_CHARS]
+                return
+            per_row = (time.perf_counter() - started) * 1000.0 / (hi - lo)
+            text = console.getvalue()[:MAX_CONSOLE_CHARS]
+            for i, outputs in enumerate(checked):
+                index = good[lo + i]
+                rows[index] = {
+                    "index": index,
+                    "status": STATUS_SUCCEEDED,
+                    "outputs": outputs,
+                    "artifacts": [],
+                    "console_output": text if i == 0 else "",
+                    "duration_ms": per_row,
+                    "attempts": task.attempt,
+                }
+
+        if service is not None and good:
+            attempt(0, len(good))
+        writer = ResultWriter(self.blobs.open_append_stream(task.result_key), spec.outputs)
+        try:
+            for index in sorted(rows):
+                writer.add(rows[index])
+        finally:
+            writer.close()
+        failed = sum(1 for r in rows.values() if r["status"] != STATUS_SUCCEEDED)
+        return {"succeeded": len(rows) - failed, "failed": failed}
 
     def run_consume(self, task: ConsumeTask) -> dict[str, Any]:
         files: dict[str, str] = {}

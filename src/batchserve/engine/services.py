@@ -17,7 +17,7 @@ from batchserve.store import AlreadyExists, Store
 from batchserve.store.models import Service
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
-MODES = ("row",)
+MODES = ("row", "vectorized")
 
 
 def _check_name(value: str, what: str) -> str:
@@ -66,6 +66,8 @@ class ServiceOps:
         version = _check_name(version, "The version") if version else uuid.uuid4().hex
         if mode not in MODES:
             raise BadRequest(f"Unknown service mode {mode!r}; use one of {', '.join(MODES)}.")
+        if mode == "vectorized" and bundle_kind != "callable":
+            raise BadRequest("A vectorized service must be a function called with a DataFrame.")
         if bundle_kind not in ("callable", "code"):
             raise BadRequest("bundle_kind must be 'callable' or 'code'.")
         try:
