@@ -31,6 +31,33 @@ def _check_name(value: str, what: str) -> str:
     return value
 
 
+def _check_artifacts(names: list[str]) -> list[str]:
+    for a in names:
+        if not isinstance(a, str) or not a or "/" in a or "\\" in a or a in (".", ".."):
+            raise BadRequest(f"Artifact name {a!r} is not a plain file name.")
+    return list(names)
+
+
+def _check_alias(alias: str) -> str:
+    if not alias.isidentifier():
+        raise BadRequest(f"The alias {alias!r} must be a Python identifier.")
+    return alias
+
+
+def _check_bundle_kind(kind: str) -> str:
+    if kind not in ("callable", "code"):
+        raise BadRequest("bundle_kind must be 'callable' or 'code'.")
+    return kind
+
+
+def _schemas(**schemas: dict[str, Any] | None) -> dict[str, dict[str, str]]:
+    """The given schemas, normalized (None ones left out)."""
+    try:
+        return {k: normalize_schema(v, k) for k, v in schemas.items() if v is not None}
+    except SchemaError as exc:
+        raise BadRequest(str(exc)) from None
+
+
 class ServiceOps:
     def __init__(
         self, store: Store, blobs: BlobStore, scheduler: Scheduler, consume_timeout: float = 600.0
@@ -68,20 +95,11 @@ class ServiceOps:
             raise BadRequest(f"Unknown service mode {mode!r}; use one of {', '.join(MODES)}.")
         if mode == "vectorized" and bundle_kind != "callable":
             raise BadRequest("A vectorized service must be a function called with a DataFrame.")
-        if bundle_kind not in ("callable", "code"):
-            raise BadRequest("bundle_kind must be 'callable' or 'code'.")
-        try:
-            ins = normalize_schema(inputs, "inputs")
-            outs = normalize_schema(outputs, "outputs")
-        except SchemaError as exc:
-            raise BadRequest(str(exc)) from None
-        names = list(artifacts or [])
-        for a in names:
-            if not isinstance(a, str) or not a or "/" in a or "\\" in a or a in (".", ".."):
-                raise BadRequest(f"Artifact name {a!r} is not a plain file name.")
-        alias = alias or "consume"
-        if not alias.isidentifier():
-            raise BadRequest(f"The alias {alias!r} must be a Python identifier.")
+        _check_bundle_kind(bundle_kind)
+        schemas = _schemas(inputs=inputs or {}, outputs=outputs or {})
+        ins, outs = schemas["inputs"], schemas["outputs"]
+        names = _check_artifacts(list(artifacts or []))
+        alias = _check_alias(alias or "consume")
         if self.store.get_service(name, version) is not None:
             raise Conflict(
                 f"Service {name} version {version} exists already; publish a new version instead."
@@ -120,21 +138,27 @@ class ServiceOps:
     def list_services(self, name: str | None = None) -> list[Service]:
         return self.store.list_services(name)
 
-    def delete(self, who: Principal, name: str, version: str) -> None:
+    def _changeable(self, who: Principal, name: str, version: str, verb: str) -> Service:
+        """The service, if ``who`` may change it and no batch of it is unfinished."""
         svc = self.get(name, version)
         if not who.is_owner and (not who.can_publish or svc.owner_id != who.id):
             raise Forbidden(
-                f"User {who.username!r} may not delete service {name} {version}: "
+                f"User {who.username!r} may not {verb} service {name} {version}: "
                 "only its publisher or an owner may."
             )
+        # A batch runs one bundle from its first record to its last.
         batches = self.store.list_batches(service_ids=[svc.id], limit=100_000)
         active = [b.id for b in batches if not BatchState(b.state).is_final]
         if active:
             raise Conflict(
                 f"Service {name} {version} has unfinished batches "
-                f"({', '.join(active[:5])}); cancel them first."
+                f"({', '.join(active[:5])}); let them finish or cancel them first."
             )
-        for b in batches:
+        return svc
+
+    def delete(self, who: Principal, name: str, version: str) -> None:
+        svc = self._changeable(who, name, version, "delete")
+        for b in self.store.list_batches(service_ids=[svc.id], limit=100_000):
             self.store.delete_batch(b.id)
             self.blobs.delete_prefix(f"batches/{b.id}")
         self.store.delete_service(svc.id)
@@ -156,48 +180,18 @@ class ServiceOps:
         extra: dict[str, Any] | None = None,
     ) -> Service:
         """Change a published version in place (ML Server's redeploy); None keeps a field."""
-        svc = self.get(name, version)
-        if not who.is_owner and (not who.can_publish or svc.owner_id != who.id):
-            raise Forbidden(
-                f"User {who.username!r} may not change service {name} {version}: "
-                "only its publisher or an owner may."
-            )
-        # A batch runs one bundle from its first record to its last.
-        active = [
-            b.id
-            for b in self.store.list_batches(service_ids=[svc.id], limit=100_000)
-            if not BatchState(b.state).is_final
-        ]
-        if active:
-            raise Conflict(
-                f"Service {name} {version} has unfinished batches "
-                f"({', '.join(active[:5])}); let them finish or cancel them first."
-            )
-        fields: dict[str, Any] = {}
-        try:
-            if inputs is not None:
-                fields["inputs"] = normalize_schema(inputs, "inputs")
-            if outputs is not None:
-                fields["outputs"] = normalize_schema(outputs, "outputs")
-        except SchemaError as exc:
-            raise BadRequest(str(exc)) from None
+        svc = self._changeable(who, name, version, "change")
+        fields: dict[str, Any] = dict(_schemas(inputs=inputs, outputs=outputs))
         if artifacts is not None:
-            for a in artifacts:
-                if not isinstance(a, str) or not a or "/" in a or "\\" in a or a in (".", ".."):
-                    raise BadRequest(f"Artifact name {a!r} is not a plain file name.")
-            fields["artifacts"] = list(artifacts)
+            fields["artifacts"] = _check_artifacts(artifacts)
         if description is not None:
             fields["description"] = description
         if alias is not None:
-            if not alias.isidentifier():
-                raise BadRequest(f"The alias {alias!r} must be a Python identifier.")
-            fields["alias"] = alias
+            fields["alias"] = _check_alias(alias)
         if extra is not None:
             fields["extra"] = extra
         if bundle_kind is not None:
-            if bundle_kind not in ("callable", "code"):
-                raise BadRequest("bundle_kind must be 'callable' or 'code'.")
-            fields["bundle_kind"] = bundle_kind
+            fields["bundle_kind"] = _check_bundle_kind(bundle_kind)
         old_key = svc.bundle_key
         if bundle is not None:
             # A new key: workers cache loaded bundles by key, so none keeps running the old one.
