@@ -42,12 +42,14 @@ class Batch:
         records: Any = None,
         parallel_count: int = 10,
         chunk_size: int | None = None,
+        options: dict[str, Any] | None = None,
         info: dict[str, Any] | None = None,
     ) -> None:
         self.service = service
         self.records = records  #: the records as given to ``Service.batch`` (None when fetched)
         self.parallel_count = parallel_count
         self.chunk_size = chunk_size
+        self.options = dict(options or {})  #: priority, display_name, metadata, environment
         self.info = info  #: the batch as the server last described it (``BatchPublic``), or None
         self._body = body
         self._runner = service._runner
@@ -78,6 +80,7 @@ class Batch:
                 self._body,
                 parallel_count=self.parallel_count,
                 chunk_size=self.chunk_size,
+                options=self.options,
             )
         elif self.state is BatchState.CREATED:
             # Created without starting (through the REST API): starting is what is asked.

@@ -8,6 +8,7 @@ Error statuses never reach an operation: the session turns them into exceptions 
 
 from __future__ import annotations
 
+import json as jsonlib
 import os
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,7 @@ def create_batch(
     *,
     parallel_count: int,
     chunk_size: int | None,
+    options: dict[str, Any] | None = None,
     start: bool = True,
 ) -> Op[dict[str, Any]]:
     params: dict[str, Any] = {
@@ -102,6 +104,9 @@ def create_batch(
         params["chunk_size"] = chunk_size
     if body.record_count is not None:
         params["record_count"] = body.record_count
+    for key, value in (options or {}).items():
+        # The body is the records, so options travel as parameters (mappings as JSON text).
+        params[key] = jsonlib.dumps(value) if isinstance(value, dict) else value
     resp = yield from call(
         Request(
             "POST",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import keyword
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from batchserve.client import _ops
@@ -89,13 +90,44 @@ class Service:
         raw = yield from _ops.consume(self.name, self.version, inputs)
         return ServiceResponse(raw, self._runner)
 
-    def batch(self, records: Any, parallel_count: int = 10, chunk_size: int | None = None) -> Batch:
+    def batch(
+        self,
+        records: Any,
+        parallel_count: int = 10,
+        chunk_size: int | None = None,
+        *,
+        priority: int = 0,
+        display_name: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        environment: Mapping[str, str] | None = None,
+    ) -> Batch:
         """Prepare a batch execution over ``records``; :meth:`Batch.start` runs it.
 
         ``records`` is a pandas DataFrame, a list of dicts, a dict of equal-length columns, or the
         path of a CSV/TSV file. In-memory records are checked and converted now, so a problem with
         them is raised here; nothing is sent until ``start()``.
+
+        ``priority`` (-1000..1000) orders batches waiting for workers, highest first;
+        ``display_name`` and ``metadata`` (name -> value) are kept with the batch;
+        ``environment`` (name -> value) is set for the service code while it runs the batch.
         """
+        if not isinstance(priority, int) or not -1000 <= priority <= 1000:
+            raise UsageError(
+                f"priority must be a whole number from -1000 to 1000, not {priority!r}."
+            )
+        for option, mapping in (("metadata", metadata), ("environment", environment)):
+            if mapping is not None and not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in dict(mapping).items()
+            ):
+                raise UsageError(
+                    f"{option} must map names to text values, like {{'team': 'risk'}}."
+                )
+        options = {
+            "priority": priority,
+            "display_name": display_name,
+            "metadata": dict(metadata) if metadata else None,
+            "environment": dict(environment) if environment else None,
+        }
         if not self.inputs:
             raise UsageError(f"Service {self.name} {self.version} has no inputs to run a batch on.")
         for option, value in (("parallel_count", parallel_count), ("chunk_size", chunk_size)):
@@ -103,7 +135,12 @@ class Service:
                 raise UsageError(f"{option} must be a whole number of at least 1, not {value!r}.")
         body = records_body(records, list(self.inputs))
         return Batch(
-            self, body, records=records, parallel_count=parallel_count, chunk_size=chunk_size
+            self,
+            body,
+            records=records,
+            parallel_count=parallel_count,
+            chunk_size=chunk_size,
+            options={k: v for k, v in options.items() if v not in (None, 0)},
         )
 
     def get_batch(self, execution_id: str) -> Batch:

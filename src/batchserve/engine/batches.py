@@ -83,6 +83,10 @@ class BatchOps:
         )
         batch_id = uuid.uuid4().hex
         opts = dict(options or {})
+        priority = int(opts.pop("priority", 0) or 0)
+        display_name = opts.pop("display_name", None)
+        if not -1000 <= priority <= 1000:
+            raise BadRequest("priority must be from -1000 to 1000.")
         opts.update(
             service={"name": service.name, "version": service.version},
             inputs=dict(service.inputs),
@@ -95,7 +99,8 @@ class BatchOps:
             parallel_count=parallel_count,
             chunk_size=size,
             options=opts,
-            priority=int(opts.get("priority", 0)),
+            priority=priority,
+            display_name=display_name,
         )
 
         def on_chunk(seq: int, start_index: int, count: int, key: str) -> None:

@@ -127,6 +127,9 @@ class BatchPublic(BaseModel):
     cancelled_item_count: int
     chunk_count: int
     error: str | None
+    display_name: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    environment: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
     def of(cls, batch: Batch, counts: BatchCounts, created_by: str | None) -> BatchPublic:
@@ -155,6 +158,9 @@ class BatchPublic(BaseModel):
             cancelled_item_count=counts.cancelled,
             chunk_count=counts.chunks,
             error=batch.error,
+            display_name=batch.display_name,
+            metadata=batch.options.get("metadata") or {},
+            environment=batch.options.get("environment") or {},
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -10,6 +11,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from batchserve.engine.errors import BadRequest
 from batchserve.engine.ingest import ARROW_STREAM, FORMATS
 from batchserve.server.deps import EngineDep, PrincipalDep
 from batchserve.server.schemas import (
@@ -61,7 +63,19 @@ async def create_batch(
     chunk_size: int | None = Query(None, ge=1, le=10_000_000),
     record_count: int | None = Query(None, ge=0),
     start: bool = Query(True),
+    priority: int = Query(0, ge=-1000, le=1000, description="Higher runs first."),
+    display_name: str | None = Query(None, max_length=1024),
+    metadata: str | None = Query(None, description='JSON object of text values: {"team": "risk"}'),
+    environment: str | None = Query(
+        None, description="JSON object of environment variables set for the service code"
+    ),
 ) -> BatchPublic:
+    options: dict[str, Any] = {
+        "priority": priority,
+        "display_name": display_name,
+        "metadata": _text_mapping(metadata, "metadata"),
+        "environment": _text_mapping(environment, "environment"),
+    }
     service = await anyio.to_thread.run_sync(engine.services.get, name, version)
     content_type = (request.headers.get("content-type") or ARROW_STREAM).split(";")[0].strip()
     body = blocking_body(request.stream(), engine.settings.max_upload_bytes)
@@ -76,6 +90,7 @@ async def create_batch(
             chunk_size=chunk_size,
             record_count=record_count,
             start=start,
+            options=options,
         )
         return public(engine, batch)
 
@@ -227,6 +242,21 @@ def artifact(
         media_type="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="{_safe(name)}"'},
     )
+
+
+def _text_mapping(text: str | None, what: str) -> dict[str, str]:
+    """A query parameter holding a JSON object of text values."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise BadRequest(f'{what} must be a JSON object of text values, like {{"team": "risk"}}.')
+    return value
 
 
 def _safe(name: str) -> str:

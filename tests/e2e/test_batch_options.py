@@ -1,0 +1,78 @@
+"""Batch options: priority orders waiting work; names, metadata and environment travel along."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchserve import BatchState, errors
+
+pytestmark = pytest.mark.e2e
+
+
+def nap(x: float) -> float:
+    import time
+
+    time.sleep(0.1)
+    return x
+
+
+def read_env(name: str) -> str:
+    import os
+
+    return os.environ.get(name, "<unset>")
+
+
+def test_a_higher_priority_batch_overtakes_a_waiting_lower_one(client, unique_name):  # type: ignore[no-untyped-def]
+    svc = client.publish_service(
+        unique_name, code=nap, inputs={"x": float}, outputs={"y": float}, version="v1"
+    )
+    low = svc.batch({"x": [1.0] * 40}, parallel_count=2, chunk_size=1, priority=-5).start()
+    high = svc.batch({"x": [2.0] * 4}, parallel_count=2, chunk_size=1, priority=500).start()
+    assert high.wait(timeout=120).state is BatchState.COMPLETED
+    # Had the batches been served first-come, the 40 earlier records would all be done by now.
+    assert low.refresh().state is BatchState.RUNNING
+    assert low.wait(timeout=120).completed_item_count == 40
+
+
+def test_display_name_metadata_and_environment_are_kept_and_applied(client, unique_name):  # type: ignore[no-untyped-def]
+    svc = client.publish_service(
+        unique_name, code=read_env, inputs={"name": str}, outputs={"value": str}, version="v1"
+    )
+    batch = svc.batch(
+        {"name": ["SCORING_MODE", "HOME_REGION"]},
+        display_name="nightly",
+        metadata={"team": "risk"},
+        environment={"SCORING_MODE": "strict"},
+    ).start()
+    frame = batch.wait(timeout=60).to_pandas()
+    assert frame["value"].tolist() == ["strict", "<unset>"]
+    info = batch.refresh().info
+    assert info["display_name"] == "nightly"
+    assert info["metadata"] == {"team": "risk"}
+    assert info["priority"] == 0
+
+
+def test_bad_options_are_refused_before_anything_is_sent(client, unique_name):  # type: ignore[no-untyped-def]
+    svc = client.publish_service(
+        unique_name, code=nap, inputs={"x": float}, outputs={"y": float}, version="v1"
+    )
+    with pytest.raises(errors.UsageError, match="priority"):
+        svc.batch({"x": [1.0]}, priority=5000)
+    with pytest.raises(errors.UsageError, match="metadata"):
+        svc.batch({"x": [1.0]}, metadata={"n": 1})
+
+
+def test_metadata_that_is_not_a_json_object_of_text_is_a_400(client, server, unique_name):  # type: ignore[no-untyped-def]
+    import httpx
+
+    client.publish_service(
+        unique_name, code=nap, inputs={"x": float}, outputs={"y": float}, version="v1"
+    )
+    r = httpx.post(
+        f"{server.url}/v1/services/{unique_name}/v1/batches",
+        params={"metadata": "[1, 2]"},
+        content=b"x\n1\n",
+        headers={"Authorization": f"Bearer {client.token}", "Content-Type": "text/csv"},
+    )
+    assert r.status_code == 400
+    assert "metadata" in r.json()["error"]["message"]
