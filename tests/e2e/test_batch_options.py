@@ -76,3 +76,44 @@ def test_metadata_that_is_not_a_json_object_of_text_is_a_400(client, server, uni
     )
     assert r.status_code == 400
     assert "metadata" in r.json()["error"]["message"]
+
+
+def fail_on_negative(x: float) -> float:
+    import time
+
+    time.sleep(0.02)
+    if x < 0:
+        raise ValueError("negative input")
+    return x
+
+
+def test_terminatejob_fails_the_batch_at_its_first_failed_record(client, unique_name):  # type: ignore[no-untyped-def]
+    svc = client.publish_service(
+        unique_name, code=fail_on_negative, inputs={"x": float}, outputs={"y": float}, version="v1"
+    )
+    xs = [1.0] * 5 + [-1.0] + [1.0] * 100
+    final = (
+        svc.batch({"x": xs}, parallel_count=1, chunk_size=2, task_failure_mode="terminatejob")
+        .start()
+        .wait(timeout=120)
+    )
+    assert final.state is BatchState.FAILED
+    info = svc.get_batch(final.execution_id).info
+    assert info["termination_reason"] == "TaskFailed"
+    assert "1 record(s) failed" in info["error"]
+    frame = final.to_pandas()
+    assert frame.loc[5, "status"] == "failed"
+    assert (frame["status"] == "cancelled").sum() > 50  # the rest never ran
+    assert frame.loc[:4, "status"].tolist() == ["succeeded"] * 5
+
+
+def test_max_failed_records_tolerates_that_many_failures(client, unique_name):  # type: ignore[no-untyped-def]
+    svc = client.publish_service(
+        unique_name, code=fail_on_negative, inputs={"x": float}, outputs={"y": float}, version="v1"
+    )
+    xs = [-1.0, 1.0, -1.0, 1.0]
+    ok = svc.batch({"x": xs}, max_failed_records=2).start().wait(timeout=60)
+    assert ok.state is BatchState.COMPLETED
+    assert ok.failed_item_count == 2
+    too_many = svc.batch({"x": xs}, max_failed_records=1).start().wait(timeout=60)
+    assert too_many.state is BatchState.FAILED

@@ -100,6 +100,8 @@ class Service:
         display_name: str | None = None,
         metadata: Mapping[str, str] | None = None,
         environment: Mapping[str, str] | None = None,
+        max_failed_records: int | None = None,
+        task_failure_mode: str = "noaction",
     ) -> Batch:
         """Prepare a batch execution over ``records``; :meth:`Batch.start` runs it.
 
@@ -110,7 +112,22 @@ class Service:
         ``priority`` (-1000..1000) orders batches waiting for workers, highest first;
         ``display_name`` and ``metadata`` (name -> value) are kept with the batch;
         ``environment`` (name -> value) is set for the service code while it runs the batch.
+        ``max_failed_records`` fails the batch once more records than that have failed;
+        ``task_failure_mode="terminatejob"`` fails it at the first failed record (the default,
+        ``"noaction"``, reports failed records and completes the batch).
         """
+        if task_failure_mode not in ("noaction", "terminatejob"):
+            raise UsageError(
+                "task_failure_mode must be 'noaction' or 'terminatejob', not "
+                f"{task_failure_mode!r}."
+            )
+        if max_failed_records is not None and (
+            not isinstance(max_failed_records, int) or max_failed_records < 0
+        ):
+            raise UsageError(
+                "max_failed_records must be a whole number of at least 0, not "
+                f"{max_failed_records!r}."
+            )
         if not isinstance(priority, int) or not -1000 <= priority <= 1000:
             raise UsageError(
                 f"priority must be a whole number from -1000 to 1000, not {priority!r}."
@@ -127,6 +144,8 @@ class Service:
             "display_name": display_name,
             "metadata": dict(metadata) if metadata else None,
             "environment": dict(environment) if environment else None,
+            "max_failed_records": max_failed_records,
+            "task_failure_mode": None if task_failure_mode == "noaction" else task_failure_mode,
         }
         if not self.inputs:
             raise UsageError(f"Service {self.name} {self.version} has no inputs to run a batch on.")
@@ -140,7 +159,7 @@ class Service:
             records=records,
             parallel_count=parallel_count,
             chunk_size=chunk_size,
-            options={k: v for k, v in options.items() if v not in (None, 0)},
+            options={k: v for k, v in options.items() if v is not None and v != {}},
         )
 
     def get_batch(self, execution_id: str) -> Batch:

@@ -141,6 +141,8 @@ class Scheduler:
                     succeeded=event.succeeded,
                     failed=event.failed,
                 )
+                if event.failed:
+                    self._apply_failure_policy(run.batch_id)
         elif isinstance(event, Finished):
             self._finished(event)
         elif isinstance(event, Lost):
@@ -171,7 +173,8 @@ class Scheduler:
                 succeeded=result["succeeded"],
                 failed=result["failed"],
             )
-        self._maybe_complete(run.batch_id)
+        if not self._apply_failure_policy(run.batch_id):
+            self._maybe_complete(run.batch_id)
 
     def _lost(self, event: Lost) -> None:
         future = self._consumes.pop(event.task_id, None)
@@ -228,6 +231,11 @@ class Scheduler:
         )
 
     def _cancel(self, batch_id: str, reason: str) -> None:
+        self._stop_running(batch_id, reason)
+        self._finish_cancel(batch_id, reason)
+
+    def _stop_running(self, batch_id: str, reason: str) -> None:
+        """Stop every running chunk of a batch; their finished records keep their results."""
         assert self.executor is not None
         for task_id, run in list(self._running.items()):
             if run.batch_id != batch_id:
@@ -248,13 +256,42 @@ class Scheduler:
                     failed=0,
                     cancelled=run.count,
                 )
-        self._finish_cancel(batch_id, reason)
 
     def _finish_cancel(self, batch_id: str, reason: str) -> None:
         self.store.finish_pending_chunks(batch_id, ChunkState.CANCELLED, reason)
         self.store.transition(
             batch_id, BatchState.CANCELLED, only_from=[BatchState.CANCELLING], end_time=utcnow()
         )
+
+    def _apply_failure_policy(self, batch_id: str) -> bool:
+        """Fail the batch when its failed records pass its limit; True when it was failed.
+
+        ``task_failure_mode="terminatejob"`` allows no failed record; ``max_failed_records``
+        allows that many. Records that did not run then are reported cancelled.
+        """
+        batch = self.store.get_batch(batch_id)
+        if batch is None or batch.state not in (BatchState.PENDING.value, BatchState.RUNNING.value):
+            return False
+        options = batch.options
+        limit = options.get("max_failed_records")
+        if options.get("task_failure_mode") == "terminatejob":
+            limit = 0
+        if limit is None:
+            return False
+        failed = self.store.batch_counts(batch_id).failed
+        if failed <= limit:
+            return False
+        reason = f"the batch failed: {failed} record(s) failed, more than the {limit} allowed"
+        self._stop_running(batch_id, reason)
+        self.store.finish_pending_chunks(batch_id, ChunkState.CANCELLED, reason)
+        self.store.transition(
+            batch_id,
+            BatchState.FAILED,
+            end_time=utcnow(),
+            termination_reason="TaskFailed",
+            error=reason,
+        )
+        return True
 
     def _maybe_complete(self, batch_id: str) -> None:
         batch = self.store.get_batch(batch_id)

@@ -130,6 +130,8 @@ class BatchPublic(BaseModel):
     display_name: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     environment: dict[str, str] = Field(default_factory=dict)
+    max_failed_records: int | None = None
+    task_failure_mode: str = "noaction"
 
     @classmethod
     def of(cls, batch: Batch, counts: BatchCounts, created_by: str | None) -> BatchPublic:
@@ -161,6 +163,8 @@ class BatchPublic(BaseModel):
             display_name=batch.display_name,
             metadata=batch.options.get("metadata") or {},
             environment=batch.options.get("environment") or {},
+            max_failed_records=batch.options.get("max_failed_records"),
+            task_failure_mode=batch.options.get("task_failure_mode") or "noaction",
         )
 
 

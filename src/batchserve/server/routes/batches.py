@@ -69,8 +69,18 @@ async def create_batch(
     environment: str | None = Query(
         None, description="JSON object of environment variables set for the service code"
     ),
+    max_failed_records: int | None = Query(
+        None, ge=0, description="Fail the batch once more records than this have failed."
+    ),
+    task_failure_mode: str = Query(
+        "noaction",
+        pattern="^(noaction|terminatejob)$",
+        description="terminatejob: the first failed record fails the batch.",
+    ),
 ) -> BatchPublic:
     options: dict[str, Any] = {
+        "max_failed_records": max_failed_records,
+        "task_failure_mode": task_failure_mode,
         "priority": priority,
         "display_name": display_name,
         "metadata": _text_mapping(metadata, "metadata"),
