@@ -140,7 +140,7 @@ class Service:
                     f"{option} must map names to text values, like {{'team': 'risk'}}."
                 )
         options = {
-            "priority": priority,
+            "priority": priority or None,  # 0 is the default: not sent
             "display_name": display_name,
             "metadata": dict(metadata) if metadata else None,
             "environment": dict(environment) if environment else None,
