@@ -117,3 +117,29 @@ def test_max_failed_records_tolerates_that_many_failures(client, unique_name):  
     assert ok.failed_item_count == 2
     too_many = svc.batch({"x": xs}, max_failed_records=1).start().wait(timeout=60)
     assert too_many.state is BatchState.FAILED
+
+
+def test_update_with_a_stale_etag_is_refused_and_a_fresh_one_applies(client, unique_name):  # type: ignore[no-untyped-def]
+    svc = client.publish_service(
+        unique_name, code=nap, inputs={"x": float}, outputs={"y": float}, version="v1"
+    )
+    batch = svc.batch({"x": [1.0] * 60}, parallel_count=1, chunk_size=1).start()
+    stale = batch.refresh().etag
+    batch.update(metadata={"owner": "ana"})  # someone else changes it first
+    with pytest.raises(errors.PreconditionFailedError) as info:
+        batch.update(priority=10, if_match=stale)
+    assert "etag" in str(info.value)
+    fresh = batch.refresh().etag
+    assert fresh != stale
+    batch.update(priority=10, parallel_count=2, if_match=fresh)
+    info_now = batch.refresh().info
+    assert (info_now["priority"], info_now["parallel_count"]) == (10, 2)
+    assert info_now["metadata"] == {"owner": "ana"}
+    stopped = batch.terminate(reason="no longer needed")
+    final = batch.wait(timeout=60)
+    assert final.state is BatchState.CANCELLED
+    assert batch.refresh().info["termination_reason"] == "no longer needed"
+    assert stopped.execution_id == batch.execution_id
+    with pytest.raises(errors.ConflictError) as conflict:
+        batch.update(priority=1)
+    assert "cancelled" in str(conflict.value) and "running" in str(conflict.value)

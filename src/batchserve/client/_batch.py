@@ -103,6 +103,50 @@ class Batch:
         self.info = yield from _ops.cancel_batch(self._require_id())
         return self._response(self.info, show_partial_results=True)
 
+    def terminate(self, reason: str | None = None) -> BatchResponse:
+        """Stop the batch, recording ``reason`` (default ``UserTerminate``) as its
+        termination reason; records already finished keep their results."""
+        return self._runner.run(self._terminate(reason))
+
+    def _terminate(self, reason: str | None) -> Op[BatchResponse]:
+        self.info = yield from _ops.terminate_batch(self._require_id(), reason)
+        return self._response(self.info, show_partial_results=True)
+
+    @property
+    def etag(self) -> str | None:
+        """The batch's etag when the server was last asked (for ``update(if_match=...)``)."""
+        return None if self.info is None else str(self.info["etag"])
+
+    def update(
+        self,
+        *,
+        priority: int | None = None,
+        parallel_count: int | None = None,
+        metadata: dict[str, str] | None = None,
+        max_failed_records: int | None = None,
+        if_match: str | None = None,
+    ) -> Batch:
+        """Change settings of the running batch; returns the batch, refreshed.
+
+        With ``if_match`` (an :attr:`etag`) the change is made only if nobody changed the batch
+        since; otherwise :class:`~batchserve.errors.PreconditionFailedError` is raised.
+        """
+        changes = {
+            k: v
+            for k, v in {
+                "priority": priority,
+                "parallel_count": parallel_count,
+                "metadata": metadata,
+                "max_failed_records": max_failed_records,
+            }.items()
+            if v is not None
+        }
+        return self._runner.run(self._update(changes, if_match))
+
+    def _update(self, changes: dict[str, Any], if_match: str | None) -> Op[Batch]:
+        self.info = yield from _ops.update_batch(self._require_id(), changes, if_match)
+        return self
+
     def delete(self) -> None:
         """Remove the batch and its results from the server (cancelling it first if running)."""
         return self._runner.run(self._with_id(_ops.delete_batch))

@@ -141,6 +141,23 @@ def cancel_batch(execution_id: str) -> Op[dict[str, Any]]:
     return dict(resp.json())
 
 
+def update_batch(
+    execution_id: str, changes: dict[str, Any], if_match: str | None
+) -> Op[dict[str, Any]]:
+    headers = {"If-Match": if_match} if if_match else {}
+    resp = yield from call(
+        Request("PATCH", f"/v1/batches/{q(execution_id)}", json=changes, headers=headers)
+    )
+    return dict(resp.json())
+
+
+def terminate_batch(execution_id: str, reason: str | None) -> Op[dict[str, Any]]:
+    resp = yield from call(
+        Request("POST", f"/v1/batches/{q(execution_id)}/terminate", json={"reason": reason})
+    )
+    return dict(resp.json())
+
+
 def delete_batch(execution_id: str) -> Op[None]:
     yield from call(Request("DELETE", f"/v1/batches/{q(execution_id)}"))
 

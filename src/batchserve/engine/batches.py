@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from batchserve.blobs import BlobNotFound, BlobStore
 from batchserve.engine.auth import Principal
-from batchserve.engine.errors import BadRequest, Conflict, NotFound
+from batchserve.engine.errors import BadRequest, Conflict, NotFound, PreconditionFailed
 from batchserve.engine.ingest import ingest
 from batchserve.engine.results import (
     cancelled_rows,
@@ -24,7 +24,7 @@ from batchserve.engine.runtime import artifact_key
 from batchserve.engine.scheduler import CancelBatch, Scheduler, Wake
 from batchserve.schema import SchemaError
 from batchserve.states import BatchState, ChunkState, InvalidTransition, states_allowing
-from batchserve.store import BatchCounts, Store
+from batchserve.store import BatchCounts, RevisionMismatch, Store
 from batchserve.store.models import Batch, Chunk, Service, utcnow
 
 
@@ -163,6 +163,62 @@ class BatchOps:
         )
         self.scheduler.post(CancelBatch(batch_id, "cancelled before it ran"))
         return moved
+
+    def update(
+        self,
+        who: Principal,
+        batch_id: str,
+        *,
+        if_match: str | None = None,
+        priority: int | None = None,
+        parallel_count: int | None = None,
+        metadata: dict[str, str] | None = None,
+        max_failed_records: int | None = None,
+    ) -> Batch:
+        """Change a batch's settings while it is not finished; ``if_match`` is an etag."""
+        batch = self.get(who, batch_id)
+        if BatchState(batch.state).is_final:
+            raise Conflict(
+                f"Batch {batch_id} is {batch.state}; its settings can be changed only while it is "
+                "created, pending, running, pausing or paused.",
+                state=batch.state,
+            )
+        expect = None
+        if if_match is not None:
+            try:
+                expect = int(if_match.strip().removeprefix("W/").strip('"'))
+            except ValueError:
+                raise PreconditionFailed(
+                    f"The If-Match value {if_match!r} is not an etag of "
+                    "this server; read the batch for its etag."
+                ) from None
+        fields: dict[str, Any] = {}
+        if priority is not None:
+            if not -1000 <= priority <= 1000:
+                raise BadRequest("priority must be from -1000 to 1000.")
+            fields["priority"] = priority
+        if parallel_count is not None:
+            if parallel_count < 1:
+                raise BadRequest("parallel_count must be at least 1.")
+            fields["parallel_count"] = parallel_count
+        options = dict(batch.options)
+        if metadata is not None:
+            options["metadata"] = dict(metadata)
+        if max_failed_records is not None:
+            options["max_failed_records"] = max_failed_records
+        if options != batch.options:
+            fields["options"] = options
+        try:
+            updated = self.store.update_batch(batch_id, expect_revision=expect, **fields)
+        except RevisionMismatch as exc:
+            raise PreconditionFailed(
+                f"Batch {batch_id} changed since etag {if_match} was read (its etag is now "
+                f'"{exc.current}"); read it again and retry with the new etag.'
+            ) from None
+        if updated is None:
+            raise NotFound(f"No batch {batch_id!r} exists.")
+        self.scheduler.post(Wake())  # a new priority or parallel count may free work now
+        return updated
 
     def delete(self, who: Principal, batch_id: str) -> None:
         batch = self.get(who, batch_id)

@@ -168,6 +168,19 @@ class BatchPublic(BaseModel):
         )
 
 
+class BatchUpdate(BaseModel):
+    """Settings of a batch that may change while it runs; absent fields stay as they are."""
+
+    priority: int | None = Field(None, ge=-1000, le=1000)
+    parallel_count: int | None = Field(None, ge=1, le=10_000)
+    metadata: dict[str, str] | None = None
+    max_failed_records: int | None = Field(None, ge=0)
+
+
+class TerminateRequest(BaseModel):
+    reason: str | None = Field(None, max_length=200)
+
+
 class BatchList(BaseModel):
     batches: list[BatchPublic]
 

@@ -1,6 +1,6 @@
 """The metadata store: users, services, batches, chunks and their states."""
 
 from batchserve.store.migrate import upgrade
-from batchserve.store.sql import AlreadyExists, BatchCounts, Store
+from batchserve.store.sql import AlreadyExists, BatchCounts, RevisionMismatch, Store
 
-__all__ = ["AlreadyExists", "BatchCounts", "Store", "upgrade"]
+__all__ = ["AlreadyExists", "BatchCounts", "RevisionMismatch", "Store", "upgrade"]

@@ -25,6 +25,14 @@ class AlreadyExists(Exception):
     """A row with the same unique key exists."""
 
 
+class RevisionMismatch(Exception):
+    """The row changed since the caller read it (a stale etag)."""
+
+    def __init__(self, current: int) -> None:
+        super().__init__(f"the current revision is {current}")
+        self.current = current
+
+
 @dataclass(frozen=True)
 class BatchCounts:
     succeeded: int = 0
@@ -220,12 +228,20 @@ class Store:
             q = q.order_by(Batch.creation_time.desc(), Batch.id.desc()).limit(limit)
             return list(s.scalars(q))
 
-    def update_batch(self, batch_id: str, **fields: Any) -> Batch | None:
-        """Change batch settings (not its state); bumps the etag and ``last_modified``."""
+    def update_batch(
+        self, batch_id: str, *, expect_revision: int | None = None, **fields: Any
+    ) -> Batch | None:
+        """Change batch settings (not its state); bumps the etag and ``last_modified``.
+
+        With ``expect_revision`` the change is made only if the batch is still at that revision
+        (else :class:`RevisionMismatch`), checked and written in one transaction.
+        """
         with self.session() as s:
             batch = s.get(Batch, batch_id, with_for_update=True)
             if batch is None:
                 return None
+            if expect_revision is not None and batch.revision != expect_revision:
+                raise RevisionMismatch(batch.revision)
             for k, v in fields.items():
                 setattr(batch, k, v)
             batch.revision += 1

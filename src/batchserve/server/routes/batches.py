@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from batchserve.engine.errors import BadRequest
@@ -18,8 +18,10 @@ from batchserve.server.schemas import (
     ArtifactList,
     BatchList,
     BatchPublic,
+    BatchUpdate,
     RecordResult,
     ResultPage,
+    TerminateRequest,
 )
 from batchserve.server.upload import blocking_body
 from batchserve.states import BatchState
@@ -177,6 +179,34 @@ def start_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> BatchPub
 )
 def cancel_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> BatchPublic:
     return public(engine, engine.batches.cancel(who, batch_id))
+
+
+@router.patch(
+    "/v1/batches/{batch_id}",
+    response_model=BatchPublic,
+    summary="Change a batch's settings (If-Match: an etag makes it conditional)",
+)
+def update_batch(
+    batch_id: str,
+    body: BatchUpdate,
+    engine: EngineDep,
+    who: PrincipalDep,
+    if_match: str | None = Header(None, alias="If-Match"),
+) -> BatchPublic:
+    changes = body.model_dump(exclude_none=True)
+    return public(engine, engine.batches.update(who, batch_id, if_match=if_match, **changes))
+
+
+@router.post(
+    "/v1/batches/{batch_id}/terminate",
+    response_model=BatchPublic,
+    summary="Stop a batch with a reason; finished results are kept",
+)
+def terminate_batch(
+    batch_id: str, engine: EngineDep, who: PrincipalDep, body: TerminateRequest | None = None
+) -> BatchPublic:
+    reason = (body.reason if body is not None else None) or "UserTerminate"
+    return public(engine, engine.batches.cancel(who, batch_id, reason=reason))
 
 
 @router.delete(
