@@ -46,7 +46,7 @@ def test_display_name_metadata_and_environment_are_kept_and_applied(client, uniq
     ).start()
     frame = batch.wait(timeout=60).to_pandas()
     assert frame["value"].tolist() == ["strict", "<unset>"]
-    info = batch.refresh().info
+    info = batch.refresh().data
     assert info["display_name"] == "nightly"
     assert info["metadata"] == {"team": "risk"}
     assert info["priority"] == 0
@@ -98,7 +98,7 @@ def test_terminatejob_fails_the_batch_at_its_first_failed_record(client, unique_
         .wait(timeout=120)
     )
     assert final.state is BatchState.FAILED
-    info = svc.get_batch(final.execution_id).info
+    info = svc.get_batch(final.execution_id).data
     assert info["termination_reason"] == "TaskFailed"
     assert "1 record(s) failed" in info["error"]
     frame = final.to_pandas()
@@ -132,14 +132,51 @@ def test_update_with_a_stale_etag_is_refused_and_a_fresh_one_applies(client, uni
     fresh = batch.refresh().etag
     assert fresh != stale
     batch.update(priority=10, parallel_count=2, if_match=fresh)
-    info_now = batch.refresh().info
+    info_now = batch.refresh().data
     assert (info_now["priority"], info_now["parallel_count"]) == (10, 2)
     assert info_now["metadata"] == {"owner": "ana"}
     stopped = batch.terminate(reason="no longer needed")
     final = batch.wait(timeout=60)
     assert final.state is BatchState.CANCELLED
-    assert batch.refresh().info["termination_reason"] == "no longer needed"
+    assert batch.refresh().data["termination_reason"] == "no longer needed"
     assert stopped.execution_id == batch.execution_id
     with pytest.raises(errors.ConflictError) as conflict:
         batch.update(priority=1)
     assert "cancelled" in str(conflict.value) and "running" in str(conflict.value)
+
+
+def test_info_describes_the_batch_as_an_azure_batch_job(client, unique_name):  # type: ignore[no-untyped-def]
+    svc = client.publish_service(
+        unique_name, code=fail_on_negative, inputs={"x": float}, outputs={"y": float}, version="v1"
+    )
+    batch = svc.batch(
+        {"x": [1.0, -1.0, 2.0]},
+        parallel_count=3,
+        priority=7,
+        display_name="scoring",
+        metadata={"team": "risk"},
+        environment={"MODE": "fast"},
+        max_failed_records=5,
+    ).start()
+    batch.wait(timeout=60)
+    job = batch.info()
+    assert (job.id, job.display_name, job.state, job.batch_state) == (
+        batch.execution_id,
+        "scoring",
+        "completed",
+        "completed",
+    )
+    assert job.previous_state == "active"
+    assert (job.priority, job.max_parallel_tasks) == (7, 3)
+    assert job.constraints.max_failed_records == 5
+    assert [(m.name, m.value) for m in job.metadata] == [("team", "risk")]
+    assert [(e.name, e.value) for e in job.common_environment_settings] == [("MODE", "fast")]
+    assert job.execution_info.termination_reason == "AllTasksComplete"
+    assert job.execution_info.end_time >= job.execution_info.start_time
+    stats = job.job_statistics
+    assert (stats.succeeded_records, stats.failed_records, stats.total_records) == (2, 1, 3)
+    assert job.url.endswith(f"/v1/batches/{batch.execution_id}")
+    writable = job.as_dict(exclude_readonly=True)
+    assert "etag" not in writable and "job_statistics" not in writable
+    assert writable["metadata"] == [{"name": "team", "value": "risk"}]
+    assert job.as_dict()["etag"] == batch.etag

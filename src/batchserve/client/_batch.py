@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from batchserve.client import _ops
+from batchserve.client._jobinfo import BatchJobInfo, job_info
 from batchserve.client._records import RecordsBody
 from batchserve.client._responses import BatchResponse
 from batchserve.client._wire import Op, sleep
@@ -50,19 +51,21 @@ class Batch:
         self.parallel_count = parallel_count
         self.chunk_size = chunk_size
         self.options = dict(options or {})  #: priority, display_name, metadata, environment
-        self.info = info  #: the batch as the server last described it (``BatchPublic``), or None
+        self.data = (
+            info  #: the batch as the server last described it (``BatchPublic`` JSON), or None
+        )
         self._body = body
         self._runner = service._runner
 
     @property
     def execution_id(self) -> str | None:
         """The batch's id on the server; None until :meth:`start`."""
-        return None if self.info is None else str(self.info["id"])
+        return None if self.data is None else str(self.data["id"])
 
     @property
     def state(self) -> BatchState | None:
         """The state when the server was last asked (see :meth:`refresh`); None before start."""
-        return None if self.info is None else BatchState(self.info["state"])
+        return None if self.data is None else BatchState(self.data["state"])
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -71,10 +74,10 @@ class Batch:
         return self._runner.run(self._start())
 
     def _start(self) -> Op[Batch]:
-        if self.info is None:
+        if self.data is None:
             if self._body is None:
                 raise UsageError("This batch has no records to start with.")
-            self.info = yield from _ops.create_batch(
+            self.data = yield from _ops.create_batch(
                 self.service.name,
                 self.service.version,
                 self._body,
@@ -84,7 +87,7 @@ class Batch:
             )
         elif self.state is BatchState.CREATED:
             # Created without starting (through the REST API): starting is what is asked.
-            self.info = yield from _ops.start_batch(self._require_id())
+            self.data = yield from _ops.start_batch(self._require_id())
         return self
 
     def refresh(self) -> Batch:
@@ -92,7 +95,7 @@ class Batch:
         return self._runner.run(self._refresh())
 
     def _refresh(self) -> Op[Batch]:
-        self.info = yield from _ops.get_batch(self._require_id())
+        self.data = yield from _ops.get_batch(self._require_id())
         return self
 
     def cancel(self) -> BatchResponse:
@@ -100,8 +103,8 @@ class Batch:
         return self._runner.run(self._cancel())
 
     def _cancel(self) -> Op[BatchResponse]:
-        self.info = yield from _ops.cancel_batch(self._require_id())
-        return self._response(self.info, show_partial_results=True)
+        self.data = yield from _ops.cancel_batch(self._require_id())
+        return self._response(self.data, show_partial_results=True)
 
     def terminate(self, reason: str | None = None) -> BatchResponse:
         """Stop the batch, recording ``reason`` (default ``UserTerminate``) as its
@@ -109,13 +112,22 @@ class Batch:
         return self._runner.run(self._terminate(reason))
 
     def _terminate(self, reason: str | None) -> Op[BatchResponse]:
-        self.info = yield from _ops.terminate_batch(self._require_id(), reason)
-        return self._response(self.info, show_partial_results=True)
+        self.data = yield from _ops.terminate_batch(self._require_id(), reason)
+        return self._response(self.data, show_partial_results=True)
+
+    def info(self) -> BatchJobInfo:
+        """The batch as an Azure Batch ``BatchJob``-shaped object, read from the server now
+        (``as_dict(exclude_readonly=False)`` gives plain values)."""
+        return self._runner.run(self._info())
+
+    def _info(self) -> Op[BatchJobInfo]:
+        self.data = yield from _ops.get_batch(self._require_id())
+        return job_info(self.data, self._runner.base_url)
 
     @property
     def etag(self) -> str | None:
         """The batch's etag when the server was last asked (for ``update(if_match=...)``)."""
-        return None if self.info is None else str(self.info["etag"])
+        return None if self.data is None else str(self.data["etag"])
 
     def update(
         self,
@@ -144,7 +156,7 @@ class Batch:
         return self._runner.run(self._update(changes, if_match))
 
     def _update(self, changes: dict[str, Any], if_match: str | None) -> Op[Batch]:
-        self.info = yield from _ops.update_batch(self._require_id(), changes, if_match)
+        self.data = yield from _ops.update_batch(self._require_id(), changes, if_match)
         return self
 
     def delete(self) -> None:
@@ -161,8 +173,8 @@ class Batch:
         return self._runner.run(self._results(show_partial_results))
 
     def _results(self, show_partial_results: bool) -> Op[BatchResponse]:
-        self.info = yield from _ops.get_batch(self._require_id())
-        return self._response(self.info, show_partial_results=show_partial_results)
+        self.data = yield from _ops.get_batch(self._require_id())
+        return self._response(self.data, show_partial_results=show_partial_results)
 
     def wait(self, timeout: float | None = None, poll_interval: float = 0.5) -> BatchResponse:
         """Poll until the batch is finished and return its final :class:`BatchResponse`.
@@ -180,14 +192,14 @@ class Batch:
             # wait() returns as soon as the batch is done rather than at the next poll.
             window = LONG_POLL if deadline is None else max(0.0, deadline - time.monotonic())
             before = time.monotonic()
-            self.info = yield from _ops.get_batch(execution_id, wait=min(window, LONG_POLL))
-            state = BatchState(self.info["state"])
+            self.data = yield from _ops.get_batch(execution_id, wait=min(window, LONG_POLL))
+            state = BatchState(self.data["state"])
             if state.is_final:
-                return self._response(self.info, show_partial_results=True)
+                return self._response(self.data, show_partial_results=True)
             if deadline is not None and time.monotonic() >= deadline:
                 assert timeout is not None
-                done = self.info.get("completed_item_count")
-                total = self.info.get("total_item_count")
+                done = self.data.get("completed_item_count")
+                total = self.data.get("total_item_count")
                 raise WaitTimeout(
                     f"Batch {execution_id} did not finish within {timeout} s (state {state}, "
                     f"{done} of {total} records finished). It goes on running: call wait() "
@@ -256,13 +268,13 @@ class Batch:
         return (yield from make_op(self._require_id(), *args))
 
     def _require_id(self) -> str:
-        if self.info is None:
+        if self.data is None:
             raise UsageError("This batch has not been started: call batch.start() first.")
-        return str(self.info["id"])
+        return str(self.data["id"])
 
     def __repr__(self) -> str:
         where = f"{self.service.name}/{self.service.version}"
-        if self.info is None:
+        if self.data is None:
             source = self._body.source if self._body is not None else "no records"
             return f"<Batch of {where}, not started ({source})>"
         return f"<Batch {self.execution_id} of {where} state={self.state}>"

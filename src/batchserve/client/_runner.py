@@ -39,6 +39,8 @@ class Runner(Protocol):
     instead, and an asyncio facade types its methods accordingly.
     """
 
+    base_url: str
+
     def run(self, op: Op[T]) -> T: ...
 
 
