@@ -180,3 +180,36 @@ def test_info_describes_the_batch_as_an_azure_batch_job(client, unique_name):  #
     assert "etag" not in writable and "job_statistics" not in writable
     assert writable["metadata"] == [{"name": "team", "value": "risk"}]
     assert job.as_dict()["etag"] == batch.etag
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_results_export_to_the_format_of_the_file_extension(client, unique_name, tmp_path, suffix):  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    svc = client.publish_service(
+        unique_name, code=fail_on_negative, inputs={"x": float}, outputs={"y": float}, version="v1"
+    )
+    batch = svc.batch({"x": [1.0, -1.0, 3.0]}).start()
+    batch.wait(timeout=60)
+    path = tmp_path / f"results{suffix}"
+    assert batch.export_results(path) == str(path)
+    read = {
+        ".csv": pd.read_csv,
+        ".parquet": pd.read_parquet,
+        ".jsonl": lambda p: pd.read_json(p, lines=True),
+    }[suffix]
+    frame = read(path)
+    assert frame["index"].tolist() == [0, 1, 2]
+    assert frame["status"].tolist() == ["succeeded", "failed", "succeeded"]
+    assert frame.loc[2, "y"] == 3.0
+    assert frame.loc[1, "error"] == "negative input"
+
+
+def test_exporting_to_an_unknown_format_names_the_formats(client, unique_name, tmp_path):  # type: ignore[no-untyped-def]
+    svc = client.publish_service(
+        unique_name, code=fail_on_negative, inputs={"x": float}, outputs={"y": float}, version="v1"
+    )
+    batch = svc.batch({"x": [1.0]}).start()
+    batch.wait(timeout=60)
+    with pytest.raises(errors.UsageError, match=r"\.csv, \.jsonl or \.parquet"):
+        batch.export_results(tmp_path / "results.xlsx")

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -158,6 +159,16 @@ class Batch:
     def _update(self, changes: dict[str, Any], if_match: str | None) -> Op[Batch]:
         self.data = yield from _ops.update_batch(self._require_id(), changes, if_match)
         return self
+
+    def export_results(self, path: str | os.PathLike[str]) -> str:
+        """Write the batch's finished results to ``path`` (``.csv``, ``.jsonl`` or ``.parquet``,
+        by extension): one row per record with its index, status, outputs and error."""
+        return self._runner.run(self._export_results(Path(path)))
+
+    def _export_results(self, path: Path) -> Op[str]:
+        self.data = yield from _ops.get_batch(self._require_id())
+        response = self._response(self.data, show_partial_results=True)
+        return (yield from response._export(path))
 
     def delete(self) -> None:
         """Remove the batch and its results from the server (cancelling it first if running)."""

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import operator
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchserve.client import _ops
 from batchserve.client._wire import Op
-from batchserve.errors import NotFoundError
+from batchserve.errors import NotFoundError, UsageError
 from batchserve.states import BatchState
 
 if TYPE_CHECKING:
@@ -195,6 +197,28 @@ class BatchResponse:
         return self._runner.run(self._to_pandas())
 
     def _to_pandas(self) -> Op[pd.DataFrame]:
+        table = yield from self._table()
+        return table.to_pandas()
+
+    def export(self, path: str | os.PathLike[str]) -> str:
+        """Write the finished results to ``path``, in the format its extension names:
+        ``.csv``, ``.jsonl`` (JSON Lines) or ``.parquet``. Returns the path."""
+        return self._runner.run(self._export(Path(path)))
+
+    def _export(self, path: Path) -> Op[str]:
+        writer = _EXPORTERS.get(path.suffix.lower())
+        if writer is None:
+            raise UsageError(
+                f"Cannot export results to '{path.name}': use a .csv, .jsonl or .parquet file."
+            )
+        if not path.parent.is_dir():
+            raise UsageError(f"The folder '{path.parent}' does not exist; create it first.")
+        table = yield from self._table()
+        writer(table, path)
+        return str(path)
+
+    def _table(self) -> Op[Any]:
+        """The finished results as an Arrow table, columns in a stable order."""
         self._check_results_shown()
         content = yield from _ops.results_arrow(self.execution_id)
         import pyarrow as pa
@@ -205,7 +229,7 @@ class BatchResponse:
         outputs = [n for n in self._outputs if n in names]
         outputs += [n for n in names if n not in fixed and n not in outputs]
         order = [n for n in _LEADING if n in names] + outputs + [n for n in _TRAILING if n in names]
-        return table.select(order).to_pandas()
+        return table.select(order)
 
     def _check_results_shown(self) -> None:
         if not self.show_partial_results and not self.state.is_final:
@@ -227,3 +251,27 @@ class BatchResponse:
             f"<BatchResponse {self.execution_id} state={self.state.value} "
             f"completed={self.completed_item_count}/{self.total_item_count}>"
         )
+
+
+def _write_csv(table: Any, path: Path) -> None:
+    import pyarrow.csv as pacsv
+
+    pacsv.write_csv(table, path)
+
+
+def _write_jsonl(table: Any, path: Path) -> None:
+    import json
+
+    with open(path, "w", encoding="utf-8") as f:
+        for batch in table.to_batches(max_chunksize=10_000):
+            for row in batch.to_pylist():
+                f.write(json.dumps(row, default=str) + "\n")
+
+
+def _write_parquet(table: Any, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, path)
+
+
+_EXPORTERS = {".csv": _write_csv, ".jsonl": _write_jsonl, ".parquet": _write_parquet}
