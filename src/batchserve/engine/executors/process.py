@@ -89,7 +89,9 @@ class ProcessExecutor:
         self._sink = sink
         self._progress_interval = progress_interval
         self._ctx = mp.get_context("forkserver")
-        self._ctx.set_forkserver_preload(["batchserve.engine.runtime"])
+        # pandas too: pyarrow imports it on first use (about 0.25 s), which would otherwise be
+        # paid by every new worker's first task, after each cancel and crash as well.
+        self._ctx.set_forkserver_preload(["batchserve.engine.runtime", "pandas"])
         self._slots = [_Slot(i) for i in range(workers)]
         self._lock = threading.RLock()
         self._closing = False
