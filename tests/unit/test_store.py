@@ -451,7 +451,9 @@ def test_a_requeued_chunk_is_claimed_again_with_a_new_attempt_and_result_key(sto
 def test_requeue_leaves_pending_and_finished_chunks_alone(store, service, owner):
     batch = add_batch(store, service, owner, chunks=[4, 4, 4])
     done = store.claim_chunk(batch.id, result_key)
-    store.set_chunk(done.id, state=ChunkState.SUCCEEDED.value, succeeded=4)
+    store.set_chunk(
+        done.id, expect_state=ChunkState.RUNNING, state=ChunkState.SUCCEEDED.value, succeeded=4
+    )
     store.claim_chunk(batch.id, result_key)
     assert store.requeue_running_chunks() == 1
     assert [c.state for c in store.chunks(batch.id)] == ["succeeded", "pending", "pending"]
@@ -482,7 +484,13 @@ def test_chunks_can_be_listed_by_state(store, service, owner):
 def test_batch_counts_add_up_the_chunks(store, service, owner):
     batch = add_batch(store, service, owner, chunks=[4, 4, 4, 2])
     first = store.claim_chunk(batch.id, result_key)
-    store.set_chunk(first.id, state=ChunkState.SUCCEEDED.value, succeeded=3, failed=1)
+    store.set_chunk(
+        first.id,
+        expect_state=ChunkState.RUNNING,
+        state=ChunkState.SUCCEEDED.value,
+        succeeded=3,
+        failed=1,
+    )
     second = store.claim_chunk(batch.id, result_key)
     store.set_chunk(second.id, succeeded=1)
     store.finish_pending_chunks(batch.id, ChunkState.CANCELLED, "cancelled by ann")
@@ -545,3 +553,13 @@ def test_chunks_covering_gives_the_chunks_holding_any_index_in_the_range(
 ):
     batch = add_batch(store, service, owner, chunks=[4, 4, 2])  # 0-3, 4-7, 8-9
     assert [c.seq for c in store.chunks_covering(batch.id, start, stop)] == seqs
+
+
+def test_a_chunk_state_change_the_table_forbids_is_refused(store, service, owner):
+    batch = add_batch(store, service, owner, chunks=[4])
+    chunk = store.claim_chunk(batch.id, result_key)
+    store.set_chunk(chunk.id, expect_state=ChunkState.RUNNING, state=ChunkState.SUCCEEDED.value)
+    with pytest.raises(InvalidTransition):
+        store.set_chunk(chunk.id, expect_state=ChunkState.SUCCEEDED, state=ChunkState.RUNNING.value)
+    with pytest.raises(ValueError, match="expect_state"):
+        store.set_chunk(chunk.id, state=ChunkState.FAILED.value)

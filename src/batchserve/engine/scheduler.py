@@ -222,6 +222,7 @@ class Scheduler:
             failed += rest
         self.store.set_chunk(
             run.chunk_id,
+            expect_state=ChunkState.RUNNING,
             state=state.value,
             finished_at=utcnow(),
             succeeded=succeeded,
@@ -249,6 +250,7 @@ class Scheduler:
                 log.exception("could not read the results of a stopped chunk")
                 self.store.set_chunk(
                     run.chunk_id,
+                    expect_state=ChunkState.RUNNING,
                     state=ChunkState.CANCELLED.value,
                     finished_at=utcnow(),
                     error=reason,

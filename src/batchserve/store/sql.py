@@ -17,7 +17,12 @@ from sqlalchemy import Engine, create_engine, delete, event, func, select, updat
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from batchserve.states import BatchState, ChunkState, check_batch_transition
+from batchserve.states import (
+    BatchState,
+    ChunkState,
+    check_batch_transition,
+    check_chunk_transition,
+)
 from batchserve.store.models import Batch, Chunk, Service, Token, User, utcnow
 
 
@@ -350,7 +355,7 @@ class Store:
             chunk = s.scalar(q)
             if chunk is None:
                 return None
-            chunk.state = ChunkState.RUNNING.value
+            chunk.state = check_chunk_transition(chunk.state, ChunkState.RUNNING).value
             chunk.attempts += 1
             chunk.started_at = utcnow()
             chunk.result_key = result_key_for(chunk)
@@ -390,7 +395,14 @@ class Store:
         expect_key: str | None = None,
         **fields: Any,
     ) -> bool:
-        """Update a chunk if it is still in ``expect_state`` (and attempt ``expect_key``)."""
+        """Update a chunk if it is still in ``expect_state`` (and attempt ``expect_key``).
+
+        A new ``state`` needs ``expect_state``: the move is checked against the state table.
+        """
+        if "state" in fields:
+            if expect_state is None:
+                raise ValueError("changing a chunk's state needs expect_state")
+            check_chunk_transition(expect_state, fields["state"])
         with self.session() as s:
             q = update(Chunk).where(Chunk.id == chunk_id)
             if expect_state is not None:
@@ -401,6 +413,7 @@ class Store:
 
     def requeue_running_chunks(self) -> int:
         """At start-up: chunks left running by a previous process go back to pending."""
+        check_chunk_transition(ChunkState.RUNNING, ChunkState.PENDING)
         with self.session() as s:
             res = s.execute(
                 update(Chunk)
@@ -413,6 +426,7 @@ class Store:
         """Move every pending chunk of a batch to a final state: its records are cancelled
         (``state`` CANCELLED) or failed (FAILED) without running."""
         counter = "cancelled" if state == ChunkState.CANCELLED else "failed"
+        check_chunk_transition(ChunkState.PENDING, state)
         with self.session() as s:
             s.execute(
                 update(Chunk)
