@@ -60,3 +60,15 @@ def blocking_body(stream: AsyncIterator[bytes], limit: int) -> io.BufferedReader
     """Call from the event loop; read the result from any other thread."""
     reader = BodyReader(stream, limit, asyncio.get_running_loop())
     return io.BufferedReader(reader, buffer_size=1 << 20)
+
+
+async def read_body(stream: AsyncIterator[bytes], limit: int, too_large: str) -> bytes:
+    """A whole (small) request body, refused with ``too_large`` past ``limit`` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    async for piece in stream:
+        size += len(piece)
+        if size > limit:
+            raise PayloadTooLarge(too_large)
+        parts.append(piece)
+    return b"".join(parts)

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from batchserve.engine.auth import Principal
 from batchserve.engine.core import Engine
-from batchserve.engine.errors import BadRequest, NotFound, PayloadTooLarge
+from batchserve.engine.errors import BadRequest, NotFound
 from batchserve.engine.ingest import ARROW_STREAM
 from batchserve.schema import ARROW_TYPES, SchemaError, check_columns
 from batchserve.server.deps import EngineDep, PrincipalDep
@@ -25,6 +25,7 @@ from batchserve.server.mlserver.schemas import (
     BatchWebServiceResult,
     StartBatchExecutionResponse,
 )
+from batchserve.server.upload import read_body
 from batchserve.states import BatchState
 from batchserve.store.models import Batch
 
@@ -100,20 +101,16 @@ async def start_batch(
 ) -> JSONResponse:
     service = await anyio.to_thread.run_sync(engine.services.get, name, version)
     limit = engine.settings.max_upload_bytes
-    parts: list[bytes] = []
-    size = 0
-    async for piece in request.stream():
-        size += len(piece)
-        if size > limit:
-            raise PayloadTooLarge(
-                f"The records are larger than the limit of {limit} bytes; split them into "
-                "several batches, or stream them to the native API."
-            )
-        parts.append(piece)
+    raw = await read_body(
+        request.stream(),
+        limit,
+        f"The records are larger than the limit of {limit} bytes; split them into several "
+        "batches, or stream them to the native API.",
+    )
 
     def create() -> str:
         try:
-            records = json.loads(b"".join(parts) or b"null")
+            records = json.loads(raw or b"null")
         except ValueError as exc:
             raise BadRequest(f"The body is not valid JSON: {exc}.") from None
         data, count = records_stream(

@@ -7,7 +7,6 @@ from typing import Annotated
 import anyio.to_thread
 from fastapi import APIRouter, Body, Depends, Request, Response
 
-from batchserve.engine.errors import PayloadTooLarge
 from batchserve.server.deps import EngineDep, PrincipalDep
 from batchserve.server.mlserver.errors import MLServerRoute
 from batchserve.server.mlserver.schemas import (
@@ -17,6 +16,7 @@ from batchserve.server.mlserver.schemas import (
     CreateSnapshotResponse,
 )
 from batchserve.server.mlserver.workspaces import Workspaces
+from batchserve.server.upload import read_body
 
 router = APIRouter(tags=["ML Server: sessions"], route_class=MLServerRoute)
 
@@ -66,15 +66,11 @@ async def put_object(
     spaces: WorkspacesDep,
 ) -> Response:
     limit = engine.settings.max_upload_bytes
-    parts: list[bytes] = []
-    size = 0
-    async for piece in request.stream():
-        size += len(piece)
-        if size > limit:
-            raise PayloadTooLarge(f"The object {object_name!r} is larger than {limit} bytes.")
-        parts.append(piece)
+    data = await read_body(
+        request.stream(), limit, f"The object {object_name!r} is larger than {limit} bytes."
+    )
     # The bytes stay opaque here: they are only ever unpickled by the workers.
-    await anyio.to_thread.run_sync(spaces.put_object, who, session_id, object_name, b"".join(parts))
+    await anyio.to_thread.run_sync(spaces.put_object, who, session_id, object_name, data)
     return Response(status_code=201)
 
 
