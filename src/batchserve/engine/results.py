@@ -98,21 +98,26 @@ def cancelled_rows(indexes: list[int], outputs: dict[str, str], message: str) ->
     )
 
 
+def failed_row(
+    index: int, message: str, error_type: str, attempts: int, console_output: str | None = None
+) -> dict[str, Any]:
+    """The result row of a record that failed without outputs."""
+    return {
+        "index": index,
+        "status": STATUS_FAILED,
+        "error": message,
+        "error_type": error_type,
+        "artifacts": [],
+        "console_output": console_output,
+        "attempts": attempts,
+    }
+
+
 def failed_rows(
     indexes: list[int], outputs: dict[str, str], message: str, error_type: str, attempts: int
 ) -> pa.Table:
     return pa.Table.from_pylist(
-        [
-            {
-                "index": i,
-                "status": STATUS_FAILED,
-                "error": message,
-                "error_type": error_type,
-                "artifacts": [],
-                "attempts": attempts,
-            }
-            for i in indexes
-        ],
+        [failed_row(i, message, error_type, attempts) for i in indexes],
         schema=result_schema(outputs),
     )
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from batchserve.blobs import BlobNotFound, BlobStore
 from batchserve.engine import bundles
-from batchserve.engine.results import STATUS_FAILED, STATUS_SUCCEEDED, ResultWriter
+from batchserve.engine.results import STATUS_FAILED, STATUS_SUCCEEDED, ResultWriter, failed_row
 from batchserve.engine.tasks import ChunkTask, ConsumeTask, ServiceSpec
 from batchserve.schema import ARROW_TYPES, SchemaError, coerce, coerce_record
 
@@ -47,18 +47,6 @@ def _environment(variables: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def _failed(index: int, error: str, error_type: str, attempt: int) -> dict[str, Any]:
-    return {
-        "index": index,
-        "status": STATUS_FAILED,
-        "error": error,
-        "error_type": error_type,
-        "artifacts": [],
-        "console_output": "",
-        "attempts": attempt,
-    }
 
 
 class Runtime:
@@ -243,7 +231,7 @@ class Runtime:
                     for n, t in spec.inputs.items()
                 }
             except SchemaError as exc:
-                rows[index] = _failed(index, str(exc), "SchemaError", task.attempt)
+                rows[index] = failed_row(index, str(exc), "SchemaError", task.attempt, "")
                 continue
             good.append(index)
             for n in spec.inputs:
@@ -254,7 +242,7 @@ class Runtime:
         except bundles.BundleError as exc:
             service = None
             for index in good:
-                rows[index] = _failed(index, str(exc), "BundleError", task.attempt)
+                rows[index] = failed_row(index, str(exc), "BundleError", task.attempt, "")
 
         def attempt(lo: int, hi: int) -> None:
             assert service is not None
@@ -274,8 +262,13 @@ class Runtime:
                     attempt(mid, hi)
                     return
                 error_type = "SchemaError" if isinstance(exc, SchemaError) else type(exc).__name__
-                rows[good[lo]] = _failed(good[lo], str(exc) or repr(exc), error_type, task.attempt)
-                rows[good[lo]]["console_output"] = console.getvalue()[:MAX_CONSOLE_CHARS]
+                rows[good[lo]] = failed_row(
+                    good[lo],
+                    str(exc) or repr(exc),
+                    error_type,
+                    task.attempt,
+                    console.getvalue()[:MAX_CONSOLE_CHARS],
+                )
                 return
             per_row = (time.perf_counter() - started) * 1000.0 / (hi - lo)
             text = console.getvalue()[:MAX_CONSOLE_CHARS]
