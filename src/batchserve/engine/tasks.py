@@ -32,6 +32,10 @@ class ChunkTask:
     result_key: str
     service: ServiceSpec
     environment: dict[str, str] = field(default_factory=dict)
+    # A record that fails is tried again this many times (-1: until it succeeds), in place.
+    max_task_retry_count: int = 0
+    # Seconds one try of a record (row mode) or one call (vectorized) may run; None: no limit.
+    task_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,13 @@ class Progress:
 
 @dataclass(frozen=True)
 class Finished:
-    """A task ran to its end. For a chunk, ``result`` holds the counts; for consume, the record."""
+    """A task ran to its end. For consume, ``result`` is the record; for a chunk, the counts:
+
+    ``succeeded``, ``failed`` (records), ``retried`` (tries after the first, over all records),
+    ``timed_out`` (tries stopped by ``task_timeout``), ``cpu_user`` and ``cpu_system`` (seconds
+    of the worker process spent on the task), ``bytes_in`` (size of the chunk's input file) and
+    ``bytes_out`` (bytes of results written). A chunk that could not run has ``error`` instead.
+    """
 
     task_id: str
     result: dict[str, Any]
