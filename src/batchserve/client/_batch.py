@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,6 +29,30 @@ T = TypeVar("T")
 
 #: Seconds the server may hold a wait() poll open.
 LONG_POLL = 10.0
+
+
+def seconds(value: float | timedelta | None, option: str) -> float | None:
+    """A time limit given as seconds or a ``timedelta``, as seconds; UsageError if not > 0."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UsageError(
+            f"{option} must be a number of seconds (or a timedelta) greater than 0, not {value!r}."
+        )
+    return float(value)
+
+
+def retry_count(value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise UsageError(
+            "max_task_retry_count must be 0 (no retry), a number of retries, or -1 (no limit), "
+            f"not {value!r}."
+        )
+    return value
 
 
 class Batch:
@@ -116,6 +141,28 @@ class Batch:
         self.data = yield from _ops.terminate_batch(self._require_id(), reason)
         return self._response(self.data, show_partial_results=True)
 
+    def disable(self, disable_tasks: str = "requeue") -> Batch:
+        """Pause the batch: none of its chunks starts until :meth:`enable`.
+
+        ``disable_tasks`` says what happens to chunks running now: ``"requeue"`` stops them
+        and queues them again (their records run again later), ``"terminate"`` stops them and
+        fails their unfinished records, ``"wait"`` lets them finish. The batch is ``pausing``
+        until none runs, then ``paused``.
+        """
+        if disable_tasks not in ("requeue", "terminate", "wait"):
+            raise UsageError(
+                f"disable_tasks must be 'requeue', 'terminate' or 'wait', not {disable_tasks!r}."
+            )
+        return self._runner.run(self._set(_ops.disable_batch, disable_tasks))
+
+    def enable(self) -> Batch:
+        """Let a paused batch run again."""
+        return self._runner.run(self._set(_ops.enable_batch))
+
+    def _set(self, make_op: Callable[..., Op[dict[str, Any]]], *args: Any) -> Op[Batch]:
+        self.data = yield from make_op(self._require_id(), *args)
+        return self
+
     def info(self) -> BatchJobInfo:
         """The batch as an Azure Batch ``BatchJob``-shaped object, read from the server now
         (``as_dict(exclude_readonly=False)`` gives plain values)."""
@@ -137,6 +184,8 @@ class Batch:
         parallel_count: int | None = None,
         metadata: dict[str, str] | None = None,
         max_failed_records: int | None = None,
+        max_wall_clock_time: float | timedelta | None = None,
+        max_task_retry_count: int | None = None,
         if_match: str | None = None,
     ) -> Batch:
         """Change settings of the running batch; returns the batch, refreshed.
@@ -151,6 +200,8 @@ class Batch:
                 "parallel_count": parallel_count,
                 "metadata": metadata,
                 "max_failed_records": max_failed_records,
+                "max_wall_clock_time": seconds(max_wall_clock_time, "max_wall_clock_time"),
+                "max_task_retry_count": retry_count(max_task_retry_count),
             }.items()
             if v is not None
         }

@@ -39,6 +39,9 @@ class EnvironmentSetting:
 
 @dataclass(frozen=True)
 class JobConstraints:
+    max_wall_clock_time: timedelta | None = None
+    max_task_retry_count: int = 0
+    task_timeout: timedelta | None = None
     max_failed_records: int | None = None
     task_failure_mode: str = "noaction"
 
@@ -52,14 +55,22 @@ class JobExecutionInfo:
 
 @dataclass(frozen=True)
 class JobStatistics:
-    """Live counts of the batch (not rolled up later, as Azure Batch does)."""
+    """Live figures of the batch (not rolled up later, as Azure Batch does)."""
 
     succeeded_records: int
     failed_records: int
     cancelled_records: int
     total_records: int
+    retried_records: int
+    requeued_records: int
+    timed_out_tries: int
     wall_clock_time: timedelta | None
     records_per_second: float | None
+    user_cpu_time: timedelta
+    kernel_cpu_time: timedelta
+    wait_time: timedelta
+    read_bytes: int
+    write_bytes: int
 
 
 @dataclass(frozen=True)
@@ -78,7 +89,9 @@ class BatchJobInfo:
     previous_state: str | None
     previous_state_transition_time: datetime | None
     priority: int
+    allow_task_preemption: bool
     max_parallel_tasks: int
+    depends_on: tuple[str, ...]
     constraints: JobConstraints
     common_environment_settings: tuple[EnvironmentSetting, ...]
     metadata: tuple[MetadataItem, ...]
@@ -122,12 +135,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _span(value: float | None) -> timedelta | None:
+    return None if value is None else timedelta(seconds=value)
+
+
 def job_info(info: dict[str, Any], base_url: str) -> BatchJobInfo:
     """Build the job view from a ``BatchPublic`` answer."""
     start, end = _time(info.get("start_time")), _time(info.get("end_time"))
-    done = int(info.get("completed_item_count") or 0)
-    wall = (end - start) if (start and end) else None
-    rate = done / wall.total_seconds() if wall and wall.total_seconds() > 0 else None
+    stats = info.get("statistics") or {}
     previous = info.get("previous_state")
     return BatchJobInfo(
         id=info["id"],
@@ -142,8 +157,13 @@ def job_info(info: dict[str, Any], base_url: str) -> BatchJobInfo:
         previous_state=AZURE_JOB_STATES.get(previous) if previous else None,
         previous_state_transition_time=_time(info.get("previous_state_transition_time")),
         priority=int(info.get("priority") or 0),
+        allow_task_preemption=bool(info.get("allow_preemption")),
         max_parallel_tasks=int(info["parallel_count"]),
+        depends_on=tuple(info.get("depends_on") or ()),
         constraints=JobConstraints(
+            max_wall_clock_time=_span(info.get("max_wall_clock_time")),
+            max_task_retry_count=int(info.get("max_task_retry_count") or 0),
+            task_timeout=_span(info.get("task_timeout")),
             max_failed_records=info.get("max_failed_records"),
             task_failure_mode=info.get("task_failure_mode") or "noaction",
         ),
@@ -157,7 +177,15 @@ def job_info(info: dict[str, Any], base_url: str) -> BatchJobInfo:
             failed_records=int(info.get("failed_item_count") or 0),
             cancelled_records=int(info.get("cancelled_item_count") or 0),
             total_records=int(info.get("total_item_count") or 0),
-            wall_clock_time=wall,
-            records_per_second=rate,
+            retried_records=int(stats.get("retried_records") or 0),
+            requeued_records=int(stats.get("requeued_records") or 0),
+            timed_out_tries=int(stats.get("timed_out_tries") or 0),
+            wall_clock_time=_span(stats.get("wall_clock_seconds")),
+            records_per_second=stats.get("records_per_second"),
+            user_cpu_time=timedelta(seconds=stats.get("user_cpu_seconds") or 0.0),
+            kernel_cpu_time=timedelta(seconds=stats.get("system_cpu_seconds") or 0.0),
+            wait_time=timedelta(seconds=stats.get("wait_seconds") or 0.0),
+            read_bytes=int(stats.get("read_bytes") or 0),
+            write_bytes=int(stats.get("write_bytes") or 0),
         ),
     )

@@ -158,6 +158,22 @@ def terminate_batch(execution_id: str, reason: str | None) -> Op[dict[str, Any]]
     return dict(resp.json())
 
 
+def disable_batch(execution_id: str, disable_tasks: str) -> Op[dict[str, Any]]:
+    resp = yield from call(
+        Request(
+            "POST",
+            f"/v1/batches/{q(execution_id)}/disable",
+            json={"disable_tasks": disable_tasks},
+        )
+    )
+    return dict(resp.json())
+
+
+def enable_batch(execution_id: str) -> Op[dict[str, Any]]:
+    resp = yield from call(Request("POST", f"/v1/batches/{q(execution_id)}/enable"))
+    return dict(resp.json())
+
+
 def delete_batch(execution_id: str) -> Op[None]:
     yield from call(Request("DELETE", f"/v1/batches/{q(execution_id)}"))
 

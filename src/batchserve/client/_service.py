@@ -10,11 +10,12 @@ from __future__ import annotations
 import inspect
 import keyword
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from batchserve.client import _ops
-from batchserve.client._batch import Batch
+from batchserve.client._batch import Batch, retry_count, seconds
 from batchserve.client._records import records_body
 from batchserve.client._responses import ServiceResponse
 from batchserve.client._types import plain
@@ -102,6 +103,11 @@ class Service:
         environment: Mapping[str, str] | None = None,
         max_failed_records: int | None = None,
         task_failure_mode: str = "noaction",
+        max_wall_clock_time: float | timedelta | None = None,
+        max_task_retry_count: int = 0,
+        task_timeout: float | timedelta | None = None,
+        allow_preemption: bool = False,
+        depends_on: Iterable[Batch | str] | None = None,
     ) -> Batch:
         """Prepare a batch execution over ``records``; :meth:`Batch.start` runs it.
 
@@ -115,6 +121,14 @@ class Service:
         ``max_failed_records`` fails the batch once more records than that have failed;
         ``task_failure_mode="terminatejob"`` fails it at the first failed record (the default,
         ``"noaction"``, reports failed records and completes the batch).
+
+        Limits: ``max_wall_clock_time`` (seconds or a timedelta from the start; past it the
+        batch fails with ``MaxWallClockTimeExpiry``), ``max_task_retry_count`` (tries of a
+        failed record after its first; -1 for no limit), ``task_timeout`` (seconds one record,
+        or one call of a vectorized service, may run; a longer one is stopped and counts as a
+        failed try). ``allow_preemption`` lets batches of higher priority requeue this one's
+        running chunks. ``depends_on`` (started batches or their ids): this batch runs only
+        after all of them have completed, and fails if one of them does not.
         """
         if task_failure_mode not in ("noaction", "terminatejob"):
             raise UsageError(
@@ -139,7 +153,20 @@ class Service:
                 raise UsageError(
                     f"{option} must map names to text values, like {{'team': 'risk'}}."
                 )
+        dependencies: list[str] = []
+        for other in depends_on or ():
+            other_id = other if isinstance(other, str) else other.execution_id
+            if not other_id:
+                raise UsageError(
+                    f"depends_on holds {other!r}, which is not started yet; start it first."
+                )
+            dependencies.append(other_id)
         options = {
+            "max_wall_clock_time": seconds(max_wall_clock_time, "max_wall_clock_time"),
+            "max_task_retry_count": retry_count(max_task_retry_count) or None,
+            "task_timeout": seconds(task_timeout, "task_timeout"),
+            "allow_preemption": "true" if allow_preemption else None,
+            "depends_on": dependencies or None,
             "priority": priority or None,  # 0 is the default: not sent
             "display_name": display_name,
             "metadata": dict(metadata) if metadata else None,

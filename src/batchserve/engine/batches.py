@@ -21,7 +21,7 @@ from batchserve.engine.results import (
     read_results,
 )
 from batchserve.engine.runtime import artifact_key
-from batchserve.engine.scheduler import CancelBatch, Scheduler, Wake
+from batchserve.engine.scheduler import CancelBatch, DisableBatch, Scheduler, Wake
 from batchserve.schema import SchemaError
 from batchserve.states import BatchState, ChunkState, InvalidTransition, states_allowing
 from batchserve.store import BatchCounts, RevisionMismatch, Store
@@ -29,12 +29,25 @@ from batchserve.store.models import Batch, Chunk, Service, utcnow
 
 
 def choose_chunk_size(
-    record_count: int | None, parallel_count: int, default: int, maximum: int
+    record_count: int | None,
+    parallel_count: int,
+    default: int,
+    maximum: int,
+    record_seconds: float | None = None,
+    target_seconds: float = 0.5,
 ) -> int:
-    """Enough chunks to keep every parallel slot busy (about four each), within limits."""
-    if not record_count:
-        return default
-    return max(1, min(maximum, math.ceil(record_count / (4 * max(parallel_count, 1)))))
+    """Records per chunk: chunks of about ``target_seconds`` when the service's time per record
+    has been measured, and enough chunks to keep every parallel slot busy (about four each)
+    when the record count is known; ``default`` when neither is known."""
+    sizes = []
+    if record_seconds:
+        sizes.append(math.ceil(target_seconds / record_seconds))
+    if record_count:
+        sizes.append(math.ceil(record_count / (4 * max(parallel_count, 1))))
+    return max(1, min(maximum, min(sizes) if sizes else default))
+
+
+DISABLE_MODES = ("requeue", "terminate", "wait")
 
 
 class BatchOps:
@@ -46,12 +59,14 @@ class BatchOps:
         *,
         default_chunk_size: int,
         max_chunk_size: int,
+        target_chunk_seconds: float = 0.5,
     ) -> None:
         self.store = store
         self.blobs = blobs
         self.scheduler = scheduler
         self.default_chunk_size = default_chunk_size
         self.max_chunk_size = max_chunk_size
+        self.target_chunk_seconds = target_chunk_seconds
 
     # --- create and control -----------------------------------------------------------------
 
@@ -79,7 +94,12 @@ class BatchOps:
         if chunk_size is not None and chunk_size < 1:
             raise BadRequest("chunk_size must be at least 1.")
         size = chunk_size or choose_chunk_size(
-            record_count, parallel_count, self.default_chunk_size, self.max_chunk_size
+            record_count,
+            parallel_count,
+            self.default_chunk_size,
+            self.max_chunk_size,
+            service.record_seconds,
+            self.target_chunk_seconds,
         )
         batch_id = uuid.uuid4().hex
         opts = dict(options or {})
@@ -87,6 +107,9 @@ class BatchOps:
         display_name = opts.pop("display_name", None)
         if not -1000 <= priority <= 1000:
             raise BadRequest("priority must be from -1000 to 1000.")
+        _check_constraints(opts)
+        if opts.get("depends_on"):
+            opts["depends_on"] = self._dependencies(who, opts["depends_on"])
         opts.update(
             service={"name": service.name, "version": service.version},
             inputs=dict(service.inputs),
@@ -137,12 +160,59 @@ class BatchOps:
             raise NotFound(f"No batch {batch_id!r} exists (or it is not yours to see).")
         return batch
 
+    def _dependencies(self, who: Principal, ids: Any) -> list[str]:
+        if isinstance(ids, str) or not isinstance(ids, (list, tuple)):
+            raise BadRequest("depends_on must be a list of batch ids.")
+        found: list[str] = []
+        for other_id in ids:
+            other = self.store.get_batch(str(other_id))
+            if other is None or not other.sealed or (not who.is_owner and other.owner_id != who.id):
+                raise BadRequest(
+                    f"depends_on names batch {other_id!r}, which does not exist (or is not "
+                    "yours to see); a batch can depend only on batches that exist."
+                )
+            found.append(other.id)
+        return list(dict.fromkeys(found))
+
     def start(self, who: Principal, batch_id: str) -> Batch:
-        batch = self._move(who, batch_id, BatchState.PENDING, "start")
+        batch = self._move(
+            who,
+            batch_id,
+            BatchState.PENDING,
+            "start",
+            allowed_from=[BatchState.CREATED],
+            start_time=utcnow(),
+        )
+        self.store.mark_queued(batch_id)
         self.scheduler.post(Wake())
-        if batch.total_count == 0:  # nothing to run: the scheduler completes it
-            self.scheduler.post(Wake())
         return batch
+
+    def disable(self, who: Principal, batch_id: str, disable_tasks: str = "requeue") -> Batch:
+        """Pause a batch: no new chunk of it starts; ``disable_tasks`` says what happens to the
+        running ones (``requeue``, ``terminate`` or ``wait``). It is ``pausing`` until none
+        runs, then ``paused``."""
+        if disable_tasks not in DISABLE_MODES:
+            raise BadRequest(
+                f"disable_tasks must be one of {', '.join(DISABLE_MODES)}, not {disable_tasks!r}."
+            )
+        moved = self._move(
+            who,
+            batch_id,
+            BatchState.PAUSING,
+            "disable",
+            allowed_from=[BatchState.PENDING, BatchState.RUNNING],
+        )
+        self.scheduler.post(DisableBatch(batch_id, disable_tasks))
+        return moved
+
+    def enable(self, who: Principal, batch_id: str) -> Batch:
+        """Let a paused batch run again."""
+        moved = self._move(
+            who, batch_id, BatchState.PENDING, "enable", allowed_from=[BatchState.PAUSED]
+        )
+        self.store.mark_queued(batch_id)
+        self.scheduler.post(Wake())
+        return moved
 
     def cancel(self, who: Principal, batch_id: str, reason: str = "UserTerminate") -> Batch:
         batch = self.get(who, batch_id)
@@ -174,6 +244,8 @@ class BatchOps:
         parallel_count: int | None = None,
         metadata: dict[str, str] | None = None,
         max_failed_records: int | None = None,
+        max_wall_clock_time: float | None = None,
+        max_task_retry_count: int | None = None,
     ) -> Batch:
         """Change a batch's settings while it is not finished; ``if_match`` is an etag."""
         batch = self.get(who, batch_id)
@@ -206,6 +278,11 @@ class BatchOps:
             options["metadata"] = dict(metadata)
         if max_failed_records is not None:
             options["max_failed_records"] = max_failed_records
+        if max_wall_clock_time is not None:
+            options["max_wall_clock_time"] = max_wall_clock_time
+        if max_task_retry_count is not None:
+            options["max_task_retry_count"] = max_task_retry_count
+        _check_constraints(options)
         if options != batch.options:
             fields["options"] = options
         try:
@@ -236,15 +313,26 @@ class BatchOps:
         self.blobs.delete_prefix(f"batches/{batch_id}")
 
     def _move(
-        self, who: Principal, batch_id: str, wanted: BatchState, action: str, **fields: Any
+        self,
+        who: Principal,
+        batch_id: str,
+        wanted: BatchState,
+        action: str,
+        *,
+        allowed_from: list[BatchState] | None = None,
+        **fields: Any,
     ) -> Batch:
+        """Move a batch for a user's ``action``; 409 naming the states that allow it when the
+        batch is in another (``allowed_from``, by default every state the table allows)."""
         batch = self.get(who, batch_id)
         try:
+            if allowed_from is not None and batch.state not in allowed_from:
+                raise InvalidTransition("batch", batch.state, wanted.value, frozenset())
             moved = self.store.transition(
                 batch_id, wanted, only_from=[BatchState(batch.state)], **fields
             )
         except InvalidTransition:
-            allowed = ", ".join(s.value for s in states_allowing(wanted))
+            allowed = ", ".join(s.value for s in (allowed_from or states_allowing(wanted)))
             raise Conflict(
                 f"Cannot {action} batch {batch_id}: it is {batch.state}; {action} is "
                 f"allowed only when the batch is {allowed}.",
@@ -379,6 +467,22 @@ class BatchOps:
             return self.blobs.read_bytes(artifact_key(batch.id, index, name))
         except BlobNotFound:
             raise NotFound(f"The artifact {name!r} of record {index} is gone.") from None
+
+
+def _check_constraints(options: dict[str, Any]) -> None:
+    """Check a batch's limits; a clear 400 for a wrong one."""
+    wall = options.get("max_wall_clock_time")
+    if wall is not None and not (isinstance(wall, (int, float)) and wall > 0):
+        raise BadRequest("max_wall_clock_time must be a number of seconds greater than 0.")
+    retries = options.get("max_task_retry_count")
+    if retries is not None and not (isinstance(retries, int) and retries >= -1):
+        raise BadRequest(
+            "max_task_retry_count must be a whole number: 0 for no retry, N for up to N "
+            "retries of a failed record, -1 for no limit."
+        )
+    timeout = options.get("task_timeout")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise BadRequest("task_timeout must be a number of seconds greater than 0.")
 
 
 class _Drain:

@@ -36,6 +36,7 @@ class Engine:
             self.scheduler,
             default_chunk_size=settings.default_chunk_size,
             max_chunk_size=settings.max_chunk_size,
+            target_chunk_seconds=settings.target_chunk_seconds,
         )
         self.executor = ProcessExecutor(
             settings.workers, self.blobs.url, self.scheduler.post, settings.progress_interval
@@ -58,6 +59,9 @@ class Engine:
         requeued = self.store.requeue_running_chunks()
         if requeued:
             log.warning("requeued %d chunk(s) left running by a previous process", requeued)
+        for batch in self.store.batches_in_states([BatchState.PAUSING]):
+            # Nothing of it runs any more: disabling it is done.
+            self.store.transition(batch.id, BatchState.PAUSED, only_from=[BatchState.PAUSING])
         for batch in self.store.batches_in_states(list(BatchState), sealed=False):
             log.warning("removing batch %s whose upload never finished", batch.id)
             self.store.delete_batch(batch.id)

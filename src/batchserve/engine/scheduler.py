@@ -1,10 +1,16 @@
 """The scheduler: one thread that hands chunks to workers and records what comes back.
 
 It is the only writer of chunk states while a batch runs. Its loop takes events (task progress,
-finished and lost tasks from the executor; start, cancel and consume requests from the API),
-applies them to the store, then dispatches: consume requests first, then chunks of the
+finished and lost tasks from the executor; start, cancel, disable and consume requests from the
+API), applies them to the store, then dispatches: consume requests first, then chunks of the
 runnable batches, highest priority first and first-come within a priority, each batch capped
-by its ``parallel_count`` and the machine by its workers.
+by its ``parallel_count`` and the machine by its workers. A batch waits until the batches it
+depends on have completed. When the machine is full, a batch that still wants workers takes
+them from running chunks of lower-priority batches that allow preemption; those chunks go back
+to the queue (requeued, not failed).
+
+Between events it keeps time: a batch past its ``max_wall_clock_time`` fails, and a worker
+whose record has run far past ``task_timeout`` without stopping is killed.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections import Counter
 from concurrent.futures import Future
@@ -48,6 +55,16 @@ class CancelBatch:
 
 
 @dataclass(frozen=True)
+class DisableBatch:
+    """Pause a batch that is now ``pausing``; ``mode`` says what happens to its running chunks:
+    ``requeue`` (stopped and queued again), ``terminate`` (stopped; their unfinished records
+    fail) or ``wait`` (left to finish)."""
+
+    batch_id: str
+    mode: str
+
+
+@dataclass(frozen=True)
 class ConsumeRequest:
     task: ConsumeTask
     future: Future[dict[str, Any]]
@@ -59,6 +76,11 @@ class _Running:
     chunk_id: int
     result_key: str
     count: int
+    service_id: int
+    started: float  # time.monotonic() at dispatch
+    last_seen: float  # time.monotonic() of the last sign of progress
+    # Seconds of silence after which the worker is presumed stuck past its task_timeout.
+    stuck_after: float | None = None
 
 
 def service_spec(service: Service) -> ServiceSpec:
@@ -76,6 +98,12 @@ def result_key(chunk: Chunk) -> str:
     return f"batches/{chunk.batch_id}/results/{chunk.seq:06d}.a{chunk.attempts}.arrows"
 
 
+# A record that ignores the timeout signal (stuck in native code) is given this much more than
+# its limit, twice over, before its worker is killed.
+STUCK_GRACE_SECONDS = 5.0
+TICK_SECONDS = 0.25  # how often limits are checked when no event comes
+
+
 class Scheduler:
     def __init__(self, store: Store, blobs: BlobStore, max_worker_loss_retries: int = 3) -> None:
         self.store = store
@@ -87,6 +115,8 @@ class Scheduler:
         self._per_batch: Counter[str] = Counter()
         self._consumes: dict[str, Future[dict[str, Any]]] = {}
         self._consume_queue: list[ConsumeTask] = []
+        self._preempted: set[str] = set()  # stopped for a higher priority; Lost not heard yet
+        self._last_tick = 0.0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -116,7 +146,7 @@ class Scheduler:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                event = self._events.get(timeout=0.5)
+                event = self._events.get(timeout=TICK_SECONDS)
             except queue.Empty:
                 event = Wake()
             try:
@@ -126,6 +156,10 @@ class Scheduler:
                         self._handle(self._events.get_nowait())
                     except queue.Empty:
                         break
+                now = time.monotonic()
+                if now - self._last_tick >= TICK_SECONDS:
+                    self._last_tick = now
+                    self._check_limits(now)
                 self._dispatch()
             except Exception:  # keep scheduling whatever one bad event did
                 log.exception("scheduler step failed")
@@ -134,6 +168,7 @@ class Scheduler:
         if isinstance(event, Progress):
             run = self._running.get(event.task_id)
             if run is not None:
+                run.last_seen = time.monotonic()
                 self.store.set_chunk(
                     run.chunk_id,
                     expect_state=ChunkState.RUNNING,
@@ -149,6 +184,8 @@ class Scheduler:
             self._lost(event)
         elif isinstance(event, CancelBatch):
             self._cancel(event.batch_id, event.reason)
+        elif isinstance(event, DisableBatch):
+            self._disable(event.batch_id, event.mode)
         elif isinstance(event, ConsumeRequest):
             self._consumes[event.task.task_id] = event.future
             self._consume_queue.append(event.task)
@@ -172,24 +209,36 @@ class Scheduler:
                 finished_at=utcnow(),
                 succeeded=result["succeeded"],
                 failed=result["failed"],
+                **_statistics(result),
             )
+            if run.count:
+                seconds = time.monotonic() - run.started
+                self.store.observe_record_seconds(run.service_id, seconds / run.count)
         if not self._apply_failure_policy(run.batch_id):
             self._maybe_complete(run.batch_id)
+        self._maybe_paused(run.batch_id)
 
     def _lost(self, event: Lost) -> None:
         future = self._consumes.pop(event.task_id, None)
         if future is not None:
             future.set_exception(RuntimeError(event.reason))
             return
+        if event.task_id in self._preempted:  # already requeued when it was stopped
+            self._preempted.discard(event.task_id)
+            return
         run = self._running.pop(event.task_id, None)
         if run is None:
             return
         self._per_batch[run.batch_id] -= 1
+        self._retry_or_fail(run, event.reason)
+
+    def _retry_or_fail(self, run: _Running, reason: str) -> None:
+        """A chunk's worker died (or was killed as stuck): run the chunk again, or give up."""
         chunk = self.store.get_chunk(run.chunk_id)
         if chunk is None:
             return
         if chunk.lost_workers < self.max_worker_loss_retries:
-            log.warning("chunk %s of batch %s: %s; retrying", chunk.seq, run.batch_id, event.reason)
+            log.warning("chunk %s of batch %s: %s; retrying", chunk.seq, run.batch_id, reason)
             self.store.set_chunk(
                 run.chunk_id,
                 expect_state=ChunkState.RUNNING,
@@ -197,14 +246,18 @@ class Scheduler:
                 lost_workers=chunk.lost_workers + 1,
                 succeeded=0,
                 failed=0,
+                queued_at=utcnow(),
             )
+            self._maybe_paused(run.batch_id)
         else:
             self._settle_from_file(
                 run,
                 ChunkState.FAILED,
-                f"{event.reason}, {chunk.lost_workers + 1} times; the chunk was given up",
+                f"{reason}, {chunk.lost_workers + 1} times; the chunk was given up",
             )
-            self._maybe_complete(run.batch_id)
+            if not self._apply_failure_policy(run.batch_id):
+                self._maybe_complete(run.batch_id)
+            self._maybe_paused(run.batch_id)
 
     def _settle_from_file(self, run: _Running, state: ChunkState, error: str) -> None:
         """End a chunk early: records already in its result file keep their results."""
@@ -235,8 +288,11 @@ class Scheduler:
         self._stop_running(batch_id, reason)
         self._finish_cancel(batch_id, reason)
 
-    def _stop_running(self, batch_id: str, reason: str) -> None:
-        """Stop every running chunk of a batch; their finished records keep their results."""
+    def _stop_running(
+        self, batch_id: str, reason: str, state: ChunkState = ChunkState.CANCELLED
+    ) -> None:
+        """Stop every running chunk of a batch; their finished records keep their results and
+        the rest become ``state`` (cancelled, or failed)."""
         assert self.executor is not None
         for task_id, run in list(self._running.items()):
             if run.batch_id != batch_id:
@@ -245,19 +301,74 @@ class Scheduler:
             del self._running[task_id]
             self._per_batch[batch_id] -= 1
             try:
-                self._settle_from_file(run, ChunkState.CANCELLED, reason)
+                self._settle_from_file(run, state, reason)
             except Exception:  # an unreadable result file must not leave the batch cancelling
                 log.exception("could not read the results of a stopped chunk")
                 self.store.set_chunk(
                     run.chunk_id,
                     expect_state=ChunkState.RUNNING,
-                    state=ChunkState.CANCELLED.value,
+                    state=state.value,
                     finished_at=utcnow(),
                     error=reason,
                     succeeded=0,
-                    failed=0,
-                    cancelled=run.count,
+                    failed=run.count if state == ChunkState.FAILED else 0,
+                    cancelled=run.count if state == ChunkState.CANCELLED else 0,
                 )
+
+    def _requeue(self, task_id: str, why: str) -> None:
+        """Stop a running chunk and queue it again from its start: not a failure, no retry used.
+
+        Its records run again in full on the next try (the stopped try's result file is left
+        unread), so no record ends with two results.
+        """
+        assert self.executor is not None
+        run = self._running.pop(task_id)
+        self._per_batch[run.batch_id] -= 1
+        self._preempted.add(task_id)
+        self.executor.stop_task(task_id)
+        log.info("requeued chunk %s of batch %s: %s", run.chunk_id, run.batch_id, why)
+        self.store.set_chunk(
+            run.chunk_id,
+            expect_state=ChunkState.RUNNING,
+            expect_key=run.result_key,
+            state=ChunkState.PENDING.value,
+            requeued=Chunk.requeued + run.count,
+            succeeded=0,
+            failed=0,
+            queued_at=utcnow(),
+        )
+
+    def _disable(self, batch_id: str, mode: str) -> None:
+        batch = self.store.get_batch(batch_id)
+        if batch is None or batch.state != BatchState.PAUSING.value:
+            return
+        if mode == "requeue":
+            for task_id in [t for t, r in self._running.items() if r.batch_id == batch_id]:
+                self._requeue(task_id, "the batch was disabled")
+        elif mode == "terminate":
+            self._stop_running(
+                batch_id, "stopped when the batch was disabled (terminate)", ChunkState.FAILED
+            )
+        self._maybe_paused(batch_id)
+
+    def _maybe_paused(self, batch_id: str) -> None:
+        """A pausing batch with nothing left running is paused."""
+        if self._per_batch[batch_id] > 0:
+            return
+        self.store.transition(batch_id, BatchState.PAUSED, only_from=[BatchState.PAUSING])
+
+    def _end(self, batch_id: str, reason: str, termination_reason: str) -> None:
+        """Fail a batch now: stop its running chunks, and its records that did not run are
+        reported cancelled with ``reason``."""
+        self._stop_running(batch_id, reason)
+        self.store.finish_pending_chunks(batch_id, ChunkState.CANCELLED, reason)
+        self.store.transition(
+            batch_id,
+            BatchState.FAILED,
+            end_time=utcnow(),
+            termination_reason=termination_reason,
+            error=reason,
+        )
 
     def _finish_cancel(self, batch_id: str, reason: str) -> None:
         self.store.finish_pending_chunks(batch_id, ChunkState.CANCELLED, reason)
@@ -284,16 +395,42 @@ class Scheduler:
         if failed <= limit:
             return False
         reason = f"the batch failed: {failed} record(s) failed, more than the {limit} allowed"
-        self._stop_running(batch_id, reason)
-        self.store.finish_pending_chunks(batch_id, ChunkState.CANCELLED, reason)
-        self.store.transition(
-            batch_id,
-            BatchState.FAILED,
-            end_time=utcnow(),
-            termination_reason="TaskFailed",
-            error=reason,
-        )
+        self._end(batch_id, reason, "TaskFailed")
         return True
+
+    # --- limits in time ---------------------------------------------------------------------
+
+    def _check_limits(self, now: float) -> None:
+        """Fail batches past their wall-clock limit; kill workers stuck past a task timeout."""
+        for task_id, run in list(self._running.items()):
+            if run.stuck_after is not None and now - run.last_seen > run.stuck_after:
+                assert self.executor is not None
+                self._running.pop(task_id)
+                self._per_batch[run.batch_id] -= 1
+                self._preempted.add(task_id)  # its Lost event is handled here, not again
+                self.executor.stop_task(task_id)
+                self.store.set_chunk(run.chunk_id, timed_out=Chunk.timed_out + 1)
+                self._retry_or_fail(
+                    run,
+                    "a record ran past the task_timeout and did not stop; its worker was killed",
+                )
+        active = [
+            BatchState.PENDING,
+            BatchState.RUNNING,
+            BatchState.PAUSING,
+            BatchState.PAUSED,
+        ]
+        wall = utcnow()
+        for batch in self.store.batches_in_states(active):
+            limit = batch.options.get("max_wall_clock_time")
+            if limit is None or batch.start_time is None:
+                continue
+            if (wall - batch.start_time).total_seconds() > float(limit):
+                self._end(
+                    batch.id,
+                    f"the batch ran longer than its max_wall_clock_time of {limit:g} s",
+                    "MaxWallClockTimeExpiry",
+                )
 
     def _maybe_complete(self, batch_id: str) -> None:
         batch = self.store.get_batch(batch_id)
@@ -318,16 +455,61 @@ class Scheduler:
         assert executor is not None
         while self._consume_queue and executor.free_slots() > 0:
             executor.submit(self._consume_queue.pop(0))
-        if executor.free_slots() == 0:
-            return
-        for batch in self.store.batches_in_states([BatchState.PENDING, BatchState.RUNNING]):
+        batches = self.store.batches_in_states([BatchState.PENDING, BatchState.RUNNING])
+        runnable = [b for b in batches if self._dependencies_met(b)]
+        for batch in runnable:
             if executor.free_slots() == 0:
-                return
+                break
             self._dispatch_batch(batch, executor)
+        if executor.free_slots() == 0 and not self._preempted:
+            self._preempt(runnable, {b.id: b for b in batches})
+
+    def _dependencies_met(self, batch: Batch) -> bool:
+        """True when every batch it depends on has completed; fails it when one cannot."""
+        depends_on = batch.options.get("depends_on") or []
+        if not depends_on or batch.state != BatchState.PENDING.value:
+            return True
+        for other_id in depends_on:
+            other = self.store.get_batch(other_id)
+            if other is not None and other.state == BatchState.COMPLETED.value:
+                continue
+            if other is not None and not BatchState(other.state).is_final:
+                return False
+            how = "was deleted" if other is None else f"ended {other.state}"
+            self._end(
+                batch.id,
+                f"batch {other_id}, which this batch depends on, {how}",
+                "DependencyFailed",
+            )
+            return False
+        return True
+
+    def _preempt(self, runnable: list[Batch], by_id: dict[str, Batch]) -> None:
+        """Free workers for the highest-priority batch that wants more, from running chunks of
+        lower-priority batches that allow preemption (lowest priority, newest chunk first)."""
+        victims = [
+            (by_id[run.batch_id].priority, -run.started, task_id)
+            for task_id, run in self._running.items()
+            if run.batch_id in by_id and by_id[run.batch_id].options.get("allow_preemption")
+        ]
+        if not victims:
+            return
+        victims.sort()
+        for batch in runnable:
+            wanted = batch.parallel_count - self._per_batch[batch.id]
+            if wanted <= 0 or not self.store.has_pending_chunks(batch.id):
+                continue
+            while wanted > 0 and victims and victims[0][0] < batch.priority:
+                _, _, task_id = victims.pop(0)
+                self._requeue(task_id, f"preempted by batch {batch.id} (priority {batch.priority})")
+                wanted -= 1
+            return  # one batch at a time: the freed workers go to it on the next dispatch
 
     def _dispatch_batch(self, batch: Batch, executor: Executor) -> None:
         claimed_any = False
         spec: ServiceSpec | None = None
+        options = batch.options
+        timeout = options.get("task_timeout")
         while executor.free_slots() > 0 and self._per_batch[batch.id] < batch.parallel_count:
             chunk = self.store.claim_chunk(batch.id, result_key)
             if chunk is None:
@@ -344,9 +526,25 @@ class Scheduler:
                 input_key=chunk.input_key,
                 result_key=chunk.result_key or "",
                 service=spec,
-                environment=dict(batch.options.get("environment") or {}),
+                environment=dict(options.get("environment") or {}),
+                max_task_retry_count=int(options.get("max_task_retry_count") or 0),
+                task_timeout=timeout,
             )
-            self._running[task.task_id] = _Running(batch.id, chunk.id, task.result_key, chunk.count)
+            now = time.monotonic()
+            self._running[task.task_id] = _Running(
+                batch.id,
+                chunk.id,
+                task.result_key,
+                chunk.count,
+                batch.service_id,
+                started=now,
+                last_seen=now,
+                # Row mode reports progress record by record; a vectorized chunk is one call
+                # whose pieces each have the limit, so only row mode can be judged stuck.
+                stuck_after=2 * float(timeout) + STUCK_GRACE_SECONDS
+                if timeout and spec.mode != "vectorized"
+                else None,
+            )
             self._per_batch[batch.id] += 1
             executor.submit(task)
         if claimed_any and batch.state == BatchState.PENDING.value:
@@ -365,3 +563,15 @@ class Scheduler:
         if service is None:
             raise LookupError(f"service {service_id} is gone")
         return service_spec(service)
+
+
+def _statistics(result: dict[str, Any]) -> dict[str, Any]:
+    """A finished chunk's statistics as additions to its columns (they sum over its tries)."""
+    fields: dict[str, Any] = {}
+    for name in ("retried", "timed_out", "bytes_in", "bytes_out"):
+        if result.get(name):
+            fields[name] = getattr(Chunk, name) + int(result[name])
+    for name in ("cpu_user", "cpu_system"):
+        if result.get(name):
+            fields[name] = getattr(Chunk, name) + float(result[name])
+    return fields

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from batchserve.store import BatchCounts
-from batchserve.store.models import Batch, Service
+from batchserve.store.models import Batch, Service, utcnow
 
 
 class LoginRequest(BaseModel):
@@ -103,6 +103,49 @@ class ServiceRef(BaseModel):
     version: str
 
 
+class BatchStatistics(BaseModel):
+    """Live figures of a batch, summed over its chunks as they are now."""
+
+    succeeded_records: int
+    failed_records: int
+    cancelled_records: int
+    retried_records: int = Field(description="Tries of records after their first, in all.")
+    timed_out_tries: int = Field(description="Tries stopped by task_timeout.")
+    requeued_records: int = Field(
+        description="Records put back in the queue by preemption or disable (not failures)."
+    )
+    wall_clock_seconds: float | None = Field(description="From start to end (or to now).")
+    records_per_second: float | None
+    user_cpu_seconds: float
+    system_cpu_seconds: float
+    wait_seconds: float = Field(description="Time chunks waited for a worker, summed.")
+    read_bytes: int = Field(description="Bytes of input files the workers read.")
+    write_bytes: int = Field(description="Bytes of result files the workers wrote.")
+
+    @classmethod
+    def of(cls, batch: Batch, counts: BatchCounts) -> BatchStatistics:
+        wall = None
+        if batch.start_time is not None:
+            end = batch.end_time or utcnow()
+            wall = max(0.0, (end - batch.start_time).total_seconds())
+        rate = counts.completed / wall if wall else None
+        return cls(
+            succeeded_records=counts.succeeded,
+            failed_records=counts.failed,
+            cancelled_records=counts.cancelled,
+            retried_records=counts.retried,
+            timed_out_tries=counts.timed_out,
+            requeued_records=counts.requeued,
+            wall_clock_seconds=wall,
+            records_per_second=rate,
+            user_cpu_seconds=counts.cpu_user,
+            system_cpu_seconds=counts.cpu_system,
+            wait_seconds=counts.wait_seconds,
+            read_bytes=counts.bytes_in,
+            write_bytes=counts.bytes_out,
+        )
+
+
 class BatchPublic(BaseModel):
     id: str
     service: ServiceRef
@@ -132,10 +175,17 @@ class BatchPublic(BaseModel):
     environment: dict[str, str] = Field(default_factory=dict)
     max_failed_records: int | None = None
     task_failure_mode: str = "noaction"
+    max_wall_clock_time: float | None = None
+    max_task_retry_count: int = 0
+    task_timeout: float | None = None
+    allow_preemption: bool = False
+    depends_on: list[str] = Field(default_factory=list)
+    statistics: BatchStatistics
 
     @classmethod
     def of(cls, batch: Batch, counts: BatchCounts, created_by: str | None) -> BatchPublic:
         svc = batch.options.get("service", {})
+        opts = batch.options
         return cls(
             id=batch.id,
             service=ServiceRef(name=svc.get("name", ""), version=svc.get("version", "")),
@@ -165,6 +215,12 @@ class BatchPublic(BaseModel):
             environment=batch.options.get("environment") or {},
             max_failed_records=batch.options.get("max_failed_records"),
             task_failure_mode=batch.options.get("task_failure_mode") or "noaction",
+            max_wall_clock_time=opts.get("max_wall_clock_time"),
+            max_task_retry_count=opts.get("max_task_retry_count") or 0,
+            task_timeout=opts.get("task_timeout"),
+            allow_preemption=bool(opts.get("allow_preemption")),
+            depends_on=list(opts.get("depends_on") or []),
+            statistics=BatchStatistics.of(batch, counts),
         )
 
 
@@ -175,6 +231,16 @@ class BatchUpdate(BaseModel):
     parallel_count: int | None = Field(None, ge=1, le=10_000)
     metadata: dict[str, str] | None = None
     max_failed_records: int | None = Field(None, ge=0)
+    max_wall_clock_time: float | None = Field(None, gt=0)
+    max_task_retry_count: int | None = Field(None, ge=-1)
+
+
+class DisableRequest(BaseModel):
+    disable_tasks: Literal["requeue", "terminate", "wait"] = Field(
+        "requeue",
+        description="What happens to running chunks: requeue them, stop them (their unfinished "
+        "records fail), or let them finish.",
+    )
 
 
 class TerminateRequest(BaseModel):

@@ -7,8 +7,10 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -91,6 +93,8 @@ class Service(Base):
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # face-specific fields
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Seconds one record takes, measured over finished chunks (a moving average); sizes chunks.
+    record_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Batch(Base):
@@ -146,3 +150,14 @@ class Chunk(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Since when the chunk waits for a worker (set when its batch starts and when it is requeued).
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Statistics, summed over the chunk's tries.
+    retried: Mapped[int] = mapped_column(Integer, default=0)  # record tries after the first
+    timed_out: Mapped[int] = mapped_column(Integer, default=0)  # tries stopped by task_timeout
+    requeued: Mapped[int] = mapped_column(Integer, default=0)  # records put back by preemption
+    cpu_user: Mapped[float] = mapped_column(Float, default=0.0)
+    cpu_system: Mapped[float] = mapped_column(Float, default=0.0)
+    wait_seconds: Mapped[float] = mapped_column(Float, default=0.0)  # queued -> started, summed
+    bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)

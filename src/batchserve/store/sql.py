@@ -25,6 +25,22 @@ from batchserve.states import (
 )
 from batchserve.store.models import Batch, Chunk, Service, Token, User, utcnow
 
+# Chunk columns that a batch's statistics sum up, and which of them are seconds.
+_SUMMED = (
+    "succeeded",
+    "failed",
+    "cancelled",
+    "retried",
+    "timed_out",
+    "requeued",
+    "cpu_user",
+    "cpu_system",
+    "wait_seconds",
+    "bytes_in",
+    "bytes_out",
+)
+_FLOAT_SUMS = frozenset({"cpu_user", "cpu_system", "wait_seconds"})
+
 
 class AlreadyExists(Exception):
     """A row with the same unique key exists."""
@@ -40,12 +56,22 @@ class RevisionMismatch(Exception):
 
 @dataclass(frozen=True)
 class BatchCounts:
+    """A batch's record counts and task statistics, summed over its chunks now."""
+
     succeeded: int = 0
     failed: int = 0
     cancelled: int = 0
     chunks: int = 0
     chunks_final: int = 0
     chunks_running: int = 0
+    retried: int = 0
+    timed_out: int = 0
+    requeued: int = 0
+    cpu_user: float = 0.0
+    cpu_system: float = 0.0
+    wait_seconds: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
 
     @property
     def completed(self) -> int:
@@ -300,26 +326,45 @@ class Store:
             return list(s.scalars(q))
 
     def batch_counts(self, batch_id: str) -> BatchCounts:
+        final = [ChunkState.SUCCEEDED.value, ChunkState.FAILED.value, ChunkState.CANCELLED.value]
         with self.session() as s:
             row = s.execute(
                 select(
-                    func.coalesce(func.sum(Chunk.succeeded), 0),
-                    func.coalesce(func.sum(Chunk.failed), 0),
-                    func.coalesce(func.sum(Chunk.cancelled), 0),
+                    *(func.coalesce(func.sum(getattr(Chunk, n)), 0) for n in _SUMMED),
                     func.count(Chunk.id),
-                    func.count(Chunk.id).filter(
-                        Chunk.state.in_(
-                            [
-                                ChunkState.SUCCEEDED.value,
-                                ChunkState.FAILED.value,
-                                ChunkState.CANCELLED.value,
-                            ]
-                        )
-                    ),
+                    func.count(Chunk.id).filter(Chunk.state.in_(final)),
                     func.count(Chunk.id).filter(Chunk.state == ChunkState.RUNNING.value),
                 ).where(Chunk.batch_id == batch_id)
             ).one()
-            return BatchCounts(*(int(v) for v in row))
+        sums = dict(zip(_SUMMED, row[: len(_SUMMED)], strict=True))
+        chunks, chunks_final, chunks_running = (int(v) for v in row[len(_SUMMED) :])
+        values: dict[str, Any] = {
+            n: float(v) if n in _FLOAT_SUMS else int(v) for n, v in sums.items()
+        }
+        return BatchCounts(
+            **values,
+            chunks=chunks,
+            chunks_final=chunks_final,
+            chunks_running=chunks_running,
+        )
+
+    def mark_queued(self, batch_id: str) -> None:
+        """The batch was started: its pending chunks wait for workers from now on."""
+        with self.session() as s:
+            s.execute(
+                update(Chunk)
+                .where(Chunk.batch_id == batch_id, Chunk.state == ChunkState.PENDING.value)
+                .values(queued_at=utcnow())
+            )
+
+    def observe_record_seconds(self, service_id: int, seconds: float, weight: float = 0.3) -> None:
+        """Fold one chunk's seconds per record into the service's moving average."""
+        with self.session() as s:
+            service = s.get(Service, service_id, with_for_update=True)
+            if service is None:
+                return
+            old = service.record_seconds
+            service.record_seconds = seconds if old is None else old + weight * (seconds - old)
 
     # --- chunks -----------------------------------------------------------------------------
 
@@ -357,10 +402,20 @@ class Store:
                 return None
             chunk.state = check_chunk_transition(chunk.state, ChunkState.RUNNING).value
             chunk.attempts += 1
-            chunk.started_at = utcnow()
+            now = chunk.started_at = utcnow()
+            if chunk.queued_at is not None:
+                chunk.wait_seconds += max(0.0, (now - chunk.queued_at).total_seconds())
+                chunk.queued_at = None
             chunk.result_key = result_key_for(chunk)
             chunk.succeeded = chunk.failed = chunk.cancelled = 0
             return chunk
+
+    def has_pending_chunks(self, batch_id: str) -> bool:
+        with self.session() as s:
+            q = select(Chunk.id).where(
+                Chunk.batch_id == batch_id, Chunk.state == ChunkState.PENDING.value
+            )
+            return s.scalar(q.limit(1)) is not None
 
     def get_chunk(self, chunk_id: int) -> Chunk | None:
         with self.session() as s:
@@ -418,7 +473,13 @@ class Store:
             res = s.execute(
                 update(Chunk)
                 .where(Chunk.state == ChunkState.RUNNING.value)
-                .values(state=ChunkState.PENDING.value, succeeded=0, failed=0, cancelled=0)
+                .values(
+                    state=ChunkState.PENDING.value,
+                    succeeded=0,
+                    failed=0,
+                    cancelled=0,
+                    queued_at=utcnow(),
+                )
             )
             return int(res.rowcount)  # type: ignore[attr-defined]
 

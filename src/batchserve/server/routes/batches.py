@@ -19,6 +19,7 @@ from batchserve.server.schemas import (
     BatchList,
     BatchPublic,
     BatchUpdate,
+    DisableRequest,
     RecordResult,
     ResultPage,
     TerminateRequest,
@@ -79,10 +80,30 @@ async def create_batch(
         pattern="^(noaction|terminatejob)$",
         description="terminatejob: the first failed record fails the batch.",
     ),
+    max_wall_clock_time: float | None = Query(
+        None, gt=0, description="Seconds from start after which the batch is failed."
+    ),
+    max_task_retry_count: int = Query(
+        0, ge=-1, description="Tries of a failed record after its first; -1 for no limit."
+    ),
+    task_timeout: float | None = Query(
+        None, gt=0, description="Seconds one record (one call, if vectorized) may run."
+    ),
+    allow_preemption: bool = Query(
+        False, description="Higher-priority batches may requeue this batch's running chunks."
+    ),
+    depends_on: list[str] | None = Query(
+        None, description="Ids of batches that must complete before this one runs."
+    ),
 ) -> BatchPublic:
     options: dict[str, Any] = {
         "max_failed_records": max_failed_records,
         "task_failure_mode": task_failure_mode,
+        "max_wall_clock_time": max_wall_clock_time,
+        "max_task_retry_count": max_task_retry_count,
+        "task_timeout": task_timeout,
+        "allow_preemption": allow_preemption,
+        "depends_on": [i for v in depends_on or [] for i in v.split(",") if i.strip()],
         "priority": priority,
         "display_name": display_name,
         "metadata": _text_mapping(metadata, "metadata"),
@@ -179,6 +200,27 @@ def start_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> BatchPub
 )
 def cancel_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> BatchPublic:
     return public(engine, engine.batches.cancel(who, batch_id))
+
+
+@router.post(
+    "/v1/batches/{batch_id}/disable",
+    response_model=BatchPublic,
+    summary="Pause a batch: no new chunk starts; running ones are requeued, stopped or awaited",
+)
+def disable_batch(
+    batch_id: str, engine: EngineDep, who: PrincipalDep, body: DisableRequest | None = None
+) -> BatchPublic:
+    mode = body.disable_tasks if body is not None else "requeue"
+    return public(engine, engine.batches.disable(who, batch_id, mode))
+
+
+@router.post(
+    "/v1/batches/{batch_id}/enable",
+    response_model=BatchPublic,
+    summary="Let a paused batch run again",
+)
+def enable_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> BatchPublic:
+    return public(engine, engine.batches.enable(who, batch_id))
 
 
 @router.patch(
