@@ -400,20 +400,48 @@ class Scheduler:
 
     # --- limits in time ---------------------------------------------------------------------
 
+    def _kill_stuck(self, task_id: str, run: _Running) -> None:
+        """A record ignored its task_timeout (stuck in native code): kill its worker. That is a
+        failed try of the chunk, run again while ``max_task_retry_count`` allows."""
+        assert self.executor is not None
+        self._running.pop(task_id)
+        self._per_batch[run.batch_id] -= 1
+        self._preempted.add(task_id)  # its Lost event is handled here, not again
+        self.executor.stop_task(task_id)
+        batch = self.store.get_batch(run.batch_id)
+        chunk = self.store.get_chunk(run.chunk_id)
+        if batch is None or chunk is None:
+            return
+        limit = int(batch.options.get("max_task_retry_count") or 0)
+        timeout = batch.options.get("task_timeout")
+        reason = (
+            f"a record ran past the task_timeout of {timeout:g} s and did not stop, so its "
+            "worker was killed"
+        )
+        if limit == -1 or chunk.timed_out < limit:
+            log.warning("chunk %s of batch %s: %s; retrying", chunk.seq, run.batch_id, reason)
+            self.store.set_chunk(
+                run.chunk_id,
+                expect_state=ChunkState.RUNNING,
+                state=ChunkState.PENDING.value,
+                timed_out=chunk.timed_out + 1,
+                succeeded=0,
+                failed=0,
+                queued_at=utcnow(),
+            )
+            self._maybe_paused(run.batch_id)
+            return
+        self.store.set_chunk(run.chunk_id, timed_out=chunk.timed_out + 1)
+        self._settle_from_file(run, ChunkState.FAILED, reason)
+        if not self._apply_failure_policy(run.batch_id):
+            self._maybe_complete(run.batch_id)
+        self._maybe_paused(run.batch_id)
+
     def _check_limits(self, now: float) -> None:
         """Fail batches past their wall-clock limit; kill workers stuck past a task timeout."""
         for task_id, run in list(self._running.items()):
             if run.stuck_after is not None and now - run.last_seen > run.stuck_after:
-                assert self.executor is not None
-                self._running.pop(task_id)
-                self._per_batch[run.batch_id] -= 1
-                self._preempted.add(task_id)  # its Lost event is handled here, not again
-                self.executor.stop_task(task_id)
-                self.store.set_chunk(run.chunk_id, timed_out=Chunk.timed_out + 1)
-                self._retry_or_fail(
-                    run,
-                    "a record ran past the task_timeout and did not stop; its worker was killed",
-                )
+                self._kill_stuck(task_id, run)
         active = [
             BatchState.PENDING,
             BatchState.RUNNING,
