@@ -314,3 +314,57 @@ def test_statistics_are_live_figures_of_the_batch(own, napper):  # type: ignore[
     assert stats.records_per_second and stats.records_per_second > 0
     assert stats.wait_time.total_seconds() >= 0
     assert stats.retried_records == 0 and stats.requeued_records == 0
+
+
+# --- parallel caps ------------------------------------------------------------------------------
+
+
+def test_each_batch_is_capped_by_its_parallel_count_and_the_machine_by_its_workers(own, napper):  # type: ignore[no-untyped-def]
+    one = napper.batch({"x": [1.0] * 30}, parallel_count=1, chunk_size=3).start()
+    wide = napper.batch({"x": [2.0] * 30}, parallel_count=10, chunk_size=3).start()
+    seen_one, seen_wide, seen_total = set(), set(), set()
+    while not (one.refresh().state.is_final and wide.refresh().state.is_final):
+        workers = own._runner.run(_workers())
+        busy = [w.get("batch_id") for w in workers if w.get("busy")]
+        seen_one.add(busy.count(one.execution_id))
+        seen_wide.add(busy.count(wide.execution_id))
+        seen_total.add(len(busy))
+        time.sleep(0.02)
+    assert max(seen_one) == 1  # it ran, one chunk at a time
+    assert max(seen_total) <= 2  # two workers
+    assert 1 in seen_wide  # the wide batch shared the machine with the capped one
+    assert one.results().to_pandas()["y"].tolist() == [1.0] * 30
+    assert wide.results().to_pandas()["y"].tolist() == [2.0] * 30
+
+
+# --- a server killed while a batch is paused or pausing -----------------------------------------
+
+
+def test_a_batch_pausing_or_paused_when_the_server_dies_is_paused_after_restart(  # type: ignore[no-untyped-def]
+    fresh_server, unique_name
+):
+    fresh_server.start()
+    with Client(fresh_server.url, username="admin", password=ADMIN_PASSWORD) as c:
+        svc = c.publish_service(
+            unique_name, code=nap, inputs={"x": float}, outputs={"y": float}, version="v1"
+        )
+        waiting = svc.batch({"x": [float(i) for i in range(60)]}, parallel_count=2, chunk_size=10)
+        waiting.start()
+        until("two running chunks", lambda: running_chunks(c, waiting.execution_id) == 2)
+        assert waiting.disable("wait").state is BatchState.PAUSING
+        paused = svc.batch({"x": [float(i) for i in range(20)]}, parallel_count=1, chunk_size=5)
+        paused.start().disable("requeue")
+        until("paused", lambda: paused.refresh().state is BatchState.PAUSED)
+        ids = waiting.execution_id, paused.execution_id
+    fresh_server.kill()
+    fresh_server.start()
+    with Client(fresh_server.url, username="admin", password=ADMIN_PASSWORD) as c:
+        svc = c.get_service(unique_name, version="v1")
+        for batch_id, total in zip(ids, (60, 20), strict=True):
+            batch = svc.get_batch(batch_id)
+            until("paused after restart", lambda b=batch: b.refresh().state is BatchState.PAUSED)
+            batch.enable()
+            result = batch.wait(timeout=120)
+            assert result.state is BatchState.COMPLETED
+            assert result.info["succeeded_item_count"] == total
+            one_result_each(batch, total)
