@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.e2e.conftest import ADMIN_PASSWORD
 
 from batchserve import BatchState, Client, errors
-from tests.e2e.conftest import ADMIN_PASSWORD
 
 pytestmark = pytest.mark.e2e
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from tests.unit.test_store import add_batch, add_service
 
 from batchserve.engine.batches import choose_chunk_size
 from batchserve.states import ChunkState
 from batchserve.store import Store, upgrade
 from batchserve.store.models import Chunk
-from tests.unit.test_store import add_batch, add_service
 
 
 @pytest.fixture
