@@ -29,8 +29,9 @@ class AsyncService(Service):
         """Upload ``records`` as a batch of this service, start it, and return its operation.
 
         ``records`` and ``batch_options`` are those of :meth:`Service.batch` (``parallel_count``,
-        ``chunk_size``, ``priority``, ``metadata``, ``max_task_retry_count``, ...); bad records
-        or options raise before anything is sent.
+        ``chunk_size``, ``priority``, ``metadata``, ``max_task_retry_count``, ...). Bad options
+        raise before anything is sent; records the service cannot take are refused by the
+        server (:class:`~batchserve.errors.BadRequestError`), and no batch is made.
         """
         runner = cast(AsyncRunner, self._runner)
         batch = self.batch(records, **batch_options)
