@@ -319,3 +319,24 @@ def test_the_client_logs_in_on_entering_and_sends_the_token():
 
     assert asyncio.run(main()) == "t1"
     assert seen[1].headers["Authorization"] == "Bearer t1"
+
+
+def test_wait_polls_well_inside_the_clients_timeout_when_the_call_gives_none():
+    polls: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        polls.append(request)
+        return httpx.Response(200, json=batch("b1", "completed" if len(polls) > 2 else "running"))
+
+    async def main() -> None:
+        transport = httpx.MockTransport(handle)
+        async with AsyncClient(
+            "http://testserver", token="tok", timeout=4, transport=transport
+        ) as client:
+            op = await client.batch.get("b1")
+            await op.wait(timeout=None, poll_interval=0.01)
+            await op.wait(timeout=None)
+
+    asyncio.run(main())
+    assert float(polls[1].url.params["wait"]) == 0.01
+    assert float(polls[-1].url.params["wait"]) == 2.0

@@ -252,10 +252,12 @@ class AsyncBatchTaskOperation:
         request_timeout = _seconds(timeout, "timeout")
         interval = _seconds(poll_interval, "poll_interval") or DEFAULT_POLL_INTERVAL
         bound = _seconds(poll_timeout, "poll_timeout") or DEFAULT_POLL_TIMEOUT
-        # The server holds a poll open for up to ``window`` s: well inside the request timeout.
+        # The server holds a poll open for up to ``window`` s: well inside the request timeout
+        # (this call's, else the client's).
         window = min(interval, MAX_LONG_POLL)
-        if request_timeout is not None:
-            window = min(window, request_timeout / 2)
+        read_limit = request_timeout or self._runner.http.timeout.read
+        if read_limit is not None:
+            window = min(window, read_limit / 2)
         poll = self._runner.run(with_timeout(self._poll(window, interval), request_timeout))
         data = await asyncio.wait_for(poll, bound)
         return self._result(data)
