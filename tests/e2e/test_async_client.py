@@ -80,6 +80,7 @@ def test_the_async_flow_publishes_calls_runs_deferred_and_reads_the_result(serve
             records, parallel_count=2, chunk_size=10, metadata={"team": "risk"}
         )
         assert op.id == op.task_id
+        assert await svc.list_batch_executions() == [op.id]
         result = await op  # await op is await op.wait()
         assert result.execution_id == op.id
 

@@ -15,10 +15,10 @@ from typing import Any, cast
 import httpx
 
 from batchserve.client._client import DEFAULT_TIMEOUT, USER_AGENT, ClientBase, _session
-from batchserve.client._operations import AsyncBatch, AsyncBatchTaskOperation
+from batchserve.client._operations import AsyncBatch, AsyncBatchTaskOperation, list_ids
 from batchserve.client._runner import AsyncRunner, Runner
 from batchserve.client._service import Service
-from batchserve.client._wire import Op
+from batchserve.client._wire import Op, q
 
 
 class AsyncService(Service):
@@ -38,6 +38,12 @@ class AsyncService(Service):
         await runner.run(batch._start())
         assert batch.execution_id is not None
         return AsyncBatchTaskOperation(batch.execution_id, runner)
+
+    async def list_batch_executions(self) -> list[str]:  # type: ignore[override]
+        """The execution ids of this service version's batches, newest first."""
+        # Read page by page here: the blocking listing cannot be driven by the asyncio runner.
+        path = f"/v1/services/{q(self.name)}/{q(self.version)}/batches"
+        return await list_ids(cast(AsyncRunner, self._runner), path)
 
 
 def _async_service(service: Service) -> AsyncService:

@@ -105,12 +105,24 @@ def _failed_rows(content: bytes) -> list[dict[str, Any]]:
     return rows
 
 
-def list_page(states: list[str] | None, limit: int, cursor: str | None) -> Op[dict[str, Any]]:
-    """One page of the batch listing, newest first: ``{"batches": [...], "next_cursor": ...}``
-    (an older server sends no ``next_cursor``)."""
+def list_page(
+    states: list[str] | None, limit: int, cursor: str | None, path: str = "/v1/batches"
+) -> Op[dict[str, Any]]:
+    """One page of a batch listing (every batch, or a service version's at ``path``), newest
+    first: ``{"batches": [...], "next_cursor": ...}`` (an older server sends no ``next_cursor``)."""
     params: dict[str, Any] = {"state": states, "limit": limit, "cursor": cursor}
-    resp = yield from call(Request("GET", "/v1/batches", params=params))
+    resp = yield from call(Request("GET", path, params=params))
     return dict(resp.json())
+
+
+async def list_ids(runner: AsyncRunner, path: str) -> list[str]:
+    """The ids of every batch of the listing at ``path``, newest first, page by page."""
+    pager = _Pager(MAX_PAGE_SIZE)
+    ids: list[str] = []
+    while not pager.done:
+        page = await runner.run(list_page(None, pager.limit, pager.cursor, path))
+        ids.extend(str(b["id"]) for b in pager.take(page))
+    return ids
 
 
 class _Pager:
