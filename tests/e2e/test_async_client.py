@@ -141,6 +141,13 @@ def test_wait_past_poll_timeout_raises_then_cancel_and_delete(server, unique_nam
         info = await op.get_task_info()
         assert info.status is BatchTaskStatus.CANCELED
         assert info.completed_item_count < 200
+        # What finished before the cancel is kept, and read as the error message says.
+        svc = await client.get_service(info.service.name, version=info.service.version)
+        partial = await (await svc.get_batch(op.id)).results()
+        frame = await partial.to_pandas()
+        assert set(frame["status"]) <= {"succeeded", "cancelled"}
+        done = frame[frame["status"] == "succeeded"]
+        assert (done["y"] == done["index"]).all()
 
         await op.delete()
         with pytest.raises(errors.NotFoundError):

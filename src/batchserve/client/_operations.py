@@ -229,9 +229,11 @@ class AsyncBatchTaskOperation:
             if status.is_failed:
                 why = f": {data['error']}" if data.get("error") else ""
                 what = "failed" if status is BatchTaskStatus.FAILED else "was cancelled"
+                ref = data.get("service") or {}
                 advice = (
-                    "The records that finished before it stopped can still be read with "
-                    f"(await client.get_service(...)).get_batch({self._task_id!r}).results()."
+                    "The records that finished before it stopped are kept: svc = await "
+                    f"client.get_service({ref.get('name')!r}, version={ref.get('version')!r}), "
+                    f"then await (await svc.get_batch({self._task_id!r})).results()."
                 )
                 raise RuntimeError(
                     f"Batch {self._task_id} has no result: it {what}{why} (state "
