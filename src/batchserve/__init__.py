@@ -15,15 +15,43 @@ Importing it loads only the SDK; the server's modules are imported by the server
 
 from batchserve import errors
 from batchserve._version import __version__
-from batchserve.client import Batch, BatchResponse, Client, Service, ServiceResponse
+from batchserve.client import (
+    AsyncBatch,
+    AsyncBatchTaskOperation,
+    AsyncClient,
+    AsyncService,
+    Batch,
+    BatchResponse,
+    BatchTaskErrorsInfo,
+    BatchTaskInfo,
+    BatchTaskResult,
+    BatchTaskStatus,
+    ChunkErrorInfo,
+    Client,
+    LineErrorInfo,
+    Service,
+    ServiceRef,
+    ServiceResponse,
+)
 from batchserve.states import BatchState
 
 __all__ = [
+    "AsyncBatch",
+    "AsyncBatchTaskOperation",
+    "AsyncClient",
+    "AsyncService",
     "Batch",
     "BatchResponse",
     "BatchState",
+    "BatchTaskErrorsInfo",
+    "BatchTaskInfo",
+    "BatchTaskResult",
+    "BatchTaskStatus",
+    "ChunkErrorInfo",
     "Client",
+    "LineErrorInfo",
     "Service",
+    "ServiceRef",
     "ServiceResponse",
     "__version__",
     "errors",

@@ -77,6 +77,18 @@ def test_all_is_exactly_the_public_api():
             "ServiceResponse",
             "errors",
             "__version__",
+            # the asyncio client and its batch-task operations
+            "AsyncBatch",
+            "AsyncBatchTaskOperation",
+            "AsyncClient",
+            "AsyncService",
+            "BatchTaskErrorsInfo",
+            "BatchTaskInfo",
+            "BatchTaskResult",
+            "BatchTaskStatus",
+            "ChunkErrorInfo",
+            "LineErrorInfo",
+            "ServiceRef",
         ]
     )
     assert batchserve.__version__ == "0.1.0"

@@ -143,7 +143,7 @@ class _RunnerBase:
     @staticmethod
     def _httpx_args(request: Request, content: Any) -> dict[str, Any]:
         params = {k: v for k, v in (request.params or {}).items() if v is not None}
-        return {
+        args = {
             "params": params or None,
             "json": request.json,
             "content": content,
@@ -151,6 +151,9 @@ class _RunnerBase:
             "files": request.files,
             "headers": dict(request.headers),
         }
+        if request.timeout is not None:
+            args["timeout"] = request.timeout
+        return args
 
     def _transport_error(self, exc: httpx.TransportError, request: Request) -> TransportError:
         url = f"{self.base_url}{request.path}"

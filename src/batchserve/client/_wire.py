@@ -41,6 +41,8 @@ class Request:
     sink: Callable[[bytes], object] | None = None
     #: Whether the bearer token is attached (False for login and token refresh).
     auth: bool = True
+    #: Seconds this request may take (connect, each read and write); None: the client's timeout.
+    timeout: float | None = None
 
     def with_headers(self, **headers: str) -> Request:
         return dataclasses.replace(self, headers={**self.headers, **headers})
