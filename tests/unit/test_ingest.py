@@ -27,9 +27,11 @@ class Upload:
         self.blobs = blobs
         self.chunks = []
 
-    def __call__(self, data, content_type=CSV, *, inputs=INPUTS, chunk_size=4):
-        return ingest(
-            io.BytesIO(data),
+    def __call__(
+        self, data, content_type=CSV, *, inputs=INPUTS, chunk_size=4, id_column=None, spool=None
+    ):
+        self.result = ingest(
+            data if hasattr(data, "read") else io.BytesIO(data),
             content_type,
             batch_id="b1",
             service="mtService v1",
@@ -37,7 +39,10 @@ class Upload:
             chunk_size=chunk_size,
             blobs=self.blobs,
             on_chunk=lambda *args: self.chunks.append(args),
+            id_column=id_column,
+            spool_dir=spool,
         )
+        return self.result.records
 
     def table(self, key):
         with self.blobs.open_read(key) as f:
