@@ -147,11 +147,13 @@ def test_large_file_is_read_in_pieces_of_one_mebibyte(tmp_path: Path):
     assert b"".join(pieces) == path.read_bytes()
 
 
-def test_file_of_another_format_is_refused(tmp_path: Path):
-    path = tmp_path / "cars.parquet"
-    path.write_bytes(b"PAR1")
-    with pytest.raises(InvalidRecordsError, match=r"\.csv, \.tsv"):
+def test_file_of_another_format_is_refused_naming_the_accepted_extensions(tmp_path: Path):
+    path = tmp_path / "cars.xlsx"
+    path.write_bytes(b"PK")
+    with pytest.raises(InvalidRecordsError) as caught:
         records_body(path, INPUTS)
+    for extension in (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".arrow", ".arrows"):
+        assert extension in str(caught.value)
 
 
 def test_missing_file_is_refused_with_its_path(tmp_path: Path):

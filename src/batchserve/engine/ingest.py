@@ -91,7 +91,7 @@ def _csv_header(source: Any, delimiter: str) -> list[str]:
 def _buffered(source: BinaryIO) -> Any:
     if isinstance(source, io.BufferedReader):
         return source
-    return io.BufferedReader(source, buffer_size=_BLOCK_BYTES)  # type: ignore[arg-type]
+    return io.BufferedReader(source, buffer_size=_BLOCK_BYTES)
 
 
 class _Reader:
