@@ -164,7 +164,9 @@ class _Reader:
     def _parquet(self, path: Path) -> Iterator[pa.RecordBatch]:
         if path.stat().st_size == 0:
             raise SchemaError("The upload is empty: it holds no Parquet file, so no records.")
-        with pq.ParquetFile(path) as parquet:
+        # Mapped and not pre-buffered: only the row group being read is in memory (pre-buffering
+        # would read every row group's columns up front).
+        with pq.ParquetFile(path, memory_map=True, pre_buffer=False) as parquet:
             self.check(parquet.schema_arrow.names)
             self.record_count = parquet.metadata.num_rows
             yield from parquet.iter_batches(batch_size=64 * 1024, columns=self.wanted)
@@ -256,7 +258,7 @@ class _JsonLines:
             if not text:
                 continue
             try:
-                value = json.loads(text)
+                value = json.loads(text.decode("utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 why = exc.msg if isinstance(exc, json.JSONDecodeError) else "it is not UTF-8 text"
                 raise SchemaError(
