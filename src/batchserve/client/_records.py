@@ -469,13 +469,13 @@ class _RecordStream:
         records: Iterator[Any],
         inputs: Sequence[str] | Mapping[str, str],
         id_column: str | None,
-        rows_per_batch: int = ROWS_PER_BATCH,
+        rows_per_batch: int | None = None,
     ) -> None:
         self.records = records
         self.inputs = list(inputs)
         self.types = dict(inputs) if isinstance(inputs, Mapping) else {}
         self.id_column = id_column
-        self.rows_per_batch = rows_per_batch
+        self.rows_per_batch = rows_per_batch or ROWS_PER_BATCH
         self.sent = False
 
     def pieces(self) -> Iterator[bytes]:
