@@ -269,7 +269,9 @@ def test_an_export_to_an_unknown_extension_is_refused_naming_the_formats(finishe
         ("arrow", "application/vnd.apache.arrow.stream"),
     ],
 )
-def test_the_rest_api_streams_each_results_format_as_a_named_file(finished, rest, format, media_type):  # type: ignore[no-untyped-def]
+def test_the_rest_api_streams_each_results_format_as_a_named_file(  # type: ignore[no-untyped-def]
+    finished, rest, format, media_type
+):
     r = rest.get(f"/v1/batches/{finished.execution_id}/results", params={"format": format})
     assert r.status_code == 200
     assert r.headers["content-type"].startswith(media_type)

@@ -389,5 +389,5 @@ def test_an_id_column_that_is_an_input_is_sent_once():
 
 
 def test_a_missing_id_column_is_refused_before_anything_is_sent():
-    with pytest.raises(InvalidRecordsError, match="no column 'key'.*'hp', 'wt'"):
+    with pytest.raises(InvalidRecordsError, match=r"no column 'key'.*'hp', 'wt'"):
         records_body({"hp": [1.0], "wt": [2.0]}, INPUTS, id_column="key")

@@ -460,7 +460,7 @@ def test_a_missing_column_in_a_file_is_refused_naming_it(upload, content_type):
         PARQUET: parquet_of(table),
         ARROW_FILE: arrow_file(table),
     }[content_type]
-    with pytest.raises(SchemaError, match="no column 'cyl'.*'cylinders'"):
+    with pytest.raises(SchemaError, match=r"no column 'cyl'.*'cylinders'"):
         upload(data, content_type)
     assert upload.written() == []
 
@@ -573,7 +573,7 @@ def test_an_input_used_as_id_keeps_its_raw_values_beside_the_converted_input(upl
     [(CSV, csv_of(TEN)), (JSONL, jsonl_of(TEN_ROWS)), (PARQUET, parquet_of(TEN_TABLE))],
 )
 def test_a_missing_id_column_is_refused_naming_it(upload, content_type, data):
-    with pytest.raises(SchemaError, match="no column 'customer'.*id_column"):
+    with pytest.raises(SchemaError, match=r"no column 'customer'.*id_column"):
         upload(data, content_type, id_column="customer")
     assert upload.written() == []
 
