@@ -284,7 +284,7 @@ def test_an_arrow_export_is_an_arrow_ipc_file(sdk, tmp_path):
 
 
 def test_an_export_needs_a_known_extension_and_an_existing_folder(sdk, tmp_path):
-    with pytest.raises(UsageError, match=r"\.csv, \.tsv, \.jsonl, \.parquet, \.arrow"):
+    with pytest.raises(UsageError, match=r"\.csv, \.jsonl or \.parquet, or \.tsv, \.arrow"):
         sdk.export_results(tmp_path / "out.xlsx")
     with pytest.raises(UsageError, match="does not exist"):
         sdk.export_results(tmp_path / "missing" / "out.csv")

@@ -269,8 +269,8 @@ def export_results(execution_id: str, path: Path) -> Op[str]:
     format = EXPORT_FORMATS.get(suffix)
     if format is None:
         raise UsageError(
-            f"Cannot export results to '{path.name}': use a file ending in "
-            f"{', '.join(EXPORT_FORMATS)}."
+            f"Cannot export results to '{path.name}': use a file ending in .csv, .jsonl or "
+            ".parquet, or .tsv, .arrow (an Arrow IPC file) or .arrows (an Arrow IPC stream)."
         )
     if not path.parent.is_dir():
         raise UsageError(f"The folder '{path.parent}' does not exist; create it first.")
