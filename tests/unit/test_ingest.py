@@ -599,3 +599,21 @@ def test_a_nested_id_column_is_refused(upload):
 def test_an_arrow_type_survives_its_text_form():
     for data_type in (pa.int64(), pa.string(), pa.timestamp("ms", tz="UTC"), pa.decimal128(9, 2)):
         assert decode_type(encode_type(data_type)) == data_type
+
+
+def _cut_in_the_middle(data):
+    return data[:200] + b"\0" * 64 + data[264:]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "data"),
+    [
+        (PARQUET, _cut_in_the_middle(parquet_of(pa.table({"hp": [1.0] * 500, "cyl": [1] * 500}), 50))),
+        (ARROW_FILE, arrow_file(TEN_TABLE)[:300] + arrow_file(TEN_TABLE)[-200:]),
+        (ARROW_STREAM, arrow_stream(TEN_TABLE, max_chunksize=2)[:-100]),
+    ],
+)
+def test_damaged_binary_files_are_refused_as_unreadable(upload, content_type, data):
+    with pytest.raises(SchemaError, match=f"cannot be read as {content_type}"):
+        upload(data, content_type, chunk_size=1_000)
+    assert upload.chunks == []

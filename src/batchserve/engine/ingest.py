@@ -126,6 +126,9 @@ class _Reader:
 
     def batches(self, spool: Callable[[], Path]) -> Iterator[pa.RecordBatch]:
         kind = self.content_type
+        # Spooled first, so that a failure to write the copy (a full disk) is not taken for a
+        # bad upload.
+        path = spool() if kind in (PARQUET, ARROW_FILE) else None
         try:
             if kind == ARROW_STREAM:
                 yield from pa.ipc.open_stream(self.source)
@@ -133,13 +136,15 @@ class _Reader:
                 yield from self._csv("\t" if kind == TSV else ",")
             elif kind in (JSONL, NDJSON):
                 yield from _JsonLines(self).batches()
-            elif kind == PARQUET:
-                yield from self._parquet(spool())
-            elif kind == ARROW_FILE:
-                yield from self._arrow_file(spool())
+            elif kind == PARQUET and path is not None:
+                yield from self._parquet(path)
+            elif kind == ARROW_FILE and path is not None:
+                yield from self._arrow_file(path)
             else:
                 raise unsupported(kind)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        except (pa.ArrowException, OSError) as exc:
+            # pyarrow reports damaged data as ArrowInvalid, or as OSError ("Couldn't deserialize
+            # thrift", "Expected to be able to read 1600 bytes for message body").
             raise SchemaError(f"The records cannot be read as {kind}: {exc}") from None
 
     def _csv(self, delimiter: str) -> Iterator[pa.RecordBatch]:
