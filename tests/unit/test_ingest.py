@@ -407,8 +407,8 @@ def test_blank_lines_and_a_byte_order_mark_in_json_lines_are_skipped(upload):
     ("data", "words"),
     [
         (b'{"hp": 1, "cyl": 2}\n{"hp": 1, "cyl": \n', ["Line 2 ", "not valid JSON"]),
-        (b'{"hp": 1, "cyl": 2}\n\n[1, 2]\n', ["Line 3 ", "list, not an object"]),
-        (b'"just text"\n', ["Line 1 ", "str, not an object"]),
+        (b'{"hp": 1, "cyl": 2}\n\n[1, 2]\n', ["Line 3 ", "array, not an object"]),
+        (b'"just text"\n', ["Line 1 ", "string, not an object"]),
         (b"\xff\xfe\n", ["Line 1 ", "UTF-8"]),
     ],
 )
@@ -605,10 +605,13 @@ def _cut_in_the_middle(data):
     return data[:200] + b"\0" * 64 + data[264:]
 
 
+FIVE_HUNDRED = pa.table({"hp": [1.0] * 500, "cyl": [1] * 500})
+
+
 @pytest.mark.parametrize(
     ("content_type", "data"),
     [
-        (PARQUET, _cut_in_the_middle(parquet_of(pa.table({"hp": [1.0] * 500, "cyl": [1] * 500}), 50))),
+        (PARQUET, _cut_in_the_middle(parquet_of(FIVE_HUNDRED, row_group_size=50))),
         (ARROW_FILE, arrow_file(TEN_TABLE)[:300] + arrow_file(TEN_TABLE)[-200:]),
         (ARROW_STREAM, arrow_stream(TEN_TABLE, max_chunksize=2)[:-100]),
     ],

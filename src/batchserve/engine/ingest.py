@@ -271,8 +271,9 @@ class _JsonLines:
                     'must hold one JSON object, like {"hp": 110, "wt": 2.6}; fix that line.'
                 ) from None
             if not isinstance(value, dict):
+                kind = _JSON_KINDS.get(type(value), "value")
                 raise SchemaError(
-                    f"Line {n} of the JSON Lines records holds a JSON {type(value).__name__}, "
+                    f"Line {n} of the JSON Lines records holds a JSON {kind}, "
                     'not an object: each line must hold one record, like {"hp": 110, "wt": 2.6}.'
                 )
             if not self.checked:
@@ -293,6 +294,16 @@ class _JsonLines:
             else:
                 columns[name] = _id_values(values, self.id_type, name, self.line)
         return pa.table(columns)
+
+
+_JSON_KINDS = {
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
 
 
 def _values(values: list[Any]) -> pa.Array:
