@@ -39,9 +39,7 @@ def store(tmp_path):
 @pytest.fixture
 def ops(store, tmp_path):
     blobs = LocalBlobStore(tmp_path / "blobs")
-    return BatchOps(
-        store, blobs, Scheduler(store, blobs), default_chunk_size=4, max_chunk_size=100
-    )
+    return BatchOps(store, blobs, Scheduler(store, blobs), default_chunk_size=4, max_chunk_size=100)
 
 
 @pytest.fixture
@@ -309,3 +307,29 @@ def test_iter_results_refuses_a_bad_page_size(sdk):
 def test_to_pandas_puts_the_id_after_the_index(sdk):
     frame = sdk.results().to_pandas()
     assert list(frame.columns) == ["index", "id", "status"]
+
+
+def test_iter_results_is_an_async_iterator_with_an_asyncio_runner():
+    import asyncio
+
+    from batchserve.client._batch import Batch
+    from batchserve.client._runner import AsyncRunner, Session
+    from batchserve.client._service import service_from_info
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        start = int(request.url.params["start"])
+        results = [
+            {"index": i, "status": "succeeded", "outputs": {}} for i in range(start, start + 2)
+        ]
+        nxt = start + 2 if start + 2 < 4 else None
+        return httpx.Response(200, json={"next_start": nxt, "results": results})
+
+    async def read() -> list[int]:
+        async with httpx.AsyncClient(
+            base_url="http://batchserve.test", transport=httpx.MockTransport(answer)
+        ) as http:
+            runner = AsyncRunner(Session(token="t"), http)
+            batch = Batch(service_from_info(SERVICE, runner), None, info=BATCH)
+            return [r.index async for r in batch.iter_results(page_size=2)]
+
+    assert asyncio.run(read()) == [0, 1, 2, 3]

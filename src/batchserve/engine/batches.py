@@ -107,6 +107,7 @@ class BatchOps:
             raise BadRequest("parallel_count must be at least 1.")
         if chunk_size is not None and chunk_size < 1:
             raise BadRequest("chunk_size must be at least 1.")
+
         def size_for(count: int | None) -> int:
             return choose_chunk_size(
                 count, parallel_count, self.default_chunk_size, self.max_chunk_size

@@ -469,5 +469,3 @@ def _cut(
     if not size and callable(chunk_size):
         size = chunk_size(reader.record_count)
     return Ingested(records=total, chunk_size=size, id_type=id_type)
-
-
