@@ -16,7 +16,7 @@ import pytest
 from batchserve import Client
 from batchserve.blobs import LocalBlobStore
 from batchserve.engine.auth import Principal
-from batchserve.engine.batches import RESULT_FORMATS, BatchOps, json_line
+from batchserve.engine.batches import RESULT_FORMATS, BatchOps, json_lines
 from batchserve.engine.errors import BadRequest, UnsupportedMediaType
 from batchserve.engine.ingest import JSONL
 from batchserve.engine.results import ResultWriter, flatten, read_results, row_to_json
@@ -201,10 +201,20 @@ def test_an_output_named_id_is_renamed_when_the_results_carry_ids():
     assert flatten(with_ids).column_names[:4] == ["index", "id", "status", "output_id"]
 
 
-def test_a_json_line_turns_nan_into_null_and_keeps_text_as_text():
-    line = json_line({"x": math.nan, "name": "Zoë", "when": pd.Timestamp("2026-01-01")})
-    assert json.loads(line) == {"x": None, "name": "Zoë", "when": "2026-01-01 00:00:00"}
-    assert line.endswith(b"\n")
+def test_json_lines_turn_nan_into_null_and_dates_into_text():
+    table = pa.table(
+        {
+            "x": [math.nan, math.inf, 0.1 + 0.2, None],
+            "name": ["Zoë", "a\nb", None, ""],
+            "when": pa.array([0, 1, None, 2], pa.timestamp("s")),
+        }
+    )
+    data = json_lines(table)
+    rows = [json.loads(line) for line in data.decode().splitlines()]
+    assert [r["x"] for r in rows] == [None, None, 0.1 + 0.2, None]
+    assert [r["name"] for r in rows] == ["Zoë", "a\nb", None, ""]
+    assert rows[1]["when"] == "1970-01-01 00:00:01"
+    assert data.count(b"\n") == 4
 
 
 # -- the SDK ------------------------------------------------------------------------------------

@@ -449,8 +449,7 @@ class BatchOps:
         yield sink.take()
         for table in self.results_tables(batch):
             if writer is None:
-                for row in table.to_pylist():
-                    sink.write(json_line(row))
+                sink.write(json_lines(table))
             else:
                 writer.write_table(table)
             yield sink.take()
@@ -489,16 +488,19 @@ def _id_type(batch: Batch) -> pa.DataType:
     return decode_type(text) if text else pa.null()
 
 
-def json_line(row: dict[str, Any]) -> bytes:
-    """One result row as a line of JSON (a NaN or infinite float becomes null)."""
+_JSON = json.JSONEncoder(default=str, ensure_ascii=False, allow_nan=False)
 
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        return value
 
-    cleaned = {k: clean(v) for k, v in row.items()}
-    return (json.dumps(cleaned, default=str, ensure_ascii=False) + "\n").encode("utf-8")
+def json_lines(table: pa.Table) -> bytes:
+    """Result rows as JSON Lines. NaN and infinite floats, which JSON cannot hold, become null;
+    values JSON has no type for (dates, decimals) become text."""
+    columns = []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_floating(field.type):
+            column = pc.if_else(pc.is_finite(column), column, pa.scalar(None, field.type))
+        columns.append(column)
+    rows = pa.table(columns, schema=table.schema).to_pylist()
+    return "".join(_JSON.encode(row) + "\n" for row in rows).encode("utf-8")
 
 
 class _Drain:
