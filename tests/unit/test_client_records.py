@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import types
 from pathlib import Path
 
@@ -11,9 +12,12 @@ import pyarrow as pa
 import pytest
 
 from batchserve.client._records import (
+    ARROW_FILE,
     ARROW_STREAM,
     CSV,
     FILE_PIECE_BYTES,
+    JSONL,
+    PARQUET,
     TSV,
     _arrow_pieces,
     records_body,
@@ -147,11 +151,13 @@ def test_large_file_is_read_in_pieces_of_one_mebibyte(tmp_path: Path):
     assert b"".join(pieces) == path.read_bytes()
 
 
-def test_file_of_another_format_is_refused(tmp_path: Path):
-    path = tmp_path / "cars.parquet"
-    path.write_bytes(b"PAR1")
-    with pytest.raises(InvalidRecordsError, match=r"\.csv, \.tsv"):
+def test_file_of_another_format_is_refused_naming_the_accepted_extensions(tmp_path: Path):
+    path = tmp_path / "cars.xlsx"
+    path.write_bytes(b"PK")
+    with pytest.raises(InvalidRecordsError) as caught:
         records_body(path, INPUTS)
+    for extension in (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".arrow", ".arrows"):
+        assert extension in str(caught.value)
 
 
 def test_missing_file_is_refused_with_its_path(tmp_path: Path):
@@ -192,3 +198,196 @@ def test_invalid_records_error_is_a_value_error_and_a_usage_error():
     with pytest.raises(ValueError):
         records_body(42, INPUTS)
     assert issubclass(InvalidRecordsError, UsageError)
+
+
+# -- records files of every format, by path or open file --------------------------------------
+
+
+TABLE = pa.table({"hp": [110.0, 150.0, 93.0], "wt": [2.6, 3.2, 2.3], "key": ["a", "b", "c"]})
+
+
+def write_records(path: Path) -> Path:
+    import json
+
+    import pyarrow.csv as pacsv
+    import pyarrow.feather as feather
+    import pyarrow.parquet as pq
+
+    suffix = path.suffix
+    if suffix == ".jsonl" or suffix == ".ndjson":
+        path.write_text("".join(json.dumps(r) + "\n" for r in TABLE.to_pylist()))
+    elif suffix == ".parquet":
+        pq.write_table(TABLE, path)
+    elif suffix in (".arrow", ".feather", ".ipc"):
+        feather.write_feather(TABLE, path)
+    elif suffix == ".arrows":
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, TABLE.schema) as w:
+            w.write_table(TABLE)
+    else:
+        pacsv.write_csv(TABLE, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "content_type", "count"),
+    [
+        ("r.csv", CSV, 3),
+        ("r.jsonl", JSONL, None),
+        ("r.ndjson", JSONL, None),
+        ("r.parquet", PARQUET, 3),
+        ("r.arrow", ARROW_FILE, 3),
+        ("r.feather", ARROW_FILE, 3),
+        ("r.ipc", ARROW_FILE, 3),
+        ("r.arrows", ARROW_STREAM, None),
+    ],
+)
+def test_a_records_file_is_sent_as_it_is_with_its_format_and_a_cheap_count(
+    tmp_path: Path, name, content_type, count
+):
+    path = write_records(tmp_path / name)
+    body = records_body(path, INPUTS)
+    assert body.content_type == content_type
+    assert body.record_count == count
+    assert b"".join(body.pieces()) == path.read_bytes()
+
+
+def test_an_arrow_named_file_holding_a_stream_is_sent_as_a_stream(tmp_path: Path):
+    path = tmp_path / "r.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, TABLE.schema) as w:
+        w.write_table(TABLE)
+    assert records_body(path, INPUTS).content_type == ARROW_STREAM
+
+
+def test_format_overrides_the_extension(tmp_path: Path):
+    path = write_records(tmp_path / "r.jsonl").rename(tmp_path / "records.data")
+    assert records_body(path, INPUTS, format="jsonl").content_type == JSONL
+    with pytest.raises(InvalidRecordsError, match="format='xls'"):
+        records_body(path, INPUTS, format="xls")
+
+
+def test_an_open_binary_file_takes_its_format_from_its_name_and_can_be_sent_again(tmp_path):
+    path = write_records(tmp_path / "r.parquet")
+    with open(path, "rb") as f:
+        body = records_body(f, INPUTS)
+        assert body.content_type == PARQUET
+        assert b"".join(body.pieces()) == path.read_bytes()
+        assert b"".join(body.pieces()) == path.read_bytes()  # a retry sends it all again
+
+
+def test_a_nameless_file_needs_a_format():
+    data = b'{"hp": 1, "wt": 2}\n'
+    with pytest.raises(InvalidRecordsError, match="format="):
+        records_body(io.BytesIO(data), INPUTS)
+    body = records_body(io.BytesIO(data), INPUTS, format="ndjson")
+    assert body.content_type == JSONL
+    assert b"".join(body.pieces()) == data
+
+
+def test_a_file_opened_in_text_mode_is_refused_with_how_to_open_it(tmp_path: Path):
+    path = write_records(tmp_path / "r.csv")
+    with open(path) as f:
+        body = records_body(f, INPUTS)
+        with pytest.raises(InvalidRecordsError, match="'rb'"):
+            b"".join(body.pieces())
+
+
+def test_format_is_refused_for_in_memory_records():
+    with pytest.raises(InvalidRecordsError, match="format="):
+        records_body([{"hp": 1, "wt": 2}], INPUTS, format="csv")
+
+
+# -- an iterator of records ---------------------------------------------------------------------
+
+
+def test_an_iterator_is_streamed_in_record_batches_read_as_the_upload_goes(monkeypatch):
+    monkeypatch.setattr("batchserve.client._records.ROWS_PER_BATCH", 100)
+    taken = []
+
+    def records():
+        for i in range(350):
+            taken.append(i)
+            yield {"wt": float(i), "hp": i, "other": "x"}
+
+    body = records_body(records(), {"hp": "float", "wt": "float"})
+    assert len(taken) == 1  # only the first record is read to check it
+    pieces = body.pieces()
+    first = next(pieces)
+    assert len(taken) < 350 and first
+    rest = list(pieces)
+    table = pa.ipc.open_stream(b"".join([first, *rest])).read_all()
+    assert table.column_names == ["hp", "wt"]
+    assert table.schema.field("hp").type == pa.float64()  # the declared type
+    assert table.column("hp").to_pylist() == [float(i) for i in range(350)]
+    assert [b.num_rows for b in pa.ipc.open_stream(b"".join([first, *rest]))] == [
+        100,
+        100,
+        100,
+        50,
+    ]
+    assert body.record_count is None
+
+
+def test_an_iterator_keeps_the_id_column_beside_the_inputs():
+    body = records_body(iter([{"hp": 1, "wt": 2, "id": 7, "x": 0}]), INPUTS, id_column="id")
+    assert sent_table(body).column_names == ["hp", "wt", "id"]
+
+
+def test_an_iterator_can_be_sent_only_once():
+    body = records_body(iter([{"hp": 1, "wt": 2}]), INPUTS)
+    list(body.pieces())
+    with pytest.raises(InvalidRecordsError, match="only once"):
+        list(body.pieces())
+
+
+def test_a_bad_value_in_the_first_records_sends_the_column_as_text(monkeypatch):
+    monkeypatch.setattr("batchserve.client._records.ROWS_PER_BATCH", 2)
+    rows = [{"hp": "abc", "wt": 1.0}, {"hp": 2.0, "wt": 1.0}, {"hp": 3.0, "wt": 1.0}]
+    table = sent_table(records_body(iter(rows), {"hp": "float", "wt": "float"}))
+    assert table.column("hp").to_pylist() == ["abc", "2.0", "3.0"]
+
+
+def test_a_later_value_of_another_type_is_refused_naming_its_record(monkeypatch):
+    monkeypatch.setattr("batchserve.client._records.ROWS_PER_BATCH", 2)
+    rows = [{"hp": 1.0, "wt": 1.0}] * 3 + [{"hp": "abc", "wt": 1.0}]
+    body = records_body(iter(rows), {"hp": "float", "wt": "float"})
+    with pytest.raises(InvalidRecordsError, match="Record 3 has hp='abc'"):
+        list(body.pieces())
+
+
+@pytest.mark.parametrize("records", [iter([]), (r for r in [])])
+def test_an_empty_iterator_is_refused(records):
+    with pytest.raises(InvalidRecordsError, match="no records"):
+        records_body(records, INPUTS)
+
+
+def test_an_iterator_of_something_other_than_dicts_is_refused():
+    with pytest.raises(InvalidRecordsError, match="Record 0 is a int"):
+        records_body(iter([1, 2]), INPUTS)
+
+
+# -- the id column --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        pd.DataFrame({"key": ["a"], "hp": [1.0], "wt": [2.0], "x": [0]}),
+        [{"key": "a", "hp": 1.0, "wt": 2.0, "x": 0}],
+        {"key": ["a"], "hp": [1.0], "wt": [2.0], "x": [0]},
+        pa.table({"key": ["a"], "hp": [1.0], "wt": [2.0], "x": [0]}),
+    ],
+)
+def test_the_id_column_is_sent_after_the_inputs(records):
+    table = sent_table(records_body(records, INPUTS, id_column="key"))
+    assert table.column_names == ["hp", "wt", "key"]
+    assert table.column("key").to_pylist() == ["a"]
+
+
+def test_an_id_column_that_is_an_input_is_sent_once():
+    table = sent_table(records_body({"hp": [1.0], "wt": [2.0]}, INPUTS, id_column="hp"))
+    assert table.column_names == ["hp", "wt"]
+
+
+def test_a_missing_id_column_is_refused_before_anything_is_sent():
+    with pytest.raises(InvalidRecordsError, match=r"no column 'key'.*'hp', 'wt'"):
+        records_body({"hp": [1.0], "wt": [2.0]}, INPUTS, id_column="key")

@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from batchserve.blobs import LocalBlobStore
 from batchserve.engine.batches import choose_chunk_size
-from batchserve.engine.ingest import ARROW_STREAM, CSV, TSV, ingest, input_key
+from batchserve.engine.ingest import (
+    ARROW_FILE,
+    ARROW_STREAM,
+    CSV,
+    ID_FIELD,
+    JSONL,
+    NDJSON,
+    PARQUET,
+    TSV,
+    UnsupportedFormat,
+    decode_type,
+    encode_type,
+    ingest,
+    input_key,
+)
 from batchserve.schema import SchemaError
 
 INPUTS = {"hp": "float", "cyl": "int"}
@@ -27,9 +43,11 @@ class Upload:
         self.blobs = blobs
         self.chunks = []
 
-    def __call__(self, data, content_type=CSV, *, inputs=INPUTS, chunk_size=4):
-        return ingest(
-            io.BytesIO(data),
+    def __call__(
+        self, data, content_type=CSV, *, inputs=INPUTS, chunk_size=4, id_column=None, spool=None
+    ):
+        self.result = ingest(
+            data if hasattr(data, "read") else io.BytesIO(data),
             content_type,
             batch_id="b1",
             service="mtService v1",
@@ -37,7 +55,10 @@ class Upload:
             chunk_size=chunk_size,
             blobs=self.blobs,
             on_chunk=lambda *args: self.chunks.append(args),
+            id_column=id_column,
+            spool_dir=spool,
         )
+        return self.result.records
 
     def table(self, key):
         with self.blobs.open_read(key) as f:
@@ -294,3 +315,308 @@ def test_the_chunk_size_is_at_least_one():
 
 def test_a_parallel_count_below_one_counts_as_one():
     assert choose_chunk_size(40, 0, default=500, maximum=10_000) == 10
+
+
+# --- JSON Lines, Parquet, Arrow files ----------------------------------------------------------
+
+
+def jsonl_of(rows):
+    return "".join(json.dumps(row) + "\n" for row in rows).encode()
+
+
+def parquet_of(table, row_group_size=None):
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, row_group_size=row_group_size)
+    return sink.getvalue().to_pybytes()
+
+
+def arrow_file(table, max_chunksize=None):
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=max_chunksize)
+    return sink.getvalue().to_pybytes()
+
+
+TEN_ROWS = [{"hp": 100.0 + i, "cyl": 4 + i % 3, "name": f"car{i}"} for i in range(10)]
+TEN_TABLE = pa.Table.from_pylist(TEN_ROWS)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "data"),
+    [
+        (JSONL, jsonl_of(TEN_ROWS)),
+        (NDJSON, jsonl_of(TEN_ROWS)),
+        (PARQUET, parquet_of(TEN_TABLE, row_group_size=3)),
+        (ARROW_FILE, arrow_file(TEN_TABLE, max_chunksize=3)),
+        (ARROW_STREAM, arrow_stream(TEN_TABLE, max_chunksize=3)),
+        (CSV, csv_of(TEN)),
+    ],
+)
+def test_each_format_makes_the_same_typed_chunks(upload, tmp_path, content_type, data):
+    assert upload(data, content_type, chunk_size=4, spool=tmp_path / "spool") == 10
+    assert [(start, count) for _, start, count, _ in upload.chunks] == [(0, 4), (4, 4), (8, 2)]
+    table = pa.concat_tables(upload.table(key) for *_, key in upload.chunks)
+    assert table.schema == pa.schema([("hp", pa.float64()), ("cyl", pa.int64())])
+    assert table.column("hp").to_pylist() == [100.0 + i for i in range(10)]
+    assert table.column("cyl").to_pylist() == [4 + i % 3 for i in range(10)]
+
+
+@pytest.mark.parametrize("content_type", [PARQUET, ARROW_FILE])
+def test_a_spooled_upload_leaves_no_temporary_file(upload, tmp_path, content_type):
+    data = parquet_of(TEN_TABLE) if content_type == PARQUET else arrow_file(TEN_TABLE)
+    upload(data, content_type, spool=tmp_path / "spool")
+    assert list((tmp_path / "spool").iterdir()) == []
+    with pytest.raises(SchemaError):
+        upload(b"garbage", content_type, spool=tmp_path / "spool")
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_a_parquet_upload_sizes_its_chunks_from_its_own_record_count(upload):
+    sizes = []
+
+    def size_for(count):
+        sizes.append(count)
+        return 3
+
+    upload(parquet_of(TEN_TABLE), PARQUET, chunk_size=size_for)
+    assert sizes == [10]
+    assert upload.result.chunk_size == 3
+    upload(jsonl_of(TEN_ROWS), JSONL, chunk_size=size_for)
+    assert sizes == [10, None]  # a streamed format does not know its count up front
+
+
+def test_a_json_value_of_the_wrong_type_is_kept_as_text_for_its_record_to_fail(upload):
+    rows = [{"hp": 1.5, "cyl": 4}, {"hp": "abc", "cyl": 4}, {"hp": 2, "cyl": None}]
+    assert upload(jsonl_of(rows), JSONL, chunk_size=100) == 3
+    table = upload.table(upload.chunks[0][3])
+    assert table.column("hp").to_pylist() == ["1.5", "abc", "2"]
+    assert table.column("cyl").to_pylist() == [4, 4, None]
+
+
+def test_a_json_record_without_an_input_has_it_null(upload):
+    upload(jsonl_of([{"hp": 1.0, "cyl": 2}, {"hp": 2.0}]), JSONL)
+    assert upload.table(upload.chunks[0][3]).column("cyl").to_pylist() == [2, None]
+
+
+def test_blank_lines_and_a_byte_order_mark_in_json_lines_are_skipped(upload):
+    data = b'\xef\xbb\xbf{"hp": 1, "cyl": 2}\n\n  \n{"hp": 3, "cyl": 4}'
+    assert upload(data, JSONL) == 2
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (b'{"hp": 1, "cyl": 2}\n{"hp": 1, "cyl": \n', ["Line 2 ", "not valid JSON"]),
+        (b'{"hp": 1, "cyl": 2}\n\n[1, 2]\n', ["Line 3 ", "array, not an object"]),
+        (b'"just text"\n', ["Line 1 ", "string, not an object"]),
+        (b"\xff\xfe\n", ["Line 1 ", "UTF-8"]),
+    ],
+)
+def test_a_malformed_json_line_is_refused_naming_the_line(upload, data, words):
+    with pytest.raises(SchemaError) as caught:
+        upload(data, JSONL)
+    for word in words:
+        assert word in str(caught.value)
+    assert upload.written() == []
+
+
+def test_a_malformed_line_far_into_a_large_json_lines_upload_is_named(upload):
+    rows = [json.dumps({"hp": i, "cyl": 1}) for i in range(100_000)]
+    rows[80_000] = '{"hp": 1, "cyl": 2'
+    data = ("\n".join(rows) + "\n").encode()
+    assert len(data) > 2 << 20  # in a later block than the first
+    with pytest.raises(SchemaError, match="Line 80001 "):
+        upload(data, JSONL, chunk_size=1_000_000)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "data", "match"),
+    [
+        (JSONL, b"", "no records"),
+        (JSONL, b"\n\n", "no records"),
+        (PARQUET, b"", "empty"),
+        (ARROW_FILE, b"", "empty"),
+        (PARQUET, b"PAR1 not really", "cannot be read as application/vnd.apache.parquet"),
+        (ARROW_FILE, b"ARROW1 not really", "cannot be read as application/vnd.apache.arrow.file"),
+    ],
+)
+def test_empty_and_malformed_files_are_refused(upload, content_type, data, match):
+    with pytest.raises(SchemaError, match=match):
+        upload(data, content_type)
+    assert upload.written() == []
+
+
+def test_a_parquet_file_without_rows_is_refused(upload):
+    empty = pa.table({"hp": pa.array([], pa.float64()), "cyl": pa.array([], pa.int64())})
+    with pytest.raises(SchemaError, match="no records"):
+        upload(parquet_of(empty), PARQUET)
+
+
+@pytest.mark.parametrize("content_type", [JSONL, PARQUET, ARROW_FILE])
+def test_a_missing_column_in_a_file_is_refused_naming_it(upload, content_type):
+    table = pa.table({"hp": [1.0], "cylinders": [4]})
+    data = {
+        JSONL: jsonl_of(table.to_pylist()),
+        PARQUET: parquet_of(table),
+        ARROW_FILE: arrow_file(table),
+    }[content_type]
+    with pytest.raises(SchemaError, match=r"no column 'cyl'.*'cylinders'"):
+        upload(data, content_type)
+    assert upload.written() == []
+
+
+def test_an_unknown_content_type_is_an_unsupported_format(upload):
+    with pytest.raises(UnsupportedFormat, match="application/xml"):
+        upload(b"<x/>", "application/xml")
+
+
+class CountingReader(io.RawIOBase):
+    """A body that counts the bytes read from it."""
+
+    def __init__(self, data):
+        self._data = io.BytesIO(data)
+        self.read_so_far = 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        n = self._data.readinto(buffer)
+        self.read_so_far += n
+        return n
+
+
+def test_a_large_json_lines_upload_writes_chunks_while_it_is_still_being_read(blobs):
+    rows = [{"hp": float(i), "cyl": i % 8, "note": "x" * 40} for i in range(200_000)]
+    data = jsonl_of(rows)
+    source = CountingReader(data)
+    read_at_chunk = []
+    total = ingest(
+        source,
+        JSONL,
+        batch_id="b1",
+        service="mtService v1",
+        inputs=INPUTS,
+        chunk_size=10_000,
+        blobs=blobs,
+        on_chunk=lambda *args: read_at_chunk.append(source.read_so_far),
+    ).records
+    assert total == 200_000
+    assert len(read_at_chunk) == 20
+    # The first chunk is written once a few blocks are read, not after the whole upload.
+    assert read_at_chunk[0] < len(data) / 4
+    assert read_at_chunk == sorted(read_at_chunk)
+
+
+def test_a_large_parquet_upload_is_read_row_group_by_row_group(blobs, tmp_path):
+    table = pa.table(
+        {
+            "hp": pa.array(range(400_000), pa.float64()),
+            "cyl": pa.array(range(400_000), pa.int64()),
+            "note": pa.array(["y" * 30] * 400_000),
+        }
+    )
+    data = parquet_of(table, row_group_size=20_000)
+    allocated = []
+    pa.default_memory_pool().release_unused()
+    before = pa.total_allocated_bytes()
+    total = ingest(
+        io.BytesIO(data),
+        PARQUET,
+        batch_id="b1",
+        service="mtService v1",
+        inputs=INPUTS,
+        chunk_size=10_000,
+        blobs=blobs,
+        on_chunk=lambda *args: allocated.append(pa.total_allocated_bytes() - before),
+        spool_dir=tmp_path / "spool",
+    ).records
+    assert total == 400_000
+    assert len(allocated) == 40
+    # Only a row group or two is decoded at a time: far less than the whole table.
+    assert max(allocated) < table.nbytes / 4
+
+
+# --- the record id column ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content_type", "data", "ids"),
+    [
+        (CSV, b"hp,cyl,key\n1,2,007\n3,4,008\n", ["007", "008"]),
+        (JSONL, jsonl_of([{"hp": 1, "cyl": 2, "key": 7}, {"hp": 3, "cyl": 4, "key": 8}]), [7, 8]),
+        (PARQUET, parquet_of(pa.table({"hp": [1.0, 3.0], "cyl": [2, 4], "key": [7, 8]})), [7, 8]),
+        (
+            ARROW_STREAM,
+            arrow_stream(pa.table({"key": ["a", "b"], "hp": [1.0, 3.0], "cyl": [2, 4]})),
+            ["a", "b"],
+        ),
+    ],
+)
+def test_the_id_column_is_kept_beside_the_inputs(upload, content_type, data, ids):
+    upload(data, content_type, id_column="key")
+    table = upload.table(upload.chunks[0][3])
+    assert table.column_names == ["hp", "cyl", ID_FIELD]
+    assert table.column(ID_FIELD).to_pylist() == ids
+    assert upload.result.id_type == table.schema.field(ID_FIELD).type
+
+
+def test_an_input_used_as_id_keeps_its_raw_values_beside_the_converted_input(upload):
+    upload(b"hp,cyl\n1,2\n3,4\n", id_column="cyl")
+    table = upload.table(upload.chunks[0][3])
+    assert table.column("cyl").to_pylist() == [2, 4]
+    assert table.column(ID_FIELD).to_pylist() == ["2", "4"]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "data"),
+    [(CSV, csv_of(TEN)), (JSONL, jsonl_of(TEN_ROWS)), (PARQUET, parquet_of(TEN_TABLE))],
+)
+def test_a_missing_id_column_is_refused_naming_it(upload, content_type, data):
+    with pytest.raises(SchemaError, match=r"no column 'customer'.*id_column"):
+        upload(data, content_type, id_column="customer")
+    assert upload.written() == []
+
+
+def test_json_ids_that_change_type_are_refused(upload):
+    rows = [{"hp": 1, "cyl": 1, "key": i} for i in range(5)] + [{"hp": 1, "cyl": 1, "key": "x"}]
+    with pytest.raises(SchemaError, match="id column 'key' holds values of different types"):
+        upload(jsonl_of(rows), JSONL, id_column="key", chunk_size=2)
+
+
+def test_json_ids_first_missing_then_given_take_the_given_type(upload):
+    rows = [{"hp": 1, "cyl": 1}] * 3 + [{"hp": 1, "cyl": 1, "key": 5}]
+    upload(jsonl_of(rows), JSONL, id_column="key", chunk_size=2)
+    assert upload.result.id_type == pa.int64()
+
+
+def test_a_nested_id_column_is_refused(upload):
+    table = pa.table({"hp": [1.0], "cyl": [2], "key": [[1, 2]]})
+    with pytest.raises(SchemaError, match="single values"):
+        upload(arrow_stream(table), ARROW_STREAM, id_column="key")
+
+
+def test_an_arrow_type_survives_its_text_form():
+    for data_type in (pa.int64(), pa.string(), pa.timestamp("ms", tz="UTC"), pa.decimal128(9, 2)):
+        assert decode_type(encode_type(data_type)) == data_type
+
+
+def _cut_in_the_middle(data):
+    return data[:200] + b"\0" * 64 + data[264:]
+
+
+FIVE_HUNDRED = pa.table({"hp": [1.0] * 500, "cyl": [1] * 500})
+
+
+@pytest.mark.parametrize(
+    ("content_type", "data"),
+    [
+        (PARQUET, _cut_in_the_middle(parquet_of(FIVE_HUNDRED, row_group_size=50))),
+        (ARROW_FILE, arrow_file(TEN_TABLE)[:300] + arrow_file(TEN_TABLE)[-200:]),
+        (ARROW_STREAM, arrow_stream(TEN_TABLE, max_chunksize=2)[:-100]),
+    ],
+)
+def test_damaged_binary_files_are_refused_as_unreadable(upload, content_type, data):
+    with pytest.raises(SchemaError, match=f"cannot be read as {content_type}"):
+        upload(data, content_type, chunk_size=1_000)
+    assert upload.chunks == []

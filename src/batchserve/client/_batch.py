@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from batchserve.client import _ops
 from batchserve.client._jobinfo import BatchJobInfo, job_info
 from batchserve.client._records import RecordsBody
-from batchserve.client._responses import BatchResponse
+from batchserve.client._responses import BatchResponse, ServiceResponse, export_results
 from batchserve.client._wire import Op, sleep
 from batchserve.errors import UsageError, WaitTimeout
 from batchserve.states import BatchState
@@ -212,14 +213,52 @@ class Batch:
         return self
 
     def export_results(self, path: str | os.PathLike[str]) -> str:
-        """Write the batch's finished results to ``path`` (``.csv``, ``.jsonl`` or ``.parquet``,
-        by extension): one row per record with its index, status, outputs and error."""
+        """Write the batch's finished results to ``path``: one row per record with its index,
+        id (when the batch has an ``id_column``), status, outputs and error, in index order.
+
+        The format is the extension's: ``.csv``, ``.tsv``, ``.jsonl``, ``.parquet``, ``.arrow``
+        (Arrow IPC file) or ``.arrows`` (Arrow IPC stream). The results are streamed from the
+        server into the file, never all held in memory. Returns the path.
+        """
         return self._runner.run(self._export_results(Path(path)))
 
     def _export_results(self, path: Path) -> Op[str]:
-        self.data = yield from _ops.get_batch(self._require_id())
-        response = self._response(self.data, show_partial_results=True)
-        return (yield from response._export(path))
+        return (yield from export_results(self._require_id(), path))
+
+    def iter_results(self, page_size: int = _ops.RESULTS_PAGE_SIZE) -> Iterator[ServiceResponse]:
+        """The finished records' results in index order, read from the server ``page_size`` at a
+        time as the iteration reaches them (records not finished yet are skipped).
+
+        With an asyncio client this is an asynchronous iterator (``async for``).
+        """
+        if not isinstance(page_size, int) or not 1 <= page_size <= 100_000:
+            raise UsageError(
+                f"page_size must be a whole number from 1 to 100000, not {page_size!r}."
+            )
+        execution_id = self._require_id()
+        if inspect.iscoroutinefunction(self._runner.run):
+            return self._aiter_results(execution_id, page_size)  # type: ignore[return-value]
+        return self._iter_results(execution_id, page_size)
+
+    def _iter_results(self, execution_id: str, page_size: int) -> Iterator[ServiceResponse]:
+        start: int | None = 0
+        while start is not None:
+            page = self._runner.run(_ops.results_page(execution_id, start, page_size))
+            for raw in page["results"]:
+                yield ServiceResponse(raw, self._runner, execution_id=execution_id)
+            start = page["next_start"]
+
+    async def _aiter_results(
+        self, execution_id: str, page_size: int
+    ) -> AsyncIterator[ServiceResponse]:
+        start: int | None = 0
+        while start is not None:
+            page = await self._runner.run(  # type: ignore[misc]
+                _ops.results_page(execution_id, start, page_size)
+            )
+            for raw in page["results"]:
+                yield ServiceResponse(raw, self._runner, execution_id=execution_id)
+            start = page["next_start"]
 
     def delete(self) -> None:
         """Remove the batch and its results from the server (cancelling it first if running)."""

@@ -201,6 +201,22 @@ def results_arrow(execution_id: str) -> Op[bytes]:
     return resp.content
 
 
+def download_results(execution_id: str, format: str, target: Path) -> Op[Path]:
+    """Stream every finished result, in ``format`` (``csv``, ``tsv``, ``jsonl``, ``parquet``,
+    ``arrow``), into ``target``; a failed download leaves no file behind."""
+    partial = target.with_name(target.name + ".part")
+    with open(partial, "wb") as out:
+        try:
+            path = f"/v1/batches/{q(execution_id)}/results"
+            yield from call(Request("GET", path, params={"format": format}, sink=out.write))
+        except BaseException:
+            out.close()
+            partial.unlink(missing_ok=True)
+            raise
+    os.replace(partial, target)
+    return target
+
+
 def list_artifacts(execution_id: str, index: int) -> Op[list[str]]:
     resp = yield from call(
         Request("GET", f"/v1/batches/{q(execution_id)}/results/{index}/artifacts")

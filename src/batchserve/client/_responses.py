@@ -25,7 +25,18 @@ if TYPE_CHECKING:
     from batchserve.client._runner import Runner
 
 # Result columns of the Arrow results, in the order to_pandas() shows them around the outputs.
-_LEADING = ("index", "status")
+_LEADING = ("index", "id", "status")
+
+#: Result file formats by extension: the server's format, and whether the Arrow stream it sends
+#: is rewritten as an Arrow IPC file.
+EXPORT_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".arrows": "arrow",
+}
 _TRAILING = ("error", "error_type", "console_output", "duration_ms", "attempts")
 
 
@@ -43,6 +54,11 @@ class ServiceResponse:
     def index(self) -> int | None:
         """The record's 0-based index in its batch (0 for a consume call)."""
         return self.raw.get("index")
+
+    @property
+    def id(self) -> Any:
+        """The record's id, from the batch's ``id_column``; None when the batch has none."""
+        return self.raw.get("id")
 
     @property
     def status(self) -> str:
@@ -201,21 +217,15 @@ class BatchResponse:
         return table.to_pandas()
 
     def export(self, path: str | os.PathLike[str]) -> str:
-        """Write the finished results to ``path``, in the format its extension names:
-        ``.csv``, ``.jsonl`` (JSON Lines) or ``.parquet``. Returns the path."""
+        """Write the finished results to ``path``, in the format its extension names: ``.csv``,
+        ``.tsv``, ``.jsonl`` (JSON Lines), ``.parquet``, ``.arrow`` (an Arrow IPC file) or
+        ``.arrows`` (an Arrow IPC stream). The results are streamed from the server into the file,
+        never all held in memory. Returns the path."""
         return self._runner.run(self._export(Path(path)))
 
     def _export(self, path: Path) -> Op[str]:
-        writer = _EXPORTERS.get(path.suffix.lower())
-        if writer is None:
-            raise UsageError(
-                f"Cannot export results to '{path.name}': use a .csv, .jsonl or .parquet file."
-            )
-        if not path.parent.is_dir():
-            raise UsageError(f"The folder '{path.parent}' does not exist; create it first.")
-        table = yield from self._table()
-        writer(table, path)
-        return str(path)
+        self._check_results_shown()
+        return (yield from export_results(self.execution_id, path))
 
     def _table(self) -> Op[Any]:
         """The finished results as an Arrow table, columns in a stable order."""
@@ -253,25 +263,44 @@ class BatchResponse:
         )
 
 
-def _write_csv(table: Any, path: Path) -> None:
-    import pyarrow.csv as pacsv
+def export_results(execution_id: str, path: Path) -> Op[str]:
+    """Stream a batch's finished results into ``path``, in the format of its extension."""
+    suffix = path.suffix.lower()
+    format = EXPORT_FORMATS.get(suffix)
+    if format is None:
+        raise UsageError(
+            f"Cannot export results to '{path.name}': use a file ending in .csv, .jsonl or "
+            ".parquet, or .tsv, .arrow (an Arrow IPC file) or .arrows (an Arrow IPC stream)."
+        )
+    if not path.parent.is_dir():
+        raise UsageError(f"The folder '{path.parent}' does not exist; create it first.")
+    if suffix != ".arrow":
+        yield from _ops.download_results(execution_id, format, path)
+        return str(path)
+    # The server streams Arrow; an .arrow file is the IPC file layout, rewritten record batch by
+    # record batch.
+    stream = path.with_name(path.name + ".arrows")
+    try:
+        yield from _ops.download_results(execution_id, format, stream)
+        _stream_to_file(stream, path)
+    finally:
+        stream.unlink(missing_ok=True)
+    return str(path)
 
-    pacsv.write_csv(table, path)
 
+def _stream_to_file(stream: Path, target: Path) -> None:
+    import pyarrow as pa
 
-def _write_jsonl(table: Any, path: Path) -> None:
-    import json
-
-    with open(path, "w", encoding="utf-8") as f:
-        for batch in table.to_batches(max_chunksize=10_000):
-            for row in batch.to_pylist():
-                f.write(json.dumps(row, default=str) + "\n")
-
-
-def _write_parquet(table: Any, path: Path) -> None:
-    import pyarrow.parquet as pq
-
-    pq.write_table(table, path)
-
-
-_EXPORTERS = {".csv": _write_csv, ".jsonl": _write_jsonl, ".parquet": _write_parquet}
+    partial = target.with_name(target.name + ".part")
+    try:
+        with (
+            pa.OSFile(str(stream)) as source,
+            pa.ipc.open_stream(source) as reader,
+            pa.OSFile(str(partial), "wb") as sink,
+            pa.ipc.new_file(sink, reader.schema) as writer,
+        ):
+            for batch in reader:
+                writer.write_batch(batch)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -108,12 +108,21 @@ class Service:
         task_timeout: float | timedelta | None = None,
         allow_preemption: bool = False,
         depends_on: Iterable[Batch | str] | None = None,
+        id_column: str | None = None,
+        format: str | None = None,
     ) -> Batch:
         """Prepare a batch execution over ``records``; :meth:`Batch.start` runs it.
 
-        ``records`` is a pandas DataFrame, a list of dicts, a dict of equal-length columns, or the
-        path of a CSV/TSV file. In-memory records are checked and converted now, so a problem with
-        them is raised here; nothing is sent until ``start()``.
+        ``records`` is a pandas DataFrame, a list of dicts, an iterator of dicts (read and sent a
+        record batch at a time), a dict of equal-length columns, a pyarrow Table, or a records
+        file: its path or an open binary file, in CSV, TSV, JSON Lines, Parquet or Arrow IPC
+        (file or stream) format, told by the name's extension or by ``format=`` (``csv``,
+        ``tsv``, ``jsonl``, ``parquet``, ``arrow``, ``arrows``). In-memory records are checked
+        and converted now, so a problem with them is raised here; nothing is sent until
+        ``start()``.
+
+        ``id_column`` names a column of the records (an input or not) whose values are carried
+        into the results as each record's ``id``; ids are not checked for uniqueness.
 
         ``priority`` (-1000..1000) orders batches waiting for workers, highest first;
         ``display_name`` and ``metadata`` (name -> value) are kept with the batch;
@@ -173,13 +182,16 @@ class Service:
             "environment": dict(environment) if environment else None,
             "max_failed_records": max_failed_records,
             "task_failure_mode": None if task_failure_mode == "noaction" else task_failure_mode,
+            "id_column": id_column,
         }
         if not self.inputs:
             raise UsageError(f"Service {self.name} {self.version} has no inputs to run a batch on.")
         for option, value in (("parallel_count", parallel_count), ("chunk_size", chunk_size)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise UsageError(f"{option} must be a whole number of at least 1, not {value!r}.")
-        body = records_body(records, list(self.inputs))
+        if id_column is not None and (not isinstance(id_column, str) or not id_column):
+            raise UsageError(f"id_column must be the name of a column, not {id_column!r}.")
+        body = records_body(records, self.inputs, id_column=id_column, format=format)
         return Batch(
             self,
             body,

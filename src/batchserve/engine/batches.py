@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from batchserve.blobs import BlobNotFound, BlobStore
 from batchserve.engine.auth import Principal
-from batchserve.engine.errors import BadRequest, Conflict, NotFound, PreconditionFailed
-from batchserve.engine.ingest import ingest
+from batchserve.engine.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    PreconditionFailed,
+    UnsupportedMediaType,
+)
+from batchserve.engine.ingest import (
+    FORMATS,
+    ID_FIELD,
+    decode_type,
+    encode_type,
+    ingest,
+    unsupported,
+)
 from batchserve.engine.results import (
     cancelled_rows,
     failed_rows,
@@ -82,8 +100,19 @@ class BatchOps:
         record_count: int | None = None,
         start: bool = True,
         options: dict[str, Any] | None = None,
+        id_column: str | None = None,
+        spool_dir: Path | None = None,
     ) -> Batch:
-        """Stream records into chunk files and create the batch (started unless ``start``)."""
+        """Stream records into chunk files and create the batch (started unless ``start``).
+
+        ``id_column`` names a column of the records whose values are carried into the results
+        as each record's ``id``; ``spool_dir`` holds the temporary copy of a Parquet or Arrow
+        file upload while it is read.
+        """
+        if content_type not in FORMATS:
+            raise UnsupportedMediaType(str(unsupported(content_type)))
+        if id_column is not None and not id_column.strip():
+            raise BadRequest("id_column must name a column of the records; it is empty.")
         if not service.inputs:
             raise BadRequest(
                 f"Service {service.name} {service.version} declares no inputs, so "
@@ -93,14 +122,22 @@ class BatchOps:
             raise BadRequest("parallel_count must be at least 1.")
         if chunk_size is not None and chunk_size < 1:
             raise BadRequest("chunk_size must be at least 1.")
-        size = chunk_size or choose_chunk_size(
-            record_count,
-            parallel_count,
-            self.default_chunk_size,
-            self.max_chunk_size,
-            service.record_seconds,
-            self.target_chunk_seconds,
+
+        def size_for(count: int | None) -> int:
+            return choose_chunk_size(
+                count,
+                parallel_count,
+                self.default_chunk_size,
+                self.max_chunk_size,
+                service.record_seconds,
+                self.target_chunk_seconds,
+            )
+
+        # Without a count from the client, a file format that knows its own (Parquet) sizes them.
+        sizing: int | Callable[[int | None], int] = chunk_size or (
+            size_for(record_count) if record_count else size_for
         )
+        size = sizing if isinstance(sizing, int) else size_for(None)
         batch_id = uuid.uuid4().hex
         opts = dict(options or {})
         priority = int(opts.pop("priority", 0) or 0)
@@ -115,6 +152,8 @@ class BatchOps:
             inputs=dict(service.inputs),
             outputs=dict(service.outputs),
         )
+        if id_column is not None:
+            opts["id_column"] = id_column
         self.store.add_batch(
             id=batch_id,
             service_id=service.id,
@@ -130,15 +169,17 @@ class BatchOps:
             self.store.add_chunk(batch_id, seq, start_index, count, key)
 
         try:
-            total = ingest(
+            done = ingest(
                 source,
                 content_type,
                 batch_id=batch_id,
                 service=f"{service.name} {service.version}",
                 inputs=service.inputs,
-                chunk_size=size,
+                chunk_size=sizing,
                 blobs=self.blobs,
                 on_chunk=on_chunk,
+                id_column=id_column,
+                spool_dir=spool_dir,
             )
         except SchemaError as exc:
             self._discard(batch_id)
@@ -146,7 +187,15 @@ class BatchOps:
         except BaseException:
             self._discard(batch_id)
             raise
-        batch = self.store.update_batch(batch_id, total_count=total, sealed=True)
+        if done.id_type is not None:
+            opts["id_type"] = encode_type(done.id_type)
+        batch = self.store.update_batch(
+            batch_id,
+            total_count=done.records,
+            sealed=True,
+            chunk_size=done.chunk_size,
+            options=opts,
+        )
         assert batch is not None
         return self.start(who, batch_id) if start else batch
 
@@ -404,10 +453,24 @@ class BatchOps:
                         chunk.attempts,
                     )
                 )
-                table = (
-                    filler if table is None else pa.concat_tables([table, filler]).sort_by("index")
-                )
+                table = filler if table is None else pa.concat_tables([table, filler])
+        if table is None:
+            return None
+        table = table.sort_by("index")
+        if batch.options.get("id_column"):
+            table = table.add_column(1, "id", self._chunk_ids(batch, chunk, table))
         return table
+
+    def _chunk_ids(self, batch: Batch, chunk: Chunk, rows: pa.Table) -> pa.ChunkedArray:
+        """The record ids of ``rows`` (results of ``chunk``), from the chunk's input file."""
+        id_type = _id_type(batch)
+        try:
+            with self.blobs.open_read(chunk.input_key) as f:
+                ids = pa.ipc.open_file(f).read_all().column(ID_FIELD)
+        except (BlobNotFound, KeyError):
+            return pa.chunked_array([pa.nulls(rows.num_rows, id_type)])
+        positions = pc.subtract(rows.column("index"), chunk.start_index)
+        return ids.take(positions).cast(id_type)
 
     def results(self, batch: Batch, start: int, limit: int) -> list[dict[str, Any]]:
         """Records with a final result whose index is in ``[start, start + limit)``."""
@@ -438,18 +501,53 @@ class BatchOps:
             )
         return rows[0]
 
+    def results_schema(self, batch: Batch) -> pa.Schema:
+        """The columns of the streamed results: index, [id,] status, outputs, error, ..."""
+        table = read_results(b"", batch.options.get("outputs", {}))
+        if batch.options.get("id_column"):
+            table = table.add_column(1, "id", pa.nulls(0, _id_type(batch)))
+        return flatten(table).schema
+
+    def results_tables(self, batch: Batch) -> Iterator[pa.Table]:
+        """Every finished result, flattened, in index order, one chunk at a time."""
+        for chunk in self.store.chunks(batch.id):
+            table = self._chunk_rows(batch, chunk)
+            if table is not None and table.num_rows:
+                yield flatten(table)
+
+    def results_stream(self, batch: Batch, format: str) -> Iterator[bytes]:
+        """Every finished result as one file of ``format`` (see :data:`RESULT_FORMATS`),
+        produced chunk by chunk: only one chunk's results are in memory at a time."""
+        if format not in RESULT_FORMATS:
+            raise BadRequest(
+                f"Unknown results format {format!r}; use one of {', '.join(RESULT_FORMATS)}."
+            )
+        schema = self.results_schema(batch)
+        sink = _Drain()
+        writer: Any
+        if format == "arrow":
+            writer = pa.ipc.new_stream(sink, schema)
+        elif format == "parquet":
+            writer = pq.ParquetWriter(sink, schema)
+        elif format in ("csv", "tsv"):
+            options = pacsv.WriteOptions(delimiter="\t" if format == "tsv" else ",")
+            writer = pacsv.CSVWriter(sink, schema, write_options=options)
+        else:
+            writer = None
+        yield sink.take()
+        for table in self.results_tables(batch):
+            if writer is None:
+                sink.write(json_lines(table))
+            else:
+                writer.write_table(table)
+            yield sink.take()
+        if writer is not None:
+            writer.close()
+        yield sink.take()
+
     def results_arrow(self, batch: Batch) -> Iterator[bytes]:
         """Every finished result as one Arrow IPC stream, in index order, chunk by chunk."""
-        outputs = batch.options.get("outputs", {})
-        sink = _Drain()
-        with pa.ipc.new_stream(sink, flatten(read_results(b"", outputs)).schema) as writer:
-            yield sink.take()
-            for chunk in self.store.chunks(batch.id):
-                table = self._chunk_rows(batch, chunk)
-                if table is not None and table.num_rows:
-                    writer.write_table(flatten(table))
-                    yield sink.take()
-        yield sink.take()
+        return self.results_stream(batch, "arrow")
 
     def artifacts(self, batch: Batch, index: int) -> list[str]:
         row = self.result(batch, index)
@@ -485,6 +583,30 @@ def _check_constraints(options: dict[str, Any]) -> None:
         raise BadRequest("task_timeout must be a number of seconds greater than 0.")
 
 
+#: The formats the whole result set can be streamed in (``GET .../results?format=``).
+RESULT_FORMATS = ("arrow", "parquet", "csv", "tsv", "jsonl")
+
+
+def _id_type(batch: Batch) -> pa.DataType:
+    text = batch.options.get("id_type")
+    return decode_type(text) if text else pa.null()
+
+
+_JSON = json.JSONEncoder(default=str, ensure_ascii=False, allow_nan=False)
+
+
+def json_lines(table: pa.Table) -> bytes:
+    """Result rows as JSON Lines. NaN and infinite floats, which JSON cannot hold, become null;
+    values JSON has no type for (dates, decimals) become text."""
+    columns = []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_floating(field.type):
+            column = pc.if_else(pc.is_finite(column), column, pa.scalar(None, field.type))
+        columns.append(column)
+    rows = pa.table(columns, schema=table.schema).to_pylist()
+    return "".join(_JSON.encode(row) + "\n" for row in rows).encode("utf-8")
+
+
 class _Drain:
     """A write-only file that hands out what was written since the last :meth:`take`."""
 
@@ -492,10 +614,21 @@ class _Drain:
 
     def __init__(self) -> None:
         self._parts: list[bytes] = []
+        self._position = 0
 
     def write(self, data: Any) -> int:
         self._parts.append(bytes(data))
+        self._position += len(self._parts[-1])
         return len(self._parts[-1])
+
+    def tell(self) -> int:
+        return self._position
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
 
     def flush(self) -> None:
         pass

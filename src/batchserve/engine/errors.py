@@ -44,3 +44,7 @@ class PayloadTooLarge(EngineError):
 
 class Unavailable(EngineError):
     code = "unavailable"
+
+
+class UnsupportedMediaType(EngineError):
+    code = "unsupported_media_type"

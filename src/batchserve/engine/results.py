@@ -124,7 +124,7 @@ def failed_rows(
 
 def row_to_json(row: dict[str, Any]) -> dict[str, Any]:
     """A result row as the REST API's ``RecordResult``."""
-    return {
+    out = {
         "index": row["index"],
         "status": row["status"],
         "outputs": row.get("outputs") or {} if row["status"] == STATUS_SUCCEEDED else {},
@@ -135,19 +135,26 @@ def row_to_json(row: dict[str, Any]) -> dict[str, Any]:
         "duration_ms": row.get("duration_ms"),
         "attempts": row.get("attempts") or 0,
     }
+    if "id" in row:  # the batch has an id column
+        out["id"] = row["id"]
+    return out
 
 
 def flatten(table: pa.Table) -> pa.Table:
-    """Results with one column per output (named after it) instead of the ``outputs`` struct."""
+    """Results with one column per output (named after it) instead of the ``outputs`` struct.
+
+    The record ``id`` column, when the results carry one, follows ``index``. An output named like
+    one of the result columns (or ``id``, when there is an id column) is called ``output_<name>``.
+    """
     outputs = table.column("outputs")
-    cols: dict[str, pa.ChunkedArray] = {
-        "index": table.column("index"),
-        "status": table.column("status"),
-    }
+    cols: dict[str, pa.ChunkedArray] = {"index": table.column("index")}
+    if "id" in table.column_names:
+        cols["id"] = table.column("id")
+    cols["status"] = table.column("status")
     struct_type = table.schema.field("outputs").type
     for i in range(struct_type.num_fields):
         name = struct_type.field(i).name
-        key = name if name not in BASE_COLUMNS else f"output_{name}"
+        key = name if name not in BASE_COLUMNS and name not in cols else f"output_{name}"
         # flatten() (unlike field()) keeps the nulls of failed records' outputs.
         cols[key] = pa.chunked_array(
             [c.flatten()[i] for c in outputs.chunks], struct_type.field(i).type

@@ -194,6 +194,7 @@ class Scheduler:
         if event.task_id in self._consumes:
             self._consumes.pop(event.task_id).set_result(event.result)
             return
+        self._preempted.discard(event.task_id)  # it finished before it could be stopped
         run = self._running.pop(event.task_id, None)
         if run is None:
             return  # stopped by a cancel that already settled the chunk

@@ -22,6 +22,7 @@ STATUS = {
     "conflict": 409,
     "precondition_failed": 412,
     "payload_too_large": 413,
+    "unsupported_media_type": 415,
     "validation_error": 422,
     "unavailable": 503,
 }

@@ -87,6 +87,7 @@ class ConsumeRequest(BaseModel):
 
 class RecordResult(BaseModel):
     index: int
+    id: Any = None  # the record's id, when the batch was given an id_column
     status: str
     outputs: dict[str, Any]
     error: str | None = None

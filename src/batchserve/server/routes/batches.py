@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from batchserve.engine.errors import BadRequest
-from batchserve.engine.ingest import ARROW_STREAM, FORMATS
+from batchserve.engine.ingest import ARROW_STREAM, CSV, FORMATS, JSONL, PARQUET, TSV
 from batchserve.server.deps import EngineDep, PrincipalDep
 from batchserve.server.schemas import (
     ArtifactList,
@@ -95,6 +95,12 @@ async def create_batch(
     depends_on: list[str] | None = Query(
         None, description="Ids of batches that must complete before this one runs."
     ),
+    id_column: str | None = Query(
+        None,
+        max_length=1024,
+        description="A column of the records whose values are carried into the results as "
+        "each record's id (not checked for uniqueness).",
+    ),
 ) -> BatchPublic:
     options: dict[str, Any] = {
         "max_failed_records": max_failed_records,
@@ -124,6 +130,8 @@ async def create_batch(
             record_count=record_count,
             start=start,
             options=options,
+            id_column=id_column,
+            spool_dir=engine.settings.home / "uploads",
         )
         return public(engine, batch)
 
@@ -261,11 +269,23 @@ def delete_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> Respons
     return Response(status_code=204)
 
 
+#: Media types of the streamed result formats.
+RESULT_MEDIA_TYPES = {
+    "arrow": ARROW_STREAM,
+    "parquet": PARQUET,
+    "csv": CSV,
+    "tsv": TSV,
+    "jsonl": JSONL,
+}
+_RESULT_SUFFIX = {"arrow": "arrows"}
+
+
 @router.get(
     "/v1/batches/{batch_id}/results",
     response_model=ResultPage,
-    summary="Finished results by index range, or all of them as an Arrow stream",
-    responses={200: {"content": {ARROW_STREAM: {}}}},
+    summary="Finished results by index range (JSON pages), or all of them as one file "
+    "(JSON Lines, CSV, TSV, Parquet or Arrow), in index order",
+    responses={200: {"content": {t: {} for t in RESULT_MEDIA_TYPES.values()}}},
 )
 def results(
     batch_id: str,
@@ -273,11 +293,16 @@ def results(
     who: PrincipalDep,
     start: int = Query(0, ge=0),
     limit: int = Query(1000, ge=1, le=100_000),
-    format: str = Query("json", pattern="^(json|arrow)$"),
+    format: str = Query("json", pattern="^(json|jsonl|csv|tsv|parquet|arrow)$"),
 ) -> ResultPage | StreamingResponse:
     batch = engine.batches.get(who, batch_id)
-    if format == "arrow":
-        return StreamingResponse(engine.batches.results_arrow(batch), media_type=ARROW_STREAM)
+    if format != "json":
+        name = f"{batch.id}-results.{_RESULT_SUFFIX.get(format, format)}"
+        return StreamingResponse(
+            engine.batches.results_stream(batch, format),
+            media_type=RESULT_MEDIA_TYPES[format],
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
     rows = engine.batches.results(batch, start, limit)
     nxt = start + limit if start + limit < batch.total_count else None
     return ResultPage(
