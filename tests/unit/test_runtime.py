@@ -114,6 +114,11 @@ def chunk_task(
     )
 
 
+def counts_of(result):
+    """The record counts of a finished chunk's result (which also has its statistics)."""
+    return {"succeeded": result["succeeded"], "failed": result["failed"]}
+
+
 def test_the_runtime_creates_its_scratch_folder(blobs, scratch):
     Runtime(blobs, scratch=str(scratch))
     assert scratch.is_dir()
@@ -697,7 +702,7 @@ def test_run_chunk_writes_one_result_per_record_in_index_order(runtime, publish,
     key = write_chunk(blobs, pa.table({"x": [0, 1, 2, 3]}))
     task = chunk_task(spec, key, start_index=8, count=4, attempt=2)
     counts = runtime.run_chunk(task, lambda *args: None)
-    assert counts == {"succeeded": 3, "failed": 1}
+    assert counts_of(counts) == {"succeeded": 3, "failed": 1}
     rows = read_results(blobs.read_bytes(task.result_key), spec.outputs).to_pylist()
     assert [r["index"] for r in rows] == [8, 9, 10, 11]
     assert [r["status"] for r in rows] == ["succeeded", "succeeded", "failed", "succeeded"]
@@ -714,7 +719,7 @@ def test_run_chunk_fails_only_the_record_with_a_bad_value(runtime, publish, blob
     spec = publish(service, inputs={"hp": "float"}, outputs={"y": "float"})
     key = write_chunk(blobs, pa.table({"hp": ["1.5", "abc", None]}))
     task = chunk_task(spec, key, count=3)
-    assert runtime.run_chunk(task, lambda *args: None) == {"succeeded": 1, "failed": 2}
+    assert counts_of(runtime.run_chunk(task, lambda *args: None)) == {"succeeded": 1, "failed": 2}
     rows = read_results(blobs.read_bytes(task.result_key), spec.outputs).to_pylist()
     assert rows[0]["outputs"] == {"y": 3.0}
     assert rows[1]["error"] == "input 'hp' must be float, got str 'abc'."
@@ -764,7 +769,7 @@ def test_run_chunk_gives_the_function_values_of_the_declared_types(runtime, publ
     # n arrives typed, hp as ints for a float input, label as digits for a text input.
     key = write_chunk(blobs, pa.table({"n": [1, 2], "hp": [110, 120], "label": [7, 8]}))
     task = chunk_task(spec, key, count=2)
-    assert runtime.run_chunk(task, lambda *args: None) == {"succeeded": 2, "failed": 0}
+    assert counts_of(runtime.run_chunk(task, lambda *args: None)) == {"succeeded": 2, "failed": 0}
     rows = read_results(blobs.read_bytes(task.result_key), spec.outputs).to_pylist()
     assert [r["outputs"]["kinds"] for r in rows] == ["int float str"] * 2
 
@@ -776,7 +781,7 @@ def test_run_chunk_ignores_columns_that_are_not_inputs(runtime, publish, blobs):
     spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
     key = write_chunk(blobs, pa.table({"x": [5], "other": ["ignored"]}))
     task = chunk_task(spec, key, count=1)
-    assert runtime.run_chunk(task, lambda *args: None) == {"succeeded": 1, "failed": 0}
+    assert counts_of(runtime.run_chunk(task, lambda *args: None)) == {"succeeded": 1, "failed": 0}
 
 
 def test_run_chunk_stores_artifacts_under_the_batch_and_record(runtime, publish, blobs):
@@ -845,7 +850,7 @@ def test_an_int_output_too_large_for_the_results_fails_only_its_record(runtime, 
     spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
     key = write_chunk(blobs, pa.table({"x": [0, 1, 2]}))
     task = chunk_task(spec, key, count=3)
-    assert runtime.run_chunk(task, lambda *args: None) == {"succeeded": 2, "failed": 1}
+    assert counts_of(runtime.run_chunk(task, lambda *args: None)) == {"succeeded": 2, "failed": 1}
     rows = read_results(blobs.read_bytes(task.result_key), spec.outputs).to_pylist()
     assert [r["status"] for r in rows] == ["succeeded", "failed", "succeeded"]
     assert "'y'" in rows[1]["error"]
@@ -928,7 +933,7 @@ def fails_on_seven(frame):  # type: ignore[no-untyped-def]
 def test_a_vectorized_service_is_called_with_a_frame_of_the_chunk(runtime, blobs, publish):  # type: ignore[no-untyped-def]
     spec = vectorized(publish(calls_counted, inputs={"x": "int"}, outputs={"y": "int", "z": "str"}))
     counts, rows = run_chunk(runtime, blobs, spec, pa.table({"x": [1, 2, 3]}), start_index=10)
-    assert counts == {"succeeded": 3, "failed": 0}
+    assert counts_of(counts) == {"succeeded": 3, "failed": 0}
     assert [r["index"] for r in rows] == [10, 11, 12]
     assert [r["outputs"] for r in rows] == [
         {"y": 2, "z": "1"},
@@ -941,7 +946,7 @@ def test_a_vectorized_service_is_called_with_a_frame_of_the_chunk(runtime, blobs
 def test_a_failing_call_is_split_until_only_the_bad_record_fails(runtime, blobs, publish):  # type: ignore[no-untyped-def]
     spec = vectorized(publish(fails_on_seven, inputs={"x": "int"}, outputs={"y": "int"}))
     counts, rows = run_chunk(runtime, blobs, spec, pa.table({"x": list(range(16))}))
-    assert counts == {"succeeded": 15, "failed": 1}
+    assert counts_of(counts) == {"succeeded": 15, "failed": 1}
     bad = rows[7]
     assert bad["status"] == "failed"
     assert bad["error"] == "seven is not allowed"
@@ -956,7 +961,7 @@ def test_a_record_with_a_bad_input_fails_alone_and_is_left_out_of_the_frame(
 ):  # type: ignore[no-untyped-def]
     spec = vectorized(publish(double, inputs={"x": "float"}, outputs={"y": "float"}))
     counts, rows = run_chunk(runtime, blobs, spec, pa.table({"x": ["1.5", "abc", None, "4"]}))
-    assert counts == {"succeeded": 2, "failed": 2}
+    assert counts_of(counts) == {"succeeded": 2, "failed": 2}
     assert [r["status"] for r in rows] == ["succeeded", "failed", "failed", "succeeded"]
     assert rows[1]["error_type"] == "SchemaError" and "abc" in rows[1]["error"]
     assert rows[3]["outputs"] == {"y": 8.0}
