@@ -62,8 +62,8 @@ class ResultWriter:
     def add_columns(
         self,
         first_index: int,
-        outputs: list[Sequence[Any]],
-        durations: Sequence[float],
+        outputs: Sequence[Sequence[Any]],
+        durations: Sequence[float] | np.ndarray,
         attempts: int,
         *,
         failures: dict[int, tuple[str, str]],
