@@ -1542,3 +1542,19 @@ def test_a_finished_chunk_reports_its_statistics(runtime, publish, blobs, mode):
     assert result["cpu_system"] >= 0
     assert result["bytes_in"] == blobs.size(key)
     assert result["bytes_out"] == blobs.size(task.result_key)
+
+
+def test_a_vectorized_record_is_tried_until_it_succeeds_with_unlimited_retries(
+    runtime, publish, blobs
+):
+    def service(frame, tries=[0]):  # noqa: B006 - the loaded service's own try counter
+        tries[0] += 1
+        if tries[0] <= 1100:  # more tries than Python's recursion limit allows frames
+            raise ConnectionError(f"try {tries[0]}")
+        return frame["x"]
+
+    spec = vectorized(publish(service, inputs={"x": "int"}, outputs={"y": "int"}))
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": [3]}), retries=-1)
+    assert rows[0]["status"] == STATUS_SUCCEEDED
+    assert rows[0]["attempts"] == 1101
+    assert result["retried"] == 1100

@@ -318,26 +318,30 @@ class Runtime:
             service = None
         call_frame = limits.limit(service.call_frame) if service is not None else None
 
-        def attempt(lo: int, hi: int, tries: int = 1) -> None:
+        def attempt(lo: int, hi: int) -> None:
             assert call_frame is not None
-            console = io.StringIO()
-            started = time.perf_counter()
-            try:
-                with contextlib.redirect_stdout(console):
-                    out = call_frame(frame.iloc[lo:hi].reset_index(drop=True))
-                checked = [
-                    {n: coerce(out[n][i], t, n, kind="output") for n, t in spec.outputs.items()}
-                    for i in range(hi - lo)
-                ]
-            except (Exception, TaskTimeout) as exc:
-                if hi - lo > 1:
-                    limits.note(exc)
-                    mid = (lo + hi) // 2
-                    attempt(lo, mid)
-                    attempt(mid, hi)
-                elif limits.again(tries, exc):
-                    attempt(lo, hi, tries + 1)
-                else:
+            tries = 0
+            while True:
+                tries += 1
+                console = io.StringIO()
+                started = time.perf_counter()
+                try:
+                    with contextlib.redirect_stdout(console):
+                        out = call_frame(frame.iloc[lo:hi].reset_index(drop=True))
+                    checked = [
+                        {n: coerce(out[n][i], t, n, kind="output") for n, t in spec.outputs.items()}
+                        for i in range(hi - lo)
+                    ]
+                    break
+                except (Exception, TaskTimeout) as exc:
+                    if hi - lo > 1:
+                        limits.note(exc)
+                        mid = (lo + hi) // 2
+                        attempt(lo, mid)
+                        attempt(mid, hi)
+                        return
+                    if limits.again(tries, exc):
+                        continue
                     index = task.start_index + good[lo]
                     rows[index] = failed_row(
                         index,
@@ -345,7 +349,7 @@ class Runtime:
                         task.attempt + tries - 1,
                         console_text(console.getvalue()),
                     )
-                return
+                    return
             per_row = (time.perf_counter() - started) * 1000.0 / (hi - lo)
             text = console_text(console.getvalue())
             for i, outputs in enumerate(checked):
