@@ -1041,6 +1041,29 @@ def test_each_record_of_a_chunk_keeps_what_it_printed(runtime, publish, blobs, c
     assert capsys.readouterr().out == "the test's own output\n"
 
 
+def test_writing_bytes_to_stdout_fails_the_record_and_not_the_chunk(runtime, publish, blobs):
+    def service(x):
+        import sys
+
+        if x == 1:
+            sys.stdout.write(b"bytes")
+        print("text")
+        return x
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
+    for path, options in [("loop", {}), ("one-by-one", {"artifacts": ("none.txt",)})]:
+        result, rows = run_rows(
+            runtime,
+            blobs,
+            dataclasses.replace(spec, **options),
+            pa.table({"x": [0, 1, 2]}),
+            result_key=f"batches/b1/results/{path}",
+        )
+        assert [r["status"] for r in rows] == ["succeeded", "failed", "succeeded"], path
+        assert rows[1]["error_type"] == "TypeError"
+        assert [r["console_output"] for r in rows] == ["text\n", "", "text\n"]
+
+
 def test_very_long_console_output_of_a_chunk_record_is_truncated(runtime, publish, blobs):
     def service(x):
         for _ in range(3):

@@ -59,6 +59,8 @@ class _Console(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:
+        if not isinstance(text, str):  # as io.StringIO: the record's call fails, not the chunk
+            raise TypeError(f"string argument expected, got {type(text).__name__!r}")
         record = self._results.running()
         size = self._sizes.get(record, 0)
         if size <= MAX_CONSOLE_CHARS:  # past the limit the text is cut anyway
