@@ -134,6 +134,83 @@ def test_a_stream_cut_in_the_middle_of_its_last_batch_keeps_the_earlier_ones(blo
     assert read_results(data[:cut], OUTPUTS).column("index").to_pylist() == [0, 1]
 
 
+def test_rows_given_as_columns_read_back_as_the_same_rows_given_one_by_one(blobs):
+    by_rows = [
+        ok(5, 1.5, "a"),
+        {**bad(6, "no label", "SchemaError"), "console_output": "printed\n", "attempts": 3},
+        ok(7, 2.5, "c", console_output="more\n"),
+    ]
+    write(blobs, [by_rows])
+    expected = read_results(blobs.read_bytes(KEY), OUTPUTS).to_pylist()
+
+    writer = ResultWriter(blobs.open_append_stream("by-columns"), OUTPUTS)
+    writer.add_columns(
+        5,
+        [[1.5, None, 2.5], ["a", None, "c"]],
+        [1.0, 1.0, 1.0],
+        1,
+        failures={1: ("no label", "SchemaError")},
+        consoles={1: "printed\n", 2: "more\n"},
+        retries={1: 2},
+    )
+    writer.close()
+    assert read_results(blobs.read_bytes("by-columns"), OUTPUTS).to_pylist() == expected
+
+
+def test_rows_given_as_columns_without_failures_have_no_errors(blobs):
+    writer = ResultWriter(blobs.open_append_stream(KEY), {"n": "int"})
+    writer.add_columns(0, [[1, 2]], [0.5, 0.25], 2, failures={}, consoles={}, retries={})
+    writer.close()
+    rows = read_results(blobs.read_bytes(KEY), {"n": "int"}).to_pylist()
+    assert rows == [
+        {
+            "index": i,
+            "status": STATUS_SUCCEEDED,
+            "error": None,
+            "error_type": None,
+            "console_output": "",
+            "artifacts": [],
+            "duration_ms": duration,
+            "attempts": 2,
+            "outputs": {"n": n},
+        }
+        for i, n, duration in [(0, 1, 0.5), (1, 2, 0.25)]
+    ]
+
+
+def test_rows_of_a_service_without_outputs_can_be_given_as_columns(blobs):
+    writer = ResultWriter(blobs.open_append_stream(KEY), {})
+    writer.add_columns(
+        0, [], [1.0, 1.0], 1, failures={0: ("boom", "ValueError")}, consoles={}, retries={}
+    )
+    writer.close()
+    rows = read_results(blobs.read_bytes(KEY), {}).to_pylist()
+    assert [(r["status"], r["outputs"]) for r in rows] == [
+        (STATUS_FAILED, None),
+        (STATUS_SUCCEEDED, {}),
+    ]
+
+
+def test_rows_added_one_by_one_and_as_columns_keep_their_order(blobs):
+    writer = ResultWriter(blobs.open_append_stream(KEY), OUTPUTS)
+    writer.add(ok(0))
+    writer.add_columns(1, [[0.5], ["x"]], [1.0], 1, failures={}, consoles={}, retries={})
+    writer.add(ok(2))
+    writer.close()
+    indexes = read_results(blobs.read_bytes(KEY), OUTPUTS).column("index").to_pylist()
+    assert indexes == [0, 1, 2]
+
+
+def test_the_writer_counts_the_bytes_it_wrote(blobs):
+    writer = ResultWriter(blobs.open_append_stream(KEY), OUTPUTS)
+    writer.add(ok(0))
+    writer.flush()
+    assert writer.bytes_written == blobs.size(KEY)
+    writer.add_columns(1, [[0.5], ["x"]], [1.0], 1, failures={}, consoles={}, retries={})
+    writer.close()
+    assert writer.bytes_written == blobs.size(KEY)
+
+
 # --- cancelled and failed filler rows --------------------------------------------------------
 
 

@@ -99,6 +99,8 @@ def chunk_task(
     batch_id="b1",
     environment=None,
     result_key="batches/b1/results/000000-1.arrow",
+    retries=0,
+    timeout=None,
 ):
     return ChunkTask(
         task_id=f"t-{next(_keys)}",
@@ -111,7 +113,14 @@ def chunk_task(
         result_key=result_key,
         service=spec,
         environment=environment or {},
+        max_task_retry_count=retries,
+        task_timeout=timeout,
     )
+
+
+def counts_of(result):
+    """The record counts of a finished chunk's result (which also has its statistics)."""
+    return {"succeeded": result["succeeded"], "failed": result["failed"]}
 
 
 def test_the_runtime_creates_its_scratch_folder(blobs, scratch):
@@ -697,7 +706,7 @@ def test_run_chunk_writes_one_result_per_record_in_index_order(runtime, publish,
     key = write_chunk(blobs, pa.table({"x": [0, 1, 2, 3]}))
     task = chunk_task(spec, key, start_index=8, count=4, attempt=2)
     counts = runtime.run_chunk(task, lambda *args: None)
-    assert counts == {"succeeded": 3, "failed": 1}
+    assert counts_of(counts) == {"succeeded": 3, "failed": 1}
     rows = read_results(blobs.read_bytes(task.result_key), spec.outputs).to_pylist()
     assert [r["index"] for r in rows] == [8, 9, 10, 11]
     assert [r["status"] for r in rows] == ["succeeded", "succeeded", "failed", "succeeded"]
@@ -714,7 +723,7 @@ def test_run_chunk_fails_only_the_record_with_a_bad_value(runtime, publish, blob
     spec = publish(service, inputs={"hp": "float"}, outputs={"y": "float"})
     key = write_chunk(blobs, pa.table({"hp": ["1.5", "abc", None]}))
     task = chunk_task(spec, key, count=3)
-    assert runtime.run_chunk(task, lambda *args: None) == {"succeeded": 1, "failed": 2}
+    assert counts_of(runtime.run_chunk(task, lambda *args: None)) == {"succeeded": 1, "failed": 2}
     rows = read_results(blobs.read_bytes(task.result_key), spec.outputs).to_pylist()
     assert rows[0]["outputs"] == {"y": 3.0}
     assert rows[1]["error"] == "input 'hp' must be float, got str 'abc'."
@@ -764,7 +773,7 @@ def test_run_chunk_gives_the_function_values_of_the_declared_types(runtime, publ
     # n arrives typed, hp as ints for a float input, label as digits for a text input.
     key = write_chunk(blobs, pa.table({"n": [1, 2], "hp": [110, 120], "label": [7, 8]}))
     task = chunk_task(spec, key, count=2)
-    assert runtime.run_chunk(task, lambda *args: None) == {"succeeded": 2, "failed": 0}
+    assert counts_of(runtime.run_chunk(task, lambda *args: None)) == {"succeeded": 2, "failed": 0}
     rows = read_results(blobs.read_bytes(task.result_key), spec.outputs).to_pylist()
     assert [r["outputs"]["kinds"] for r in rows] == ["int float str"] * 2
 
@@ -776,7 +785,7 @@ def test_run_chunk_ignores_columns_that_are_not_inputs(runtime, publish, blobs):
     spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
     key = write_chunk(blobs, pa.table({"x": [5], "other": ["ignored"]}))
     task = chunk_task(spec, key, count=1)
-    assert runtime.run_chunk(task, lambda *args: None) == {"succeeded": 1, "failed": 0}
+    assert counts_of(runtime.run_chunk(task, lambda *args: None)) == {"succeeded": 1, "failed": 0}
 
 
 def test_run_chunk_stores_artifacts_under_the_batch_and_record(runtime, publish, blobs):
@@ -845,7 +854,7 @@ def test_an_int_output_too_large_for_the_results_fails_only_its_record(runtime, 
     spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
     key = write_chunk(blobs, pa.table({"x": [0, 1, 2]}))
     task = chunk_task(spec, key, count=3)
-    assert runtime.run_chunk(task, lambda *args: None) == {"succeeded": 2, "failed": 1}
+    assert counts_of(runtime.run_chunk(task, lambda *args: None)) == {"succeeded": 2, "failed": 1}
     rows = read_results(blobs.read_bytes(task.result_key), spec.outputs).to_pylist()
     assert [r["status"] for r in rows] == ["succeeded", "failed", "succeeded"]
     assert "'y'" in rows[1]["error"]
@@ -928,7 +937,7 @@ def fails_on_seven(frame):  # type: ignore[no-untyped-def]
 def test_a_vectorized_service_is_called_with_a_frame_of_the_chunk(runtime, blobs, publish):  # type: ignore[no-untyped-def]
     spec = vectorized(publish(calls_counted, inputs={"x": "int"}, outputs={"y": "int", "z": "str"}))
     counts, rows = run_chunk(runtime, blobs, spec, pa.table({"x": [1, 2, 3]}), start_index=10)
-    assert counts == {"succeeded": 3, "failed": 0}
+    assert counts_of(counts) == {"succeeded": 3, "failed": 0}
     assert [r["index"] for r in rows] == [10, 11, 12]
     assert [r["outputs"] for r in rows] == [
         {"y": 2, "z": "1"},
@@ -941,7 +950,7 @@ def test_a_vectorized_service_is_called_with_a_frame_of_the_chunk(runtime, blobs
 def test_a_failing_call_is_split_until_only_the_bad_record_fails(runtime, blobs, publish):  # type: ignore[no-untyped-def]
     spec = vectorized(publish(fails_on_seven, inputs={"x": "int"}, outputs={"y": "int"}))
     counts, rows = run_chunk(runtime, blobs, spec, pa.table({"x": list(range(16))}))
-    assert counts == {"succeeded": 15, "failed": 1}
+    assert counts_of(counts) == {"succeeded": 15, "failed": 1}
     bad = rows[7]
     assert bad["status"] == "failed"
     assert bad["error"] == "seven is not allowed"
@@ -956,7 +965,7 @@ def test_a_record_with_a_bad_input_fails_alone_and_is_left_out_of_the_frame(
 ):  # type: ignore[no-untyped-def]
     spec = vectorized(publish(double, inputs={"x": "float"}, outputs={"y": "float"}))
     counts, rows = run_chunk(runtime, blobs, spec, pa.table({"x": ["1.5", "abc", None, "4"]}))
-    assert counts == {"succeeded": 2, "failed": 2}
+    assert counts_of(counts) == {"succeeded": 2, "failed": 2}
     assert [r["status"] for r in rows] == ["succeeded", "failed", "failed", "succeeded"]
     assert rows[1]["error_type"] == "SchemaError" and "abc" in rows[1]["error"]
     assert rows[3]["outputs"] == {"y": 8.0}
@@ -990,3 +999,585 @@ def test_a_result_of_the_wrong_length_is_an_error_naming_the_counts():  # type: 
         frame_outputs([1, 2, 3], ["y"], 2)
     with pytest.raises(ValueError, match="expected the outputs"):
         frame_outputs(pd.DataFrame({"q": [1], "r": [2], "s": [3]}), ["a", "b"], 1)
+
+
+# --- row mode: the chunk loop ----------------------------------------------------------------
+
+
+def run_rows(runtime, blobs, spec, table, **task_options):  # type: ignore[no-untyped-def]
+    """Run a chunk of ``table``; returns the chunk's result and its result rows."""
+    key = write_chunk(blobs, table)
+    task = chunk_task(spec, key, count=table.num_rows, **task_options)
+    result = runtime.run_chunk(task, lambda s, f: None)
+    rows = read_results(blobs.read_bytes(task.result_key), spec.outputs).to_pylist()
+    return result, rows
+
+
+def with_artifacts(spec):  # type: ignore[no-untyped-def]
+    """The same service declaring an artifact it never writes: its records run one by one."""
+    return dataclasses.replace(spec, artifacts=("never-written.txt",))
+
+
+def test_each_record_of_a_chunk_keeps_what_it_printed(runtime, publish, blobs, capsys):
+    def service(x):
+        if x % 2:
+            print(f"odd {x}")
+            print("second line", end="")
+        if x == 3:
+            raise ValueError("three")
+        return x
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
+    _, rows = run_rows(runtime, blobs, spec, pa.table({"x": [0, 1, 2, 3]}))
+    assert [r["console_output"] for r in rows] == [
+        "",
+        "odd 1\nsecond line",
+        "",
+        "odd 3\nsecond line",
+    ]
+    assert rows[3]["status"] == STATUS_FAILED
+    assert "odd" not in capsys.readouterr().out
+    print("the test's own output")
+    assert capsys.readouterr().out == "the test's own output\n"
+
+
+def test_writing_bytes_to_stdout_fails_the_record_and_not_the_chunk(runtime, publish, blobs):
+    def service(x):
+        import sys
+
+        if x == 1:
+            sys.stdout.write(b"bytes")
+        print("text")
+        return x
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
+    for path, options in [("loop", {}), ("one-by-one", {"artifacts": ("none.txt",)})]:
+        result, rows = run_rows(
+            runtime,
+            blobs,
+            dataclasses.replace(spec, **options),
+            pa.table({"x": [0, 1, 2]}),
+            result_key=f"batches/b1/results/{path}",
+        )
+        assert [r["status"] for r in rows] == ["succeeded", "failed", "succeeded"], path
+        assert rows[1]["error_type"] == "TypeError"
+        assert [r["console_output"] for r in rows] == ["text\n", "", "text\n"]
+
+
+def test_very_long_console_output_of_a_chunk_record_is_truncated(runtime, publish, blobs):
+    def service(x):
+        for _ in range(3):
+            print("x" * MAX_CONSOLE_CHARS)
+        return x
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
+    _, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1]}))
+    text = rows[0]["console_output"]
+    assert text.endswith("[console output truncated]\n")
+    assert len(text) < MAX_CONSOLE_CHARS + 100
+
+
+def test_a_wrongly_typed_output_fails_only_its_record_naming_the_output(runtime, publish, blobs):
+    def service(x):
+        return "many" if x == 1 else x * 1.5
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "float"})
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": [0, 1, 2]}))
+    assert counts_of(result) == {"succeeded": 2, "failed": 1}
+    assert [r["outputs"] and r["outputs"]["y"] for r in rows] == [0.0, None, 3.0]
+    assert rows[1]["error_type"] == "SchemaError"
+    assert rows[1]["error"] == "output 'y' must be float, got str 'many'."
+
+
+@pytest.mark.parametrize(
+    ("output_type", "returned", "expected"),
+    [
+        ("float", 3, 3.0),
+        ("float", np.float32(0.5), 0.5),
+        ("float", float("inf"), float("inf")),
+        ("int", 2.0, 2),
+        ("int", np.int64(7), 7),
+        ("bool", 1, True),
+        ("str", "naïve", "naïve"),
+    ],
+)
+def test_outputs_of_another_type_that_coerce_accepts_are_converted(
+    runtime, publish, blobs, output_type, returned, expected
+):
+    def service(x):
+        return returned
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": output_type})
+    _, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1]}))
+    assert rows[0]["status"] == STATUS_SUCCEEDED
+    assert rows[0]["outputs"] == {"y": expected}
+
+
+@pytest.mark.parametrize(
+    ("output_type", "returned"),
+    [
+        ("float", True),
+        ("int", True),
+        ("int", 2**63),
+        ("int", 1.5),
+        ("bool", 2),
+        ("str", 5),
+        ("str", "lone \ud800 surrogate"),
+        ("float", None),
+    ],
+)
+def test_outputs_that_coerce_refuses_fail_their_record(
+    runtime, publish, blobs, output_type, returned
+):
+    def service(x):
+        return returned
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": output_type})
+    _, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1]}))
+    assert rows[0]["status"] == STATUS_FAILED
+    assert rows[0]["error_type"] == "SchemaError"
+    assert "'y'" in rows[0]["error"]
+
+
+def test_a_function_is_called_with_inputs_matched_by_name_whatever_its_parameter_order(
+    runtime, publish, blobs
+):
+    def service(wt, hp, scale=1.0):
+        return {"ratio": hp / wt * scale, "label": f"{hp}/{wt}"}
+
+    spec = publish(
+        service, inputs={"hp": "float", "wt": "float"}, outputs={"label": "str", "ratio": "float"}
+    )
+    _, rows = run_rows(runtime, blobs, spec, pa.table({"hp": [120.0], "wt": [2.0]}))
+    assert rows[0]["outputs"] == {"label": "120.0/2.0", "ratio": 60.0}
+
+
+def test_functions_taking_keyword_arguments_get_their_inputs_by_name(runtime, publish, blobs):
+    import functools
+
+    def logged(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            return f"{args} {sorted(kwargs)}"
+
+        return wrapper
+
+    @logged
+    def service(x, y):
+        return x
+
+    spec = publish(service, inputs={"x": "int", "y": "int"}, outputs={"seen": "str"})
+    _, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1], "y": [2]}))
+    assert rows[0]["outputs"] == {"seen": "() ['x', 'y']"}
+
+    def by_keywords(**inputs):
+        return inputs["x"] - inputs["y"]
+
+    spec = publish(by_keywords, inputs={"x": "int", "y": "int"}, outputs={"d": "int"})
+    _, rows = run_rows(runtime, blobs, spec, pa.table({"x": [5], "y": [2]}))
+    assert rows[0]["outputs"] == {"d": 3}
+
+
+def test_code_runs_per_record_in_a_chunk(runtime, publish, blobs):
+    spec = publish(
+        "total = a + b\nprint(total)\nlabel = str(total)",
+        inputs={"a": "int", "b": "int"},
+        outputs={"total": "int", "label": "str"},
+    )
+    _, rows = run_rows(runtime, blobs, spec, pa.table({"a": [1, 2], "b": [10, 20]}))
+    assert [r["outputs"] for r in rows] == [
+        {"total": 11, "label": "11"},
+        {"total": 22, "label": "22"},
+    ]
+    assert [r["console_output"] for r in rows] == ["11\n", "22\n"]
+
+
+def test_a_service_without_inputs_or_outputs_runs_once_per_record(runtime, publish, blobs):
+    def service():
+        print("called")
+
+    spec = publish(service, inputs={}, outputs={})
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"unused": [1, 2, 3]}))
+    assert counts_of(result) == {"succeeded": 3, "failed": 0}
+    assert [r["console_output"] for r in rows] == ["called\n"] * 3
+
+
+def test_a_chunk_of_a_service_that_cannot_load_fails_every_record(runtime, publish, blobs):
+    def init():
+        raise RuntimeError("no model")
+
+    def service(x):
+        return x
+
+    spec = publish(service, inputs={"x": "float"}, outputs={"y": "float"}, init=init)
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": ["1", "abc"]}))
+    assert counts_of(result) == {"succeeded": 0, "failed": 2}
+    assert [r["error_type"] for r in rows] == ["BundleError", "SchemaError"]
+    assert "no model" in rows[0]["error"]
+
+
+def mixed_service(a, b, tag):  # type: ignore[no-untyped-def]
+    """Succeeds, prints, raises and returns wrong types depending on its inputs."""
+    if tag == "print":
+        print(f"a={a} b={b}")
+    if tag == "raise":
+        raise ArithmeticError(f"cannot do {a}")
+    if tag == "wrong":
+        return {"total": "not a number", "half": 0.0}
+    if tag == "tuple":
+        return a + b, a / 2
+    return {"total": a + b, "half": a / 2, "extra": "ignored"}
+
+
+MIXED_INPUTS = pa.table(
+    {
+        "a": [1, 2, 3, 4, 5, 6, None, 8],
+        "b": ["10", "20", "x", "40", "50", "60", "70", "80"],
+        "tag": ["ok", "print", "ok", "raise", "wrong", "tuple", "ok", "print"],
+    }
+)
+
+
+def test_records_give_the_same_results_with_and_without_a_working_directory_each(
+    runtime, publish, blobs
+):
+    spec = publish(
+        mixed_service,
+        inputs={"a": "int", "b": "float", "tag": "str"},
+        outputs={"total": "float", "half": "float"},
+    )
+    fast_result, fast = run_rows(runtime, blobs, spec, MIXED_INPUTS)
+    slow_result, slow = run_rows(
+        runtime, blobs, with_artifacts(spec), MIXED_INPUTS, result_key="batches/b1/results/slow"
+    )
+    assert counts_of(fast_result) == counts_of(slow_result) == {"succeeded": 4, "failed": 4}
+    for row in fast + slow:
+        assert row["duration_ms"] is not None and row["duration_ms"] >= 0
+        del row["duration_ms"]
+    assert fast == slow
+    assert [r["status"] for r in fast] == [
+        "succeeded",
+        "succeeded",
+        "failed",
+        "failed",
+        "failed",
+        "succeeded",
+        "failed",
+        "succeeded",
+    ]
+
+
+# --- retries -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def flaky(tmp_path):
+    """A service failing the first ``failures`` tries of each record, counting tries in files."""
+    tries = tmp_path / "tries"
+    tries.mkdir()
+
+    def make(failures, *, print_tries=False):  # type: ignore[no-untyped-def]
+        def service(x):
+            marker = tries / str(x)
+            n = int(marker.read_text()) + 1 if marker.exists() else 1
+            marker.write_text(str(n))
+            if print_tries:
+                print(f"try {n}")
+            if n <= failures:
+                raise ConnectionError(f"try {n} of {x} failed")
+            return x * 10
+
+        return service
+
+    make.tries = lambda x: int((tries / str(x)).read_text())  # type: ignore[attr-defined]
+    return make
+
+
+@pytest.mark.parametrize("path", ["loop", "one by one"])
+def test_a_failing_record_is_tried_again_in_place_until_it_succeeds(
+    runtime, publish, blobs, flaky, path
+):
+    spec = publish(flaky(2), inputs={"x": "int"}, outputs={"y": "int"})
+    spec = with_artifacts(spec) if path == "one by one" else spec
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1, 2, 3]}), retries=3)
+    assert counts_of(result) == {"succeeded": 3, "failed": 0}
+    assert [r["outputs"]["y"] for r in rows] == [10, 20, 30]
+    assert [r["attempts"] for r in rows] == [3, 3, 3]
+    assert result["retried"] == 6
+    assert [flaky.tries(x) for x in (1, 2, 3)] == [3, 3, 3]
+
+
+@pytest.mark.parametrize("path", ["loop", "one by one"])
+def test_a_record_fails_with_its_last_error_once_its_retries_are_spent(
+    runtime, publish, blobs, flaky, path
+):
+    spec = publish(flaky(5), inputs={"x": "int"}, outputs={"y": "int"})
+    spec = with_artifacts(spec) if path == "one by one" else spec
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1]}), retries=2)
+    assert rows[0]["status"] == STATUS_FAILED
+    assert rows[0]["error"] == "try 3 of 1 failed"
+    assert rows[0]["error_type"] == "ConnectionError"
+    assert rows[0]["attempts"] == 3
+    assert result["retried"] == 2
+    assert flaky.tries(1) == 3
+
+
+def test_a_record_is_tried_only_once_without_retries(runtime, publish, blobs, flaky):
+    spec = publish(flaky(1), inputs={"x": "int"}, outputs={"y": "int"})
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1]}), retries=0)
+    assert rows[0]["status"] == STATUS_FAILED
+    assert rows[0]["attempts"] == 1
+    assert result["retried"] == 0
+    assert flaky.tries(1) == 1
+
+
+def test_unlimited_retries_try_a_record_until_it_succeeds(runtime, publish, blobs, flaky):
+    spec = publish(flaky(12), inputs={"x": "int"}, outputs={"y": "int"})
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1, 2]}), retries=-1)
+    assert [r["status"] for r in rows] == [STATUS_SUCCEEDED] * 2
+    assert [r["attempts"] for r in rows] == [13, 13]
+    assert result["retried"] == 24
+
+
+def test_attempts_count_the_tries_of_earlier_runs_of_the_chunk(runtime, publish, blobs, flaky):
+    spec = publish(flaky(1), inputs={"x": "int"}, outputs={"y": "int"})
+    _, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1]}), retries=1, attempt=2)
+    assert rows[0]["attempts"] == 3
+
+
+def test_the_console_output_of_a_retried_record_is_that_of_its_last_try(
+    runtime, publish, blobs, flaky
+):
+    spec = publish(flaky(2, print_tries=True), inputs={"x": "int"}, outputs={"y": "int"})
+    for key, options in [("loop", {}), ("one-by-one", {"artifacts": ("none.txt",)})]:
+        _, rows = run_rows(
+            runtime,
+            blobs,
+            dataclasses.replace(spec, **options),
+            pa.table({"x": [len(key)]}),
+            retries=2,
+            result_key=f"batches/b1/results/{key}",
+        )
+        assert rows[0]["console_output"] == "try 3\n"
+
+
+def test_schema_errors_are_not_tried_again(runtime, publish, blobs, tmp_path):
+    calls = tmp_path / "calls"
+
+    def service(x):
+        with calls.open("a") as f:
+            f.write(f"{x}\n")
+        return "not an int"
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": ["1", "abc"]}), retries=-1)
+    assert [r["error_type"] for r in rows] == ["SchemaError", "SchemaError"]
+    assert [r["attempts"] for r in rows] == [1, 1]
+    assert result["retried"] == 0
+    assert calls.read_text() == "1\n"  # the bad input is never passed to the function
+
+
+def test_artifacts_of_a_retried_record_are_those_of_its_last_try(runtime, publish, blobs, flaky):
+    failing = flaky(1)
+
+    def service(x):
+        with open(f"try-{x}.txt" if os.path.exists("never") else "out.txt", "a") as f:
+            f.write("written once per try\n")
+        return failing(x)
+
+    spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"}, artifacts=["out.txt"])
+    _, rows = run_rows(runtime, blobs, spec, pa.table({"x": [4]}), retries=1)
+    assert rows[0]["attempts"] == 2
+    assert blobs.read_bytes(artifact_key("b1", 0, "out.txt")) == b"written once per try\n"
+
+
+@pytest.mark.usefixtures("every_record_flushed_and_reported")
+def test_a_record_being_retried_keeps_reporting_progress(runtime, publish, blobs, flaky):
+    spec = publish(flaky(3), inputs={"x": "int"}, outputs={"y": "int"})
+    key = write_chunk(blobs, pa.table({"x": [1, 2]}))
+    reports = []
+    runtime.run_chunk(
+        chunk_task(spec, key, count=2, retries=3),
+        lambda s, f: reports.append((s, f)),
+        progress_interval=0,
+    )
+    # Three reports while record 1 is retried (nothing flushed yet), then one per record.
+    assert reports[:3] == [(0, 0)] * 3
+    assert (1, 0) in reports and reports[-1] == (2, 0)
+
+
+# --- timeouts ----------------------------------------------------------------------------------
+
+
+def sleepy(x):  # type: ignore[no-untyped-def]
+    import time
+
+    if x < 0:
+        time.sleep(30)
+    return x
+
+
+def test_a_record_running_past_the_task_timeout_fails_and_the_next_one_runs(
+    runtime, publish, blobs
+):
+    spec = publish(sleepy, inputs={"x": "float"}, outputs={"y": "float"})
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1.0, -1.0, 2.0]}), timeout=0.2)
+    assert [r["status"] for r in rows] == ["succeeded", "failed", "succeeded"]
+    assert rows[1]["error_type"] == "TaskTimeout"
+    assert "task_timeout of 0.2 s" in rows[1]["error"]
+    assert rows[1]["duration_ms"] < 30_000
+    assert result["timed_out"] == 1
+
+
+def test_a_timeout_is_not_caught_by_service_code_catching_exceptions(runtime, publish, blobs):
+    def service(x):
+        try:
+            while True:  # busy, not sleeping: pure Python code is stopped too
+                pass
+        except Exception:
+            return -1.0
+
+    spec = publish(service, inputs={"x": "float"}, outputs={"y": "float"})
+    _, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1.0]}), timeout=0.2)
+    assert rows[0]["error_type"] == "TaskTimeout"
+
+
+@pytest.mark.parametrize("path", ["loop", "one by one"])
+def test_a_record_that_timed_out_is_tried_again(runtime, publish, blobs, tmp_path, path):
+    def service(x):
+        marker = tmp_path / "slept"
+        if not marker.exists():
+            marker.write_text("once")
+            sleepy(-1)
+        return x
+
+    spec = publish(service, inputs={"x": "float"}, outputs={"y": "float"})
+    spec = with_artifacts(spec) if path == "one by one" else spec
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": [5.0]}), timeout=0.2, retries=1)
+    assert rows[0]["status"] == STATUS_SUCCEEDED
+    assert rows[0]["attempts"] == 2
+    assert (result["timed_out"], result["retried"]) == (1, 1)
+
+
+def test_the_timer_is_cleared_and_the_alarm_handler_restored_after_a_chunk(runtime, publish, blobs):
+    import signal
+
+    def previous(signum, frame):  # type: ignore[no-untyped-def]
+        pass
+
+    signal.signal(signal.SIGALRM, previous)
+    try:
+        spec = publish(sleepy, inputs={"x": "float"}, outputs={"y": "float"})
+        run_rows(runtime, blobs, spec, pa.table({"x": [-1.0, 1.0]}), timeout=0.2)
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        assert signal.getsignal(signal.SIGALRM) is previous
+    finally:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
+def test_without_a_timeout_no_alarm_handler_is_installed(runtime, publish, blobs):
+    import signal
+
+    def service(x):
+        import signal
+
+        print(repr(signal.getsignal(signal.SIGALRM)))
+        return x
+
+    spec = publish(service, inputs={"x": "float"}, outputs={"y": "float"})
+    _, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1.0]}))
+    assert rows[0]["console_output"] == repr(signal.getsignal(signal.SIGALRM)) + "\n"
+
+
+def test_a_vectorized_call_past_the_timeout_is_split_until_the_slow_record_fails_alone(
+    runtime, publish, blobs
+):
+    def service(frame):
+        import time
+
+        if (frame["x"] < 0).any():
+            time.sleep(30)
+        return frame["x"] * 2
+
+    spec = vectorized(publish(service, inputs={"x": "float"}, outputs={"y": "float"}))
+    table = pa.table({"x": [1.0, 2.0, -3.0, 4.0]})
+    result, rows = run_rows(runtime, blobs, spec, table, timeout=0.2)
+    assert [r["status"] for r in rows] == ["succeeded", "succeeded", "failed", "succeeded"]
+    assert rows[2]["error_type"] == "TaskTimeout"
+    assert [r["outputs"] and r["outputs"]["y"] for r in rows] == [2.0, 4.0, None, 8.0]
+    assert result["timed_out"] == 3  # the whole chunk, its half with -3, and -3 alone
+
+
+def test_a_vectorized_record_failing_alone_is_tried_again(runtime, publish, blobs, tmp_path):
+    def service(frame):
+        marker = tmp_path / "failed-once"
+        if (frame["x"] == 7).any() and len(frame) == 1 and not marker.exists():
+            marker.write_text("yes")
+            raise ConnectionError("flaky")
+        if (frame["x"] == 7).any() and len(frame) > 1:
+            raise ValueError("seven fails in company")
+        return frame["x"] * 10
+
+    spec = vectorized(publish(service, inputs={"x": "int"}, outputs={"y": "int"}))
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": list(range(8))}), retries=1)
+    assert counts_of(result) == {"succeeded": 8, "failed": 0}
+    assert rows[7]["outputs"] == {"y": 70}
+    assert [r["attempts"] for r in rows] == [1] * 7 + [2]
+    assert result["retried"] == 1
+
+
+# --- task statistics ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["row", "vectorized", "row with artifacts"])
+def test_a_finished_chunk_reports_its_statistics(runtime, publish, blobs, mode):
+    def service(x):
+        return sum(i * i for i in range(20_000)) + x
+
+    def frame_service(frame):
+        return frame["x"].map(service)
+
+    spec = publish(
+        frame_service if mode == "vectorized" else service,
+        inputs={"x": "int"},
+        outputs={"y": "int"},
+    )
+    if mode == "vectorized":
+        spec = vectorized(spec)
+    elif mode == "row with artifacts":
+        spec = with_artifacts(spec)
+    key = write_chunk(blobs, pa.table({"x": list(range(100))}))
+    task = chunk_task(spec, key, count=100)
+    result = runtime.run_chunk(task, lambda s, f: None)
+    assert set(result) == {
+        "succeeded",
+        "failed",
+        "retried",
+        "timed_out",
+        "cpu_user",
+        "cpu_system",
+        "bytes_in",
+        "bytes_out",
+    }
+    assert counts_of(result) == {"succeeded": 100, "failed": 0}
+    assert result["retried"] == result["timed_out"] == 0
+    assert result["cpu_user"] > 0
+    assert result["cpu_system"] >= 0
+    assert result["bytes_in"] == blobs.size(key)
+    assert result["bytes_out"] == blobs.size(task.result_key)
+
+
+def test_a_vectorized_record_is_tried_until_it_succeeds_with_unlimited_retries(
+    runtime, publish, blobs
+):
+    def service(frame, tries=[0]):  # noqa: B006 - the loaded service's own try counter
+        tries[0] += 1
+        if tries[0] <= 1100:  # more tries than Python's recursion limit allows frames
+            raise ConnectionError(f"try {tries[0]}")
+        return frame["x"]
+
+    spec = vectorized(publish(service, inputs={"x": "int"}, outputs={"y": "int"}))
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": [3]}), retries=-1)
+    assert rows[0]["status"] == STATUS_SUCCEEDED
+    assert rows[0]["attempts"] == 1101
+    assert result["retried"] == 1100

@@ -19,7 +19,8 @@ Two kinds, with ML Server's semantics:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cloudpickle
@@ -80,7 +81,10 @@ class LoadedService:
     def call(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Run one record; returns the raw outputs by name (not yet checked)."""
         if self.kind == "callable":
-            return self._map_return(self._code(**inputs))
+            return dict(zip(self.outputs, self.output_values(self._code(**inputs)), strict=True))
+        return self._run_code(inputs)
+
+    def _run_code(self, inputs: dict[str, Any]) -> dict[str, Any]:
         ns = dict(self.namespace)
         ns.update(inputs)
         exec(self._compiled, ns)
@@ -90,6 +94,44 @@ class LoadedService:
                 f"the service code did not define the output variable(s) {', '.join(missing)}"
             )
         return {n: ns[n] for n in self.outputs}
+
+    def row_function(self, names: list[str]) -> tuple[Callable[..., Any], list[str]]:
+        """A function of one record's input values, and the order it takes the inputs in.
+
+        What the function returns goes through :meth:`output_values`. A function whose first
+        parameters are exactly the inputs is returned itself, to be called with positional
+        arguments in its own parameter order: a call by keywords costs several times more, and
+        with a trivial function that is most of a record's cost. Other callables are called by
+        keywords; code runs as in :meth:`call` and gives its outputs' values.
+        """
+        if self.kind == "callable":
+            function = self._code
+            order = _positional_order(function, names)
+            if order is not None:
+                return function, order
+
+            def by_keywords(*values: Any) -> Any:
+                return function(**dict(zip(names, values, strict=True)))
+
+            return by_keywords, names
+
+        def run_code(*values: Any) -> Any:
+            return tuple(self._run_code(dict(zip(names, values, strict=True))).values())
+
+        return run_code, names
+
+    def output_values(self, value: Any) -> Sequence[Any]:
+        """What a service returned for one record, as one value per output, in output order."""
+        if self.kind == "code":
+            return value  # already the outputs' values (see row_function)
+        names = self.outputs
+        if not names:
+            return ()
+        if isinstance(value, dict) and any(n in value for n in names):
+            return [value.get(n) for n in names]
+        if isinstance(value, tuple) and len(names) > 1 and len(value) == len(names):
+            return value
+        return (value,) + (None,) * (len(names) - 1)
 
     def call_frame(self, frame: Any) -> dict[str, list[Any]]:
         """Run a vectorized service on a DataFrame; returns one list of values per output."""
@@ -102,15 +144,24 @@ class LoadedService:
         out = self.call_frame(pd.DataFrame([inputs], columns=list(inputs)))
         return {n: values[0] for n, values in out.items()}
 
-    def _map_return(self, value: Any) -> dict[str, Any]:
-        names = list(self.outputs)
-        if not names:
-            return {}
-        if isinstance(value, dict) and any(n in value for n in names):
-            return {n: value.get(n) for n in names}
-        if isinstance(value, tuple) and len(names) > 1 and len(value) == len(names):
-            return dict(zip(names, value, strict=True))
-        return {names[0]: value}
+
+def _positional_order(function: Callable[..., Any], names: list[str]) -> list[str] | None:
+    """The inputs in parameter order when ``function(*values)`` means ``function(**inputs)``.
+
+    That holds when its first parameters are exactly the inputs, each positional-or-keyword.
+    The signature of a wrapper is its own (``follow_wrapped=False``): a decorator taking
+    ``(*args, **kwargs)`` may treat keywords differently, so it is called by keywords.
+    """
+    try:
+        parameters = list(inspect.signature(function, follow_wrapped=False).parameters.values())
+    except (TypeError, ValueError):  # builtins and other callables without a signature
+        return None
+    head = parameters[: len(names)]
+    if len(head) < len(names) or {p.name for p in head} != set(names):
+        return None
+    if any(p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for p in head):
+        return None
+    return [p.name for p in head]
 
 
 def _load_dill_objects(objects: dict[str, bytes]) -> dict[str, Any]:

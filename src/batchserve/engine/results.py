@@ -8,9 +8,12 @@ keeps every record written before the kill.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any, BinaryIO
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from batchserve.schema import ARROW_TYPES
 
@@ -37,27 +40,119 @@ def result_schema(outputs: dict[str, str]) -> pa.Schema:
 
 
 class ResultWriter:
-    """Appends result rows to a stream file; :meth:`flush` makes them visible to readers."""
+    """Appends result rows to a stream file; :meth:`flush` makes them visible to readers.
+
+    Rows come one by one as dicts (:meth:`add`) or many at once as columns
+    (:meth:`add_columns`), which is what a worker running many cheap records does.
+    """
 
     def __init__(self, sink: BinaryIO, outputs: dict[str, str]) -> None:
         self.schema = result_schema(outputs)
-        self._sink = sink
-        self._writer = pa.ipc.new_stream(sink, self.schema)
+        self._sink = _CountingSink(sink)
+        self._writer = pa.ipc.new_stream(self._sink, self.schema)
         self._rows: list[dict[str, Any]] = []
+
+    @property
+    def bytes_written(self) -> int:
+        return self._sink.count
 
     def add(self, row: dict[str, Any]) -> None:
         self._rows.append(row)
 
-    def flush(self) -> None:
+    def add_columns(
+        self,
+        first_index: int,
+        outputs: Sequence[Sequence[Any]],
+        durations: Sequence[float] | np.ndarray,
+        attempts: int,
+        *,
+        failures: dict[int, tuple[str, str]],
+        consoles: dict[int, str],
+        retries: dict[int, int],
+    ) -> None:
+        """Rows ``first_index``, ``first_index + 1``, ... given as columns.
+
+        ``outputs`` holds one list of values per output (None where a record failed). The dicts
+        are keyed by position in these rows: ``failures`` gives a failed record's error and its
+        type, ``consoles`` what a record printed (others printed nothing), ``retries`` the tries
+        after the first, added to ``attempts``.
+        """
+        self._write_rows()
+        count = len(durations)
+        failed = np.zeros(count, dtype=bool)
+        failed[list(failures)] = True
+        attempt_counts = np.full(count, attempts, dtype=np.int32)
+        for position, extra in retries.items():
+            attempt_counts[position] += extra
+        struct = self.schema.field("outputs").type
+        columns = [
+            pa.array(np.arange(first_index, first_index + count, dtype=np.int64)),
+            pc.if_else(pa.array(failed), STATUS_FAILED, STATUS_SUCCEEDED)
+            if failures
+            else pa.repeat(STATUS_SUCCEEDED, count),
+            _sparse_text(count, {p: f[0] for p, f in failures.items()}, None),
+            _sparse_text(count, {p: f[1] for p, f in failures.items()}, None),
+            _sparse_text(count, consoles, ""),
+            pa.ListArray.from_arrays(
+                pa.array(np.zeros(count + 1, dtype=np.int32)), pa.array([], pa.string())
+            ),
+            pa.array(durations, pa.float64()),
+            pa.array(attempt_counts),
+            pa.StructArray.from_arrays(
+                [pa.array(values, f.type) for values, f in zip(outputs, struct, strict=True)],
+                fields=list(struct),
+                mask=pa.array(failed) if failures else None,
+            )
+            if struct.num_fields
+            else pa.array([None if p in failures else {} for p in range(count)], struct),
+        ]
+        self._writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self.schema))
+
+    def _write_rows(self) -> None:
         if self._rows:
             self._writer.write_batch(pa.RecordBatch.from_pylist(self._rows, schema=self.schema))
             self._rows = []
+
+    def flush(self) -> None:
+        self._write_rows()
         self._sink.flush()
 
     def close(self) -> None:
         self.flush()
         self._writer.close()
         self._sink.close()
+
+
+def _sparse_text(count: int, values: dict[int, str], default: str | None) -> pa.Array:
+    """A text column of ``count`` rows holding ``default`` but where ``values`` says otherwise."""
+    if not values:
+        return pa.repeat(default, count) if default is not None else pa.nulls(count, pa.string())
+    column: list[str | None] = [default] * count
+    for position, text in values.items():
+        column[position] = text
+    return pa.array(column, pa.string())
+
+
+class _CountingSink:
+    """A file object passing writes through to another and counting the bytes."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self._inner = inner
+        self.count = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._inner.closed
+
+    def write(self, data: Any) -> int:
+        self.count += len(data)
+        return self._inner.write(data)
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def read_results(data: BinaryIO | bytes, outputs: dict[str, str] | None) -> pa.Table:

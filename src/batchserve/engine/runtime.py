@@ -2,7 +2,13 @@
 
 This module is what worker processes import; it never touches the metadata store. A chunk's
 inputs come from its Arrow file in the blob store; its results go to a result stream file and
-its artifacts under the batch's folder; the scheduler only hears counts.
+its artifacts under the batch's folder; the scheduler only hears counts and statistics.
+
+Row mode has two paths with the same results: a service without artifacts runs a chunk in one
+tight loop (:mod:`batchserve.engine.rows`); one with artifacts needs a working directory per
+record, so its records run one by one (:meth:`Runtime.run_record`). Vectorized mode calls the
+service once per chunk. Failed tries are retried and long ones stopped as the batch's limits
+say (:mod:`batchserve.engine.tries`).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import base64
 import contextlib
 import io
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -22,11 +29,20 @@ import pyarrow as pa
 
 from batchserve.blobs import BlobNotFound, BlobStore
 from batchserve.engine import bundles
-from batchserve.engine.results import STATUS_FAILED, STATUS_SUCCEEDED, ResultWriter, failed_row
+from batchserve.engine.results import STATUS_SUCCEEDED, ResultWriter, failed_row
+from batchserve.engine.rows import (
+    MAX_CONSOLE_CHARS,
+    Progress,
+    console_text,
+    input_columns,
+    run_rows,
+)
 from batchserve.engine.tasks import ChunkTask, ConsumeTask, ServiceSpec
+from batchserve.engine.tries import TaskTimeout, TryLimits, describe_failure
 from batchserve.schema import ARROW_TYPES, SchemaError, coerce, coerce_record
 
-MAX_CONSOLE_CHARS = 64 * 1024
+__all__ = ["FLUSH_INTERVAL", "MAX_CONSOLE_CHARS", "Runtime", "TaskTimeout", "artifact_key"]
+
 FLUSH_INTERVAL = 0.02  # seconds of finished records a stopped chunk may lose at most
 
 
@@ -87,17 +103,21 @@ class Runtime:
         index: int,
         artifact_sink: Callable[[int, str, bytes], None] | None,
         checked: frozenset[str] = frozenset(),
+        limits: TryLimits | None = None,
+        attempt: int = 1,
+        heartbeat: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """Run one record: check inputs, call the service, check outputs, collect artifacts.
 
         ``checked`` names inputs whose values are known to have the declared type already (a
         column of the declared Arrow type without nulls), which skips their per-value check.
+        A failed call is tried again as ``limits`` allow, each try in a fresh working directory;
+        the row holds the last try's outputs or error, console output and artifacts, and
+        ``attempts``: ``attempt`` plus the tries after the first. ``heartbeat`` is called after
+        each failed try.
         """
+        limits = limits or TryLimits()
         started = time.perf_counter()
-        row: dict[str, Any] = {"index": index, "artifacts": []}
-        console = io.StringIO()
-        workdir = tempfile.mkdtemp(dir=self.scratch) if spec.artifacts else None
-        cwd = os.getcwd() if workdir is not None else ""
         try:
             if checked:
                 inputs = {
@@ -107,27 +127,33 @@ class Runtime:
             else:
                 inputs = coerce_record(raw_inputs, spec.inputs)
             service = self.service(spec)
+        except (SchemaError, bundles.BundleError) as exc:
+            row = failed_row(index, *describe_failure(exc), attempt, "")
+            row["duration_ms"] = (time.perf_counter() - started) * 1000.0
+            return row
+        call = limits.limit(service.call_one_row if spec.mode == "vectorized" else service.call)
+        tries = 0
+        while True:
+            tries += 1
+            console = io.StringIO()
+            workdir = tempfile.mkdtemp(dir=self.scratch) if spec.artifacts else None
+            try:
+                outputs = self._try_record(call, inputs, spec.outputs, console, workdir)
+                error: BaseException | None = None
+            except (Exception, TaskTimeout) as exc:
+                error = exc
+            if error is None or not limits.again(tries, error):
+                break
             if workdir is not None:
-                os.chdir(workdir)  # a record's files are its own
-            with contextlib.redirect_stdout(console):
-                raw = (
-                    service.call_one_row(inputs)
-                    if spec.mode == "vectorized"
-                    else service.call(inputs)
-                )
-            outputs = {n: coerce(raw.get(n), t, n, kind="output") for n, t in spec.outputs.items()}
-            row.update(status=STATUS_SUCCEEDED, outputs=outputs)
-        except SchemaError as exc:
-            row.update(status=STATUS_FAILED, error=str(exc), error_type="SchemaError")
-        except bundles.BundleError as exc:
-            row.update(status=STATUS_FAILED, error=str(exc), error_type="BundleError")
-        except Exception as exc:
-            row.update(
-                status=STATUS_FAILED, error=str(exc) or repr(exc), error_type=type(exc).__name__
-            )
-        finally:
-            if workdir is not None:
-                os.chdir(cwd)
+                shutil.rmtree(workdir, ignore_errors=True)
+            if heartbeat is not None:
+                heartbeat()
+        if error is None:
+            row = {"index": index, "status": STATUS_SUCCEEDED, "outputs": outputs}
+        else:
+            row = failed_row(index, *describe_failure(error), attempt)
+        row["attempts"] = attempt + tries - 1
+        row["artifacts"] = []
         if workdir is not None:
             for name in spec.artifacts:
                 path = os.path.join(workdir, name)
@@ -138,33 +164,91 @@ class Runtime:
                         artifact_sink(index, name, data)
                     row["artifacts"].append(name)
             shutil.rmtree(workdir, ignore_errors=True)
-        text = console.getvalue()
-        if len(text) > MAX_CONSOLE_CHARS:
-            text = text[:MAX_CONSOLE_CHARS] + "\n[console output truncated]\n"
-        row["console_output"] = text
+        row["console_output"] = console_text(console.getvalue())
         row["duration_ms"] = (time.perf_counter() - started) * 1000.0
         return row
+
+    @staticmethod
+    def _try_record(
+        call: Callable[[dict[str, Any]], dict[str, Any]],
+        inputs: dict[str, Any],
+        outputs: dict[str, str],
+        console: io.StringIO,
+        workdir: str | None,
+    ) -> dict[str, Any]:
+        cwd = os.getcwd() if workdir is not None else ""
+        try:
+            if workdir is not None:
+                os.chdir(workdir)  # a record's files are its own
+            with contextlib.redirect_stdout(console):
+                raw = call(inputs)
+        finally:
+            if workdir is not None:
+                os.chdir(cwd)
+        return {n: coerce(raw.get(n), t, n, kind="output") for n, t in outputs.items()}
 
     def run_chunk(
         self, task: ChunkTask, report: Callable[[int, int], None], progress_interval: float = 0.25
     ) -> dict[str, Any]:
-        """Run every record of a chunk; returns ``{"succeeded", "failed"}``.
+        """Run every record of a chunk; returns its counts and statistics.
 
-        Results are flushed to the result file often (every ``FLUSH_INTERVAL`` seconds), so a
-        chunk stopped by a cancel keeps nearly every record it finished; progress counts go to
-        ``report`` every ``progress_interval`` seconds.
+        The keys are those of :class:`~batchserve.engine.tasks.Finished`: ``succeeded``,
+        ``failed``, ``retried``, ``timed_out``, ``cpu_user``, ``cpu_system``, ``bytes_in``,
+        ``bytes_out``. Results are flushed to the result file often (every ``FLUSH_INTERVAL``
+        seconds), so a chunk stopped by a cancel keeps nearly every record it finished; the
+        counts of flushed records go to ``report`` every ``progress_interval`` seconds.
         """
-        with _environment(task.environment):
-            return self._run_chunk(task, report, progress_interval)
-
-    def _run_chunk(
-        self, task: ChunkTask, report: Callable[[int, int], None], progress_interval: float
-    ) -> dict[str, Any]:
         spec = task.service
-        with self.blobs.open_read(task.input_key) as f:
-            table = pa.ipc.open_file(f).read_all()
-        if spec.mode == "vectorized":
-            return self._run_vectorized(task, table, report)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        what = "call" if spec.mode == "vectorized" else "record"
+        limits = TryLimits(task.max_task_retry_count, task.task_timeout, what)
+        # Read whole, then parsed: Arrow reading a Python file object costs more than the read.
+        data = self.blobs.read_bytes(task.input_key)
+        table = pa.ipc.open_file(pa.py_buffer(data)).read_all()
+        writer = ResultWriter(self.blobs.open_append_stream(task.result_key), spec.outputs)
+        try:
+            with _environment(task.environment), limits:
+                if spec.mode == "vectorized":
+                    succeeded, failed = self._run_vectorized(task, table, writer, limits)
+                else:
+                    progress = Progress(writer, report, progress_interval)
+                    if spec.artifacts:
+                        succeeded, failed = self._run_records(task, table, writer, limits, progress)
+                    else:
+                        succeeded, failed = run_rows(
+                            task,
+                            table,
+                            lambda: self.service(spec),
+                            writer,
+                            limits,
+                            progress,
+                            FLUSH_INTERVAL,
+                        )
+        finally:
+            writer.close()
+        spent = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "succeeded": succeeded,
+            "failed": failed,
+            "retried": limits.retried,
+            "timed_out": limits.timed_out,
+            # getrusage rather than os.times(): the same figures, in microseconds, not ticks
+            "cpu_user": spent.ru_utime - usage.ru_utime,
+            "cpu_system": spent.ru_stime - usage.ru_stime,
+            "bytes_in": len(data),
+            "bytes_out": writer.bytes_written,
+        }
+
+    def _run_records(
+        self,
+        task: ChunkTask,
+        table: pa.Table,
+        writer: ResultWriter,
+        limits: TryLimits,
+        progress: Progress,
+    ) -> tuple[int, int]:
+        """Row mode with artifacts: records one by one, each in its own working directory."""
+        spec = task.service
         columns = [c for c in spec.inputs if c in table.column_names]
         checked = frozenset(
             c
@@ -177,103 +261,99 @@ class Runtime:
         def sink(index: int, name: str, data: bytes) -> None:
             self.blobs.write_bytes(artifact_key(task.batch_id, index, name), data)
 
-        writer = ResultWriter(self.blobs.open_append_stream(task.result_key), spec.outputs)
         succeeded = failed = 0
-        last_flush = last_report = time.monotonic()
-        try:
-            for offset, values in enumerate(records):
-                row = self.run_record(
-                    spec,
-                    values,
-                    index=task.start_index + offset,
-                    artifact_sink=sink,
-                    checked=checked,
-                )
-                row["attempts"] = task.attempt
-                writer.add(row)
-                if row["status"] == STATUS_SUCCEEDED:
-                    succeeded += 1
-                else:
-                    failed += 1
-                now = time.monotonic()
-                if now - last_flush >= FLUSH_INTERVAL:
-                    writer.flush()
-                    last_flush = now
-                    if now - last_report >= progress_interval:
-                        report(succeeded, failed)
-                        last_report = now
-        finally:
-            writer.close()
-        return {"succeeded": succeeded, "failed": failed}
+        last_flush = time.perf_counter()
+        for offset, values in enumerate(records):
+            row = self.run_record(
+                spec,
+                values,
+                index=task.start_index + offset,
+                artifact_sink=sink,
+                checked=checked,
+                limits=limits,
+                attempt=task.attempt,
+                heartbeat=progress.beat,
+            )
+            writer.add(row)
+            if row["status"] == STATUS_SUCCEEDED:
+                succeeded += 1
+            else:
+                failed += 1
+            now = time.perf_counter()
+            if now - last_flush >= FLUSH_INTERVAL:
+                progress.flushed(succeeded, failed)
+                last_flush = now
+        return succeeded, failed
 
     def _run_vectorized(
-        self, task: ChunkTask, table: pa.Table, report: Callable[[int, int], None]
-    ) -> dict[str, Any]:
+        self, task: ChunkTask, table: pa.Table, writer: ResultWriter, limits: TryLimits
+    ) -> tuple[int, int]:
         """Call the service once per chunk with a DataFrame; isolate failing records by splitting.
 
         Records whose inputs fail the schema check fail alone and are left out of the frame.
-        When a call raises, the slice is halved and each half called again, down to single
-        records, so only the records that make the service fail get an error. What a call
+        When a call raises (or runs past the time limit), the slice is halved and each half
+        called again, down to single records, so only the records that make the service fail
+        get an error; a single record's call is tried again as the limits allow. What a call
         prints is the console output of the first record of that call.
         """
         import pandas as pd
 
         spec = task.service
         rows: dict[int, dict[str, Any]] = {}
-        good: list[int] = []
-        values: dict[str, list[Any]] = {n: [] for n in spec.inputs}
-        raw = table.select([c for c in spec.inputs if c in table.column_names]).to_pydict()
-        for offset in range(table.num_rows):
+        columns, bad = input_columns(table, spec.inputs)
+        for offset, exc in bad.items():
             index = task.start_index + offset
-            try:
-                record = {
-                    n: coerce(raw.get(n, [None] * table.num_rows)[offset], t, n)
-                    for n, t in spec.inputs.items()
-                }
-            except SchemaError as exc:
-                rows[index] = failed_row(index, str(exc), "SchemaError", task.attempt, "")
-                continue
-            good.append(index)
-            for n in spec.inputs:
-                values[n].append(record[n])
-        frame = pd.DataFrame(values, columns=list(spec.inputs))
+            rows[index] = failed_row(index, str(exc), "SchemaError", task.attempt, "")
+        good = [offset for offset in range(table.num_rows) if offset not in bad]
+        frame = pd.DataFrame(
+            {n: [columns[n][o] for o in good] if bad else columns[n] for n in spec.inputs},
+            columns=list(spec.inputs),
+        )
         try:
             service = self.service(spec)
         except bundles.BundleError as exc:
-            service = None
-            for index in good:
+            for offset in good:
+                index = task.start_index + offset
                 rows[index] = failed_row(index, str(exc), "BundleError", task.attempt, "")
+            service = None
+        call_frame = limits.limit(service.call_frame) if service is not None else None
 
         def attempt(lo: int, hi: int) -> None:
-            assert service is not None
-            console = io.StringIO()
-            started = time.perf_counter()
-            try:
-                with contextlib.redirect_stdout(console):
-                    out = service.call_frame(frame.iloc[lo:hi].reset_index(drop=True))
-                checked = [
-                    {n: coerce(out[n][i], t, n, kind="output") for n, t in spec.outputs.items()}
-                    for i in range(hi - lo)
-                ]
-            except Exception as exc:
-                if hi - lo > 1:
-                    mid = (lo + hi) // 2
-                    attempt(lo, mid)
-                    attempt(mid, hi)
+            assert call_frame is not None
+            tries = 0
+            while True:
+                tries += 1
+                console = io.StringIO()
+                started = time.perf_counter()
+                try:
+                    with contextlib.redirect_stdout(console):
+                        out = call_frame(frame.iloc[lo:hi].reset_index(drop=True))
+                    checked = [
+                        {n: coerce(out[n][i], t, n, kind="output") for n, t in spec.outputs.items()}
+                        for i in range(hi - lo)
+                    ]
+                    break
+                except (Exception, TaskTimeout) as exc:
+                    if hi - lo > 1:
+                        limits.note(exc)
+                        mid = (lo + hi) // 2
+                        attempt(lo, mid)
+                        attempt(mid, hi)
+                        return
+                    if limits.again(tries, exc):
+                        continue
+                    index = task.start_index + good[lo]
+                    rows[index] = failed_row(
+                        index,
+                        *describe_failure(exc),
+                        task.attempt + tries - 1,
+                        console_text(console.getvalue()),
+                    )
                     return
-                error_type = "SchemaError" if isinstance(exc, SchemaError) else type(exc).__name__
-                rows[good[lo]] = failed_row(
-                    good[lo],
-                    str(exc) or repr(exc),
-                    error_type,
-                    task.attempt,
-                    console.getvalue()[:MAX_CONSOLE_CHARS],
-                )
-                return
             per_row = (time.perf_counter() - started) * 1000.0 / (hi - lo)
-            text = console.getvalue()[:MAX_CONSOLE_CHARS]
+            text = console_text(console.getvalue())
             for i, outputs in enumerate(checked):
-                index = good[lo + i]
+                index = task.start_index + good[lo + i]
                 rows[index] = {
                     "index": index,
                     "status": STATUS_SUCCEEDED,
@@ -281,19 +361,15 @@ class Runtime:
                     "artifacts": [],
                     "console_output": text if i == 0 else "",
                     "duration_ms": per_row,
-                    "attempts": task.attempt,
+                    "attempts": task.attempt + tries - 1,
                 }
 
-        if service is not None and good:
+        if call_frame is not None and good:
             attempt(0, len(good))
-        writer = ResultWriter(self.blobs.open_append_stream(task.result_key), spec.outputs)
-        try:
-            for index in sorted(rows):
-                writer.add(rows[index])
-        finally:
-            writer.close()
+        for index in sorted(rows):
+            writer.add(rows[index])
         failed = sum(1 for r in rows.values() if r["status"] != STATUS_SUCCEEDED)
-        return {"succeeded": len(rows) - failed, "failed": failed}
+        return len(rows) - failed, failed
 
     def run_consume(self, task: ConsumeTask) -> dict[str, Any]:
         files: dict[str, str] = {}
@@ -302,6 +378,5 @@ class Runtime:
             files[name] = base64.b64encode(data).decode("ascii")
 
         row = self.run_record(task.service, task.inputs, index=0, artifact_sink=sink)
-        row["attempts"] = 1
         row["artifact_data"] = files
         return row
