@@ -354,3 +354,10 @@ def seconds(value: float | None) -> str:
 
 def verdict(met: bool | None) -> str:
     return "not run" if met is None else ("met" if met else "**missed**")
+
+
+def stop_ray() -> None:
+    """Shut down the local Ray instance this process started, if any (its daemons outlive it)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

@@ -45,6 +45,7 @@ from _common import (
     run_peer,
     seconds,
     stop_process_group,
+    stop_ray,
     verdict,
     versions,
     write_x_csv,
@@ -112,7 +113,7 @@ def start_ray(parallel: int) -> None:
         )
         # Ray Data logs its progress on every run; the figures are what this prints.
         ray.data.DataContext.get_current().enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def run_ray_tasks(args: argparse.Namespace, input_csv: Path, work: Path) -> float:
@@ -349,4 +350,7 @@ def report(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:
+        stop_ray()

@@ -38,6 +38,7 @@ from _common import (
     rate,
     run_peer,
     seconds,
+    stop_ray,
     verdict,
     versions,
 )
@@ -157,7 +158,7 @@ def run_ray_data(args: argparse.Namespace, model: Any, input_csv: Path, work: Pa
             logging_level="ERROR",
         )
         ray.data.DataContext.get_current().enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     predict = predictor(model)
 
     def predict_batch(frame: pd.DataFrame) -> pd.DataFrame:
@@ -244,4 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:
+        stop_ray()
