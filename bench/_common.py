@@ -197,6 +197,20 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+def cpu_seconds(root: int) -> float:
+    """User + system CPU seconds used so far by `root` and its live descendants (/proc stat)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in [root, *descendants(root)]:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / ticks
+
+
 class PeakMemory:
     """Samples VmHWM of a process and its descendants in the background; keeps each pid's max.
 
@@ -243,7 +257,7 @@ class PeakMemory:
 
     def describe(self) -> str:
         each = ", ".join(f"{m:.0f}" for m in self.children_mib) or "-"
-        return f"server {self.root_mib:.0f} MiB; workers {each} MiB"
+        return f"server {self.root_mib:.0f} MiB; child processes {each} MiB"
 
 
 # --- inputs --------------------------------------------------------------------------------------
@@ -319,9 +333,10 @@ def machine() -> str:
     with contextlib.suppress(OSError), open("/proc/meminfo") as f:
         kib = int(f.readline().split()[1])
         memory = f", {kib / MIB / MIB:.0f} GiB"
+    load = os.getloadavg()[0]
     return (
-        f"{os.cpu_count()} cpus{memory}, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}"
+        f"{os.cpu_count()} cpus{memory}, load average {load:.1f} at the end, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
     )
 
 

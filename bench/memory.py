@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((records, size_mib, elapsed, memory))
 
     table = Table(
-        ["records", "CSV MiB", "wall s", "records/s", "server peak MiB", "largest worker MiB",
+        ["records", "CSV MiB", "wall s", "records/s", "server peak MiB", "largest child MiB",
          "target", "met?"]
     )  # fmt: skip
     for records, size_mib, elapsed, memory in rows:

@@ -27,6 +27,7 @@ import csv
 import logging
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -147,16 +148,18 @@ def run_ray_data(args: argparse.Namespace, input_csv: Path, work: Path) -> float
     def add_one_batch(frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({"y": [add_one(x) for x in frame["x"]]})
 
+    out = work / "ray-data-results"
+
     def once() -> int:
-        out = work / "ray-data-results"
+        shutil.rmtree(out, ignore_errors=True)
         ray.data.read_csv(str(input_csv)).map_batches(
             add_one_batch, batch_format="pandas"
         ).write_csv(str(out))
         return args.records
 
     elapsed = best_of(args.repeat, once, args.records)
-    written = sum(len(pd.read_csv(p)) for p in (work / "ray-data-results").glob("*.csv"))
-    if written < args.records:
+    written = sum(len(pd.read_csv(p)) for p in out.glob("*.csv"))
+    if written != args.records:
         sys.exit(f"Ray Data wrote {written} results, not {args.records}.")
     return elapsed
 
@@ -278,21 +281,22 @@ def main(argv: list[str] | None = None) -> int:
             bs_s, memory = run_batchserve(args, input_csv, work)
             print(f"  batchserve        {seconds(bs_s)} s  {rate(n, bs_s)} records/s", flush=True)
         peers: dict[str, float | None] = {}
+
+        def note(name: str, value: float | None) -> None:
+            peers[name] = value
+            print(f"  {name:<32} {seconds(value)} s  {rate(n, value)} records/s", flush=True)
+
         if "pool" in wanted:
-            peers["multiprocessing.Pool"] = run_peer(
-                "pool", lambda: run_pool(args, input_csv, work)
-            )
+            note("multiprocessing.Pool", run_peer("pool", lambda: run_pool(args, input_csv, work)))
         if "ray-tasks" in wanted:
-            peers["Ray tasks"] = run_peer("ray", lambda: run_ray_tasks(args, input_csv, work))
+            note("Ray tasks", run_peer("ray", lambda: run_ray_tasks(args, input_csv, work)))
         if "ray-data" in wanted:
-            peers["Ray Data"] = run_peer("ray", lambda: run_ray_data(args, input_csv, work))
+            note("Ray Data", run_peer("ray", lambda: run_ray_data(args, input_csv, work)))
         celery_one: float | None = None
         if "celery" in wanted:
             both = run_peer("celery", lambda: run_celery(args, input_csv, work))
             list_s, celery_one = both if both else (None, None)
-            peers[f"Celery, {args.celery_task_records:,} records per task"] = list_s
-        for name, value in peers.items():
-            print(f"  {name:<32} {seconds(value)} s  {rate(n, value)} records/s", flush=True)
+            note(f"Celery, {args.celery_task_records:,} records per task", list_s)
         sample = min(args.celery_sample, n)
         if "celery" in wanted:
             print(
