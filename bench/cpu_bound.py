@@ -2,15 +2,18 @@
 
 The function is a pure-Python loop whose length is calibrated at start so that one call takes
 about ``--ms`` milliseconds (10 by default) on this machine. The same ``--records`` calls (400
-by default) are timed twice:
+by default) are timed three ways, one after the other in each of ``--repeat`` rounds (so that all
+three meet the same load on a shared machine):
 
 - **serial**: one after another in this process: the work itself, with nothing around it.
+- **multiprocessing.Pool(P)**: what P plain processes get on this machine at this moment.
 - **batchserve**: a real ``batchserve serve --workers P``, ``svc.batch(records, parallel_count=P)``,
   ``start()``, ``wait()``, ``to_pandas()`` — the wall time of the whole batch as a user sees it.
 
 Parallel efficiency = (serial time / P) / batchserve wall time: 100% is perfect use of P cores,
 and what is missing is batchserve's overhead (upload, scheduling, worker start, state polling,
-result download) plus whatever else runs on the machine.
+result download) plus whatever else runs on the machine. The pool's figure and the CPU seconds
+used by the server and its workers against the serial CPU seconds tell the two apart.
 
     .venv/bin/python bench/cpu_bound.py [--records 400] [--ms 10] [--parallel 2] [--repeat 2]
 """
@@ -18,6 +21,8 @@ result download) plus whatever else runs on the machine.
 from __future__ import annotations
 
 import argparse
+import functools
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = calibrate(args.ms)
     burn = make_service(rounds)
     records = {"x": list(range(n))}
-    serial_s = serial_cpu = batch_s = batch_cpu = float("inf")
+    serial_s = serial_cpu = batch_s = batch_cpu = pool_s = float("inf")
     median_ms = 0.0
     with (
         tempfile.TemporaryDirectory(prefix="batchserve-bench-") as tmp,
@@ -94,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
                 serial_s = min(serial_s, time.perf_counter() - start)
                 serial_cpu = min(serial_cpu, time.process_time() - cpu)
 
+                # The same calls on a plain process pool: what P processes get on this machine
+                # now, so that the load others put on it can be told from batchserve's overhead.
+                start = time.perf_counter()
+                with multiprocessing.Pool(args.parallel) as pool:
+                    pool.map(functools.partial(spin, rounds=rounds), range(n), chunksize=1)
+                pool_s = min(pool_s, time.perf_counter() - start)
+
                 start, cpu = time.perf_counter(), cpu_seconds(server.pid)
                 batch = svc.batch(records, parallel_count=args.parallel).start()
                 response = batch.wait(poll_interval=0.05)
@@ -105,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                     batch_s = elapsed
                     median_ms = float(results["duration_ms"].median())
                 print(
-                    f"  serial {serial_s:.2f} s; batchserve run {elapsed:.2f} s "
-                    f"(load average {os.getloadavg()[0]:.1f})",
+                    f"  serial {serial_s:.2f} s; pool {pool_s:.2f} s; "
+                    f"batchserve run {elapsed:.2f} s (load average {os.getloadavg()[0]:.1f})",
                     flush=True,
                 )
         client.close()
@@ -124,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     table.add(
         "**parallel efficiency**", f"**{efficiency:.0%}**", ">= 90%", verdict(efficiency >= 0.9)
     )
+    table.add(
+        f"multiprocessing.Pool({args.parallel}) wall time, same calls",
+        f"{pool_s:.2f} s (efficiency {ideal_s / pool_s:.0%})", "", "",
+    )  # fmt: skip
+    table.add("batchserve wall time / Pool wall time", f"{batch_s / pool_s:.2f}", "", "")
     table.add(
         "CPU seconds: serial / batchserve server and workers",
         f"{serial_cpu:.2f} / {batch_cpu:.2f} ({serial_cpu / batch_cpu:.0%})", "", "",

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Server, Table, machine, percentile, verdict, versions
+from _common import Server, Table, cpu_seconds, machine, percentile, verdict, versions
 
 
 def add_one(x: float) -> float:
@@ -120,11 +120,17 @@ def main(argv: list[str] | None = None) -> int:
         batch = slow.batch(
             {"x": [float(i) for i in range(args.batch_records)]}, parallel_count=args.parallel
         ).start()
-        start = time.perf_counter()
+        start, client_cpu, server_cpu = (
+            time.perf_counter(),
+            time.process_time(),
+            cpu_seconds(server.pid),
+        )
         polls = asyncio.run(
             poll(server.url, str(client.token), str(batch.execution_id), args.clients, args.polls)
         )
         polling_s = time.perf_counter() - start
+        client_cpu = time.process_time() - client_cpu
+        server_cpu = cpu_seconds(server.pid) - server_cpu
         state = batch.refresh().state
         batch.cancel()
         # The same polling of a batch that is finished: what polling costs without a running batch.
@@ -159,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"polling: {len(polls) / polling_s:,.0f} requests/s overall; the polled batch was "
-        f"{state} while polled ({args.batch_records:,} records of {args.sleep_ms:g} ms)"
+        f"{state} while polled ({args.batch_records:,} records of {args.sleep_ms:g} ms); "
+        f"CPU seconds meanwhile: the polling clients {client_cpu:.2f}, the server and its "
+        f"workers {server_cpu:.2f}"
     )
     return 0
 
