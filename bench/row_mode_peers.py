@@ -326,7 +326,7 @@ def report(
     targets[f"Celery, {args.celery_task_records:,} records per task"] = (5.0, ">= 5x")
     bs_rate = None if bs_s is None else n / bs_s
     table = Table(["system", "wall s", "records/s", "batchserve ÷ system", "target", "met?"])
-    table.add("**batchserve**", seconds(bs_s), rate(n, bs_s), "1", "", "")
+    table.add("**batchserve**", seconds(bs_s), rate(n, bs_s), "1" if bs_s else "-", "", "")
     for name, value in peers.items():
         ratio = None if value is None or bs_rate is None else bs_rate / (n / value)
         least, words = targets.get(name, (None, ""))
