@@ -1052,7 +1052,7 @@ def test_writing_bytes_to_stdout_fails_the_record_and_not_the_chunk(runtime, pub
 
     spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"})
     for path, options in [("loop", {}), ("one-by-one", {"artifacts": ("none.txt",)})]:
-        result, rows = run_rows(
+        _result, rows = run_rows(
             runtime,
             blobs,
             dataclasses.replace(spec, **options),
