@@ -85,9 +85,9 @@ def _workers():  # type: ignore[no-untyped-def]
 
 
 def test_disable_requeue_stops_running_chunks_and_enable_finishes_every_record(own, napper):  # type: ignore[no-untyped-def]
-    batch = napper.batch({"x": [float(i) for i in range(60)]}, parallel_count=2, chunk_size=5)
+    batch = napper.batch({"x": [float(i) for i in range(160)]}, parallel_count=2, chunk_size=5)
     batch.start()
-    until("two running chunks", lambda: running_chunks(own, batch.execution_id) == 2)
+    until("a running chunk", lambda: running_chunks(own, batch.execution_id) >= 1)
     batch.disable("requeue")
     assert batch.state in (BatchState.PAUSING, BatchState.PAUSED)
     until("paused", lambda: batch.refresh().state is BatchState.PAUSED)
@@ -96,19 +96,19 @@ def test_disable_requeue_stops_running_chunks_and_enable_finishes_every_record(o
     assert info.state == "disabled"
     assert info.job_statistics.requeued_records >= 5  # at least one chunk went back
     done = batch.refresh().data["completed_item_count"]
-    assert done < 60
+    assert done < 160
     batch.enable()
     result = batch.wait(timeout=120)
     assert result.state is BatchState.COMPLETED
-    assert result.info["succeeded_item_count"] == 60
+    assert result.info["succeeded_item_count"] == 160
     assert result.info["failed_item_count"] == 0
-    one_result_each(batch, 60)
+    one_result_each(batch, 160)
 
 
 def test_disable_terminate_fails_the_unfinished_records_of_running_chunks(own, napper):  # type: ignore[no-untyped-def]
-    batch = napper.batch({"x": [float(i) for i in range(60)]}, parallel_count=2, chunk_size=10)
+    batch = napper.batch({"x": [float(i) for i in range(160)]}, parallel_count=2, chunk_size=10)
     batch.start()
-    until("two running chunks", lambda: running_chunks(own, batch.execution_id) == 2)
+    until("a running chunk", lambda: running_chunks(own, batch.execution_id) >= 1)
     batch.disable("terminate")
     until("paused", lambda: batch.refresh().state is BatchState.PAUSED)
     failed_now = batch.data["failed_item_count"]
@@ -116,17 +116,17 @@ def test_disable_terminate_fails_the_unfinished_records_of_running_chunks(own, n
     batch.enable()
     result = batch.wait(timeout=120)
     assert result.state is BatchState.COMPLETED
-    frame = one_result_each(batch, 60)
+    frame = one_result_each(batch, 160)
     failed = frame[frame["status"] == "failed"]
     assert len(failed) == failed_now
     assert failed["error"].str.contains("disabled").all()
-    assert (frame["status"] == "succeeded").sum() == 60 - failed_now
+    assert (frame["status"] == "succeeded").sum() == 160 - failed_now
 
 
 def test_disable_wait_lets_running_chunks_finish(own, napper):  # type: ignore[no-untyped-def]
-    batch = napper.batch({"x": [float(i) for i in range(60)]}, parallel_count=2, chunk_size=10)
+    batch = napper.batch({"x": [float(i) for i in range(160)]}, parallel_count=2, chunk_size=10)
     batch.start()
-    until("two running chunks", lambda: running_chunks(own, batch.execution_id) == 2)
+    until("a running chunk", lambda: running_chunks(own, batch.execution_id) >= 1)
     assert batch.disable("wait").state is BatchState.PAUSING
     until("paused", lambda: batch.refresh().state is BatchState.PAUSED)
     paused = batch.data
@@ -135,8 +135,8 @@ def test_disable_wait_lets_running_chunks_finish(own, napper):  # type: ignore[n
     assert paused["completed_item_count"] % 10 == 0  # only whole chunks ran
     batch.enable()
     result = batch.wait(timeout=120)
-    assert result.info["succeeded_item_count"] == 60
-    one_result_each(batch, 60)
+    assert result.info["succeeded_item_count"] == 160
+    one_result_each(batch, 160)
 
 
 def test_a_paused_batch_can_be_cancelled(own, napper):  # type: ignore[no-untyped-def]
@@ -279,7 +279,7 @@ def test_a_worker_stuck_past_the_task_timeout_is_killed_and_the_record_fails(own
 
 def test_a_higher_priority_batch_preempts_a_preemptible_running_one(own, napper):  # type: ignore[no-untyped-def]
     low = napper.batch(
-        {"x": [float(i) for i in range(80)]},
+        {"x": [float(i) for i in range(160)]},
         parallel_count=2,
         chunk_size=10,
         allow_preemption=True,
@@ -289,14 +289,14 @@ def test_a_higher_priority_batch_preempts_a_preemptible_running_one(own, napper)
     assert high.wait(timeout=60).state is BatchState.COMPLETED
     assert low.refresh().state is BatchState.RUNNING  # it was overtaken, not finished first
     result = low.wait(timeout=120)
-    assert result.info["succeeded_item_count"] == 80
+    assert result.info["succeeded_item_count"] == 160
     assert result.info["failed_item_count"] == 0
     assert low.info().job_statistics.requeued_records >= 10
-    one_result_each(low, 80)
+    one_result_each(low, 160)
 
 
 def test_a_batch_that_does_not_allow_preemption_keeps_its_workers(own, napper):  # type: ignore[no-untyped-def]
-    low = napper.batch({"x": [float(i) for i in range(40)]}, parallel_count=2, chunk_size=10)
+    low = napper.batch({"x": [float(i) for i in range(80)]}, parallel_count=2, chunk_size=10)
     low.start()
     until("two running chunks", lambda: running_chunks(own, low.execution_id) == 2)
     high = napper.batch({"x": [5.0] * 2}, parallel_count=2, chunk_size=1, priority=100).start()
@@ -348,9 +348,9 @@ def test_a_batch_pausing_or_paused_when_the_server_dies_is_paused_after_restart(
         svc = c.publish_service(
             unique_name, code=nap, inputs={"x": float}, outputs={"y": float}, version="v1"
         )
-        waiting = svc.batch({"x": [float(i) for i in range(60)]}, parallel_count=2, chunk_size=10)
+        waiting = svc.batch({"x": [float(i) for i in range(120)]}, parallel_count=2, chunk_size=10)
         waiting.start()
-        until("two running chunks", lambda: running_chunks(c, waiting.execution_id) == 2)
+        until("a running chunk", lambda: running_chunks(c, waiting.execution_id) >= 1)
         assert waiting.disable("wait").state is BatchState.PAUSING
         paused = svc.batch({"x": [float(i) for i in range(20)]}, parallel_count=1, chunk_size=5)
         paused.start().disable("requeue")
@@ -360,7 +360,7 @@ def test_a_batch_pausing_or_paused_when_the_server_dies_is_paused_after_restart(
     fresh_server.start()
     with Client(fresh_server.url, username="admin", password=ADMIN_PASSWORD) as c:
         svc = c.get_service(unique_name, version="v1")
-        for batch_id, total in zip(ids, (60, 20), strict=True):
+        for batch_id, total in zip(ids, (120, 20), strict=True):
             batch = svc.get_batch(batch_id)
             until("paused after restart", lambda b=batch: b.refresh().state is BatchState.PAUSED)
             batch.enable()
