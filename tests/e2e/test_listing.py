@@ -60,6 +60,10 @@ def pages(http: httpx.Client, path: str, **params: object) -> list[list[str]]:
             pytest.fail("the listing never ended")
 
 
+def flat(pages: list[list[str]]) -> list[str]:
+    return [batch_id for page in pages for batch_id in page]
+
+
 @pytest.fixture
 def svc(client, unique_name):  # type: ignore[no-untyped-def]
     return client.publish_service(
@@ -71,9 +75,9 @@ def test_cursor_paging_gives_every_batch_once_newest_first(http, svc):  # type: 
     made = [create(http, svc.name) for _ in range(7)]
     got = pages(http, f"/v1/services/{svc.name}/v1/batches", limit=3)
     assert [len(p) for p in got] == [3, 3, 1]
-    assert sum(got, []) == list(reversed(made))
+    assert flat(got) == list(reversed(made))
     # The global listing pages the same way, filtered to the service.
-    assert sum(pages(http, "/v1/batches", service=svc.name, limit=2), []) == list(reversed(made))
+    assert flat(pages(http, "/v1/batches", service=svc.name, limit=2)) == list(reversed(made))
 
 
 def test_a_page_that_ends_exactly_at_the_last_batch_has_no_next_cursor(http, svc):  # type: ignore[no-untyped-def]
@@ -88,7 +92,7 @@ def test_batches_added_while_paging_neither_repeat_nor_shift_the_pages(http, svc
     first = http.get(path, params={"limit": 2}).json()
     added = create(http, svc.name)  # newer than the first page: it sorts before it
     rest = pages(http, path, limit=2, cursor=first["next_cursor"])
-    seen = [b["id"] for b in first["batches"]] + sum(rest, [])
+    seen = [b["id"] for b in first["batches"]] + flat(rest)
     assert seen == list(reversed(made))
     assert added not in seen
     assert pages(http, path, limit=100)[0][0] == added  # a fresh listing shows it first
@@ -200,9 +204,9 @@ def test_users_see_their_own_batches_and_owners_see_all(server, http, svc, uniqu
     ):
         anns = create(ann, svc.name)
         path = f"/v1/services/{svc.name}/v1/batches"
-        assert sum(pages(ann, path), []) == [anns]
-        assert sum(pages(bob, path), []) == []
-        assert sum(pages(ann, "/v1/batches", limit=1), []) == [anns]
+        assert flat(pages(ann, path)) == [anns]
+        assert flat(pages(bob, path)) == []
+        assert flat(pages(ann, "/v1/batches", limit=1)) == [anns]
         listed = http.get(path).json()["batches"]
     assert [b["id"] for b in listed] == [anns, mine]
     assert [b["created_by"] for b in listed] == [f"ann{unique_name}", "admin"]
