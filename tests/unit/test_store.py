@@ -575,6 +575,20 @@ def test_finishing_pending_chunks_as_failed_counts_their_records_failed(store, s
     ]
 
 
+def test_finishing_a_requeued_chunk_drops_the_result_file_of_its_cut_off_attempt(
+    store, service, owner
+):
+    batch = add_batch(store, service, owner, chunks=[4])
+    chunk = store.claim_chunk(batch.id, result_key)
+    store.set_chunk(chunk.id, succeeded=2)
+    assert store.requeue_running_chunks() == 1  # a crash: the attempt is cut off
+    store.finish_pending_chunks(batch.id, ChunkState.CANCELLED, "cancelled by ann")
+    after = store.get_chunk(chunk.id)
+    # Its records never finished as far as the batch knows: the old file must not say otherwise.
+    assert (after.state, after.result_key) == ("cancelled", None)
+    assert (after.succeeded, after.failed, after.cancelled) == (0, 0, 4)
+
+
 def test_finishing_pending_chunks_leaves_other_batches_alone(store, service, owner):
     one = add_batch(store, service, owner, chunks=[4])
     two = add_batch(store, service, owner, chunks=[4])

@@ -461,7 +461,11 @@ class Store:
 
     def finish_pending_chunks(self, batch_id: str, state: ChunkState, error: str) -> None:
         """Move every pending chunk of a batch to a final state: its records are cancelled
-        (``state`` CANCELLED) or failed (FAILED) without running."""
+        (``state`` CANCELLED) or failed (FAILED) without running.
+
+        A pending chunk may still name the result file of an attempt that was cut off (a lost
+        worker, a crash); that file is dropped with it, so its results and counts agree.
+        """
         counter = "cancelled" if state == ChunkState.CANCELLED else "failed"
         check_chunk_transition(ChunkState.PENDING, state)
         with self.session() as s:
@@ -473,6 +477,10 @@ class Store:
                         "state": state.value,
                         "finished_at": utcnow(),
                         "error": error,
+                        "result_key": None,
+                        "succeeded": 0,
+                        "failed": 0,
+                        "cancelled": 0,
                         counter: Chunk.count,
                     }
                 )
