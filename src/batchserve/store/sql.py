@@ -268,7 +268,7 @@ class Store:
             pairs = func.json_each(Batch.options, "$.metadata").table_valued("key", "value")
             match = select(literal(1)).select_from(pairs)
             return exists(match.where(pairs.c.key == key, pairs.c.value == value))
-        return Batch.options[("metadata", key)].as_string() == value
+        return Batch.options["metadata"][key].as_string() == value
 
     def update_batch(
         self, batch_id: str, *, expect_revision: int | None = None, **fields: Any
