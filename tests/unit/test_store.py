@@ -384,6 +384,51 @@ def test_list_batches_filters_by_service_and_owner(store, service, owner):
     assert {b.id for b in store.list_batches(service_ids=[service.id])} == {mine.id, bobs.id}
 
 
+def tagged(store, service, owner, **metadata):
+    batch = add_batch(store, service, owner)
+    store.update_batch(batch.id, options={"outputs": {"y": "int"}, "metadata": metadata})
+    return batch
+
+
+def test_list_batches_keeps_batches_whose_metadata_has_every_pair(store, service, owner):
+    risk_eu = tagged(store, service, owner, team="risk", region="eu")
+    risk_us = tagged(store, service, owner, team="risk", region="us")
+    tagged(store, service, owner, team="ops", region="eu")
+    add_batch(store, service, owner)  # no metadata at all
+    assert [b.id for b in store.list_batches(metadata={"team": "risk"})] == [
+        risk_us.id,
+        risk_eu.id,
+    ]
+    got = store.list_batches(metadata={"team": "risk", "region": "eu"})
+    assert [b.id for b in got] == [risk_eu.id]
+    assert store.list_batches(metadata={"team": "nobody"}) == []
+    assert store.list_batches(metadata={"missing": "risk"}) == []
+
+
+def test_list_batches_matches_metadata_keys_that_json_paths_cannot_spell(store, service, owner):
+    odd = tagged(store, service, owner, **{'we"ird.key[0]': "a:b", "équipe": "risque"})
+    tagged(store, service, owner, **{"weird.key": "a:b"})
+    assert [b.id for b in store.list_batches(metadata={'we"ird.key[0]': "a:b"})] == [odd.id]
+    assert [b.id for b in store.list_batches(metadata={"équipe": "risque"})] == [odd.id]
+
+
+def test_list_batches_bounds_the_creation_time(store, service, owner):
+    made = [add_batch(store, service, owner) for _ in range(3)]
+    middle = made[1].creation_time
+    assert [b.id for b in store.list_batches(created_after=middle)] == [made[2].id]
+    assert [b.id for b in store.list_batches(created_before=middle)] == [made[0].id]
+    assert store.list_batches(created_after=middle, created_before=middle) == []
+
+
+def test_list_batches_pages_stay_stable_while_batches_are_added(store, service, owner):
+    made = [add_batch(store, service, owner).id for _ in range(5)]
+    first = store.list_batches(limit=2)
+    added = add_batch(store, service, owner).id  # newer than every page already read
+    rest = store.list_batches(limit=10, before=(first[-1].creation_time, first[-1].id))
+    assert [b.id for b in first] + [b.id for b in rest] == list(reversed(made))
+    assert added not in [b.id for b in rest]
+
+
 def test_batches_in_states_puts_higher_priority_first_then_first_come(store, service, owner):
     low = add_batch(store, service, owner, priority=-5)
     first = add_batch(store, service, owner, priority=10)
@@ -528,6 +573,20 @@ def test_finishing_pending_chunks_as_failed_counts_their_records_failed(store, s
         ("failed", 4, 0),
         ("failed", 2, 0),
     ]
+
+
+def test_finishing_a_requeued_chunk_drops_the_result_file_of_its_cut_off_attempt(
+    store, service, owner
+):
+    batch = add_batch(store, service, owner, chunks=[4])
+    chunk = store.claim_chunk(batch.id, result_key)
+    store.set_chunk(chunk.id, succeeded=2)
+    assert store.requeue_running_chunks() == 1  # a crash: the attempt is cut off
+    store.finish_pending_chunks(batch.id, ChunkState.CANCELLED, "cancelled by ann")
+    after = store.get_chunk(chunk.id)
+    # Its records never finished as far as the batch knows: the old file must not say otherwise.
+    assert (after.state, after.result_key) == ("cancelled", None)
+    assert (after.succeeded, after.failed, after.cancelled) == (0, 0, 4)
 
 
 def test_finishing_pending_chunks_leaves_other_batches_alone(store, service, owner):

@@ -8,7 +8,8 @@ with :class:`~batchserve.client._runner.AsyncRunner` and an ``httpx.AsyncClient`
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -16,9 +17,16 @@ import httpx
 
 from batchserve._version import __version__
 from batchserve.client import _ops
+from batchserve.client._batch import Batch
 from batchserve.client._publish import prepare_publication
 from batchserve.client._runner import Runner, Session, SyncRunner
-from batchserve.client._service import Service, service_from_info
+from batchserve.client._service import (
+    Service,
+    batch_from_info,
+    listing_filters,
+    paged,
+    service_from_info,
+)
 from batchserve.client._wire import Op
 from batchserve.errors import UsageError
 
@@ -106,6 +114,42 @@ class ClientBase:
         if not version:
             raise UsageError("delete_service() needs the version to delete, e.g. version='v1.0.0'.")
         yield from _ops.delete_service(name, version)
+
+    def list_batches(
+        self,
+        *,
+        state: str | Iterable[str] | None = None,
+        service: str | None = None,
+        version: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        page_size: int = _ops.BATCHES_PAGE_SIZE,
+    ) -> Iterator[Batch]:
+        """The batches you may see (every batch, for an owner), newest first, read a page at a
+        time as the iteration goes on.
+
+        ``state`` keeps batches in that state (or any of several); ``service`` (and ``version``)
+        keeps one service's batches; ``metadata`` keeps those whose metadata has every one of
+        these pairs; ``created_after`` / ``created_before`` bound the creation time.
+        ``page_size`` (1 to 1000) is the number of batches per request.
+        """
+        if version is not None and service is None:
+            raise UsageError("version= needs service=, the name of the service it belongs to.")
+        filters = listing_filters(state, metadata, created_after, created_before, page_size)
+        if service is not None:
+            filters["service"] = service
+            if version is not None:
+                filters["version"] = version
+        services: dict[tuple[str, str], Service] = {}  # each service is read once per listing
+        for info in paged(
+            self._runner, lambda cursor: _ops.list_batches(filters, cursor, page_size)
+        ):
+            ref = info.get("service") or {}
+            key = (str(ref.get("name")), str(ref.get("version")))
+            if key not in services:
+                services[key] = self.get_service(*key)
+            yield batch_from_info(services[key], info)
 
     def whoami(self) -> dict[str, Any]:
         """The logged-in user: ``{"username": ..., "role": ...}``."""

@@ -119,9 +119,33 @@ def create_batch(
     return dict(resp.json())
 
 
-def list_service_batches(name: str, version: str) -> Op[list[dict[str, Any]]]:
-    resp = yield from call(Request("GET", f"{_service_path(name, version)}/batches"))
-    return list(resp.json()["batches"])
+#: How many batches one page of a batch listing holds unless asked otherwise (the server's most).
+BATCHES_PAGE_SIZE = 100
+
+
+def list_batches(
+    filters: dict[str, Any], cursor: str | None, page_size: int = BATCHES_PAGE_SIZE
+) -> Op[dict[str, Any]]:
+    """One page of every service's batches: ``{"batches": [...], "next_cursor": ...}``.
+
+    ``filters`` are the listing's query parameters (see :func:`listing_filters`).
+    """
+    params = {**filters, "limit": page_size, **({"cursor": cursor} if cursor else {})}
+    resp = yield from call(Request("GET", "/v1/batches", params=params))
+    return dict(resp.json())
+
+
+def list_service_batches(
+    name: str,
+    version: str,
+    filters: dict[str, Any] | None = None,
+    cursor: str | None = None,
+    page_size: int = BATCHES_PAGE_SIZE,
+) -> Op[dict[str, Any]]:
+    """One page of a service version's batches: ``{"batches": [...], "next_cursor": ...}``."""
+    params = {**(filters or {}), "limit": page_size, **({"cursor": cursor} if cursor else {})}
+    resp = yield from call(Request("GET", f"{_service_path(name, version)}/batches", params=params))
+    return dict(resp.json())
 
 
 def get_batch(execution_id: str, wait: float = 0.0) -> Op[dict[str, Any]]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import inspect
 import keyword
 import re
-from collections.abc import Iterable, Mapping
-from datetime import timedelta
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from batchserve.client import _ops
@@ -207,21 +207,36 @@ class Service:
 
     def _get_batch(self, execution_id: str) -> Op[Batch]:
         info = yield from _ops.get_batch(execution_id)
-        return Batch(
-            self,
-            None,
-            parallel_count=int(info.get("parallel_count") or 0),
-            chunk_size=info.get("chunk_size"),
-            info=info,
-        )
+        return batch_from_info(self, info)
+
+    def list_batches(
+        self,
+        *,
+        state: str | Iterable[str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        page_size: int = _ops.BATCHES_PAGE_SIZE,
+    ) -> Iterator[Batch]:
+        """This version's batches that you may see, newest first, read a page at a time as
+        the iteration goes on.
+
+        ``state`` keeps batches in that state (or any of several); ``metadata`` keeps those whose
+        metadata has every one of these pairs; ``created_after`` / ``created_before`` bound the
+        creation time. ``page_size`` (1 to 1000) is the number of batches per request.
+        """
+        filters = listing_filters(state, metadata, created_after, created_before, page_size)
+        for info in paged(
+            self._runner,
+            lambda cursor: _ops.list_service_batches(
+                self.name, self.version, filters, cursor, page_size
+            ),
+        ):
+            yield batch_from_info(self, info)
 
     def list_batch_executions(self) -> list[str]:
         """The execution ids of this service version's batches, newest first."""
-        return self._runner.run(self._list_batch_executions())
-
-    def _list_batch_executions(self) -> Op[list[str]]:
-        batches = yield from _ops.list_service_batches(self.name, self.version)
-        return [str(b["id"]) for b in batches]
+        return [str(b.execution_id) for b in self.list_batches(page_size=1000)]
 
     def __repr__(self) -> str:
         args = ", ".join(f"{n}: {t}" for n, t in self.inputs.items())
@@ -249,6 +264,56 @@ def _bind(
     if missing:
         raise TypeError(f"{alias}() is missing input(s): {', '.join(missing)}")
     return {name: plain(values[name]) for name in names}
+
+
+def batch_from_info(service: Service, info: dict[str, Any]) -> Batch:
+    """A batch of ``service`` as the server described it (``BatchPublic``)."""
+    return Batch(
+        service,
+        None,
+        parallel_count=int(info.get("parallel_count") or 0),
+        chunk_size=info.get("chunk_size"),
+        info=info,
+    )
+
+
+def listing_filters(
+    state: str | Iterable[str] | None,
+    metadata: Mapping[str, str] | None,
+    created_after: datetime | str | None,
+    created_before: datetime | str | None,
+    page_size: int,
+) -> dict[str, Any]:
+    """The query parameters of a batch listing, checked before anything is sent."""
+    if not isinstance(page_size, int) or not 1 <= page_size <= 1000:
+        raise UsageError(f"page_size must be a whole number from 1 to 1000, not {page_size!r}.")
+    params: dict[str, Any] = {}
+    if state is not None:
+        states = [state] if isinstance(state, str) else list(state)
+        if not all(isinstance(s, str) for s in states):
+            raise UsageError(f"state must be a state name or several of them, not {state!r}.")
+        params["state"] = [str(s) for s in states]
+    if metadata:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in dict(metadata).items()):
+            raise UsageError("metadata must map names to text values, like {'team': 'risk'}.")
+        if any(":" in k or not k for k in metadata):
+            raise UsageError("metadata names to filter on must be non-empty and hold no ':'.")
+        params["metadata"] = [f"{k}:{v}" for k, v in metadata.items()]
+    for name, when in (("created_after", created_after), ("created_before", created_before)):
+        if when is not None:
+            params[name] = when.isoformat() if isinstance(when, datetime) else str(when)
+    return params
+
+
+def paged(runner: Runner, page: Callable[[str | None], Op[dict[str, Any]]]) -> Iterator[Any]:
+    """The items of a cursor-paged listing, one request per page, made as they are needed."""
+    cursor: str | None = None
+    while True:
+        answer = runner.run(page(cursor))
+        yield from answer.get("batches") or []
+        cursor = answer.get("next_cursor")
+        if not cursor:
+            return
 
 
 def service_from_info(info: dict[str, Any], runner: Runner) -> Service:

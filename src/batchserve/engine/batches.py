@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -66,6 +69,50 @@ def choose_chunk_size(
 
 
 DISABLE_MODES = ("requeue", "terminate", "wait")
+
+
+@dataclass(frozen=True)
+class BatchPage:
+    """One page of a batch listing; ``next_cursor`` asks for the next (None: this is the last)."""
+
+    batches: list[Batch]
+    next_cursor: str | None
+
+
+def parse_states(values: list[str] | None) -> list[str] | None:
+    """Canonical state names from repeated and/or comma-separated values; None means any."""
+    names = [n.strip().lower() for v in values or [] for n in v.split(",") if n.strip()]
+    valid = [s.value for s in BatchState if s.name.isupper()]
+    bad = [n for n in names if n not in valid]
+    if bad:
+        raise BadRequest(
+            f"Unknown batch state(s): {', '.join(repr(n) for n in bad)}; the states are "
+            f"{', '.join(valid)}.",
+            unknown=bad,
+            states=valid,
+        )
+    return names or None
+
+
+def encode_cursor(last: Batch) -> str:
+    """The opaque position after ``last``: its (creation time, id), the listing's sort key."""
+    raw = json.dumps([last.creation_time.isoformat(), last.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        when, batch_id = json.loads(raw)
+        at = datetime.fromisoformat(when)
+        if at.tzinfo is None or not isinstance(batch_id, str):
+            raise ValueError(cursor)
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise BadRequest(
+            f"The cursor {cursor!r} is not one this server handed out; pass the next_cursor of "
+            "the previous page, or leave cursor out to start from the newest batch."
+        ) from None
+    return at, batch_id
 
 
 class BatchOps:
@@ -402,21 +449,48 @@ class BatchOps:
         states: list[str] | None = None,
         limit: int = 100,
     ) -> list[Batch]:
+        """Up to ``limit`` batches ``who`` may see, newest first (see :meth:`list_page`)."""
+        return self.list_page(
+            who, service=service, services=services, states=states, limit=limit
+        ).batches
+
+    def list_page(
+        self,
+        who: Principal,
+        *,
+        service: Service | None = None,
+        services: list[Service] | None = None,
+        states: list[str] | None = None,
+        metadata: dict[str, str] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> BatchPage:
+        """One page of the batches ``who`` may see (their own; an owner sees all), newest first.
+
+        ``states`` are canonical state names (an entry may hold several, comma-separated);
+        ``metadata`` keeps batches whose metadata has all these pairs. ``cursor`` is the
+        ``next_cursor`` of the previous page; the page's own is None at the end.
+        """
         ids = (
             [service.id]
             if service is not None
             else ([s.id for s in services] if services is not None else None)
         )
-        try:
-            wanted = [BatchState(s).value for s in states] if states else None
-        except ValueError:
-            raise BadRequest(
-                f"Unknown state in {states}; the states are "
-                f"{', '.join(s.value for s in BatchState)}."
-            ) from None
-        return self.store.list_batches(
-            service_ids=ids, states=wanted, limit=limit, owner_id=None if who.is_owner else who.id
+        page = self.store.list_batches(
+            service_ids=ids,
+            states=parse_states(states),
+            metadata=metadata,
+            created_after=created_after,
+            created_before=created_before,
+            limit=limit + 1,  # one more tells whether another page follows
+            before=decode_cursor(cursor) if cursor else None,
+            owner_id=None if who.is_owner else who.id,
         )
+        more = len(page) > limit
+        page = page[:limit]
+        return BatchPage(page, encode_cursor(page[-1]) if more else None)
 
     def counts(self, batch_id: str) -> BatchCounts:
         return self.store.batch_counts(batch_id)

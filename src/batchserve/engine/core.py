@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import logging
 
-from batchserve.blobs import LocalBlobStore
+from batchserve.blobs import BlobNotFound, LocalBlobStore
 from batchserve.engine.auth import Accounts
 from batchserve.engine.batches import BatchOps
 from batchserve.engine.executors import ProcessExecutor
+from batchserve.engine.results import read_results
 from batchserve.engine.scheduler import CancelBatch, Scheduler, Wake
 from batchserve.engine.services import ServiceOps
 from batchserve.settings import Settings
-from batchserve.states import BatchState
+from batchserve.states import BatchState, ChunkState
 from batchserve.store import Store, upgrade
+from batchserve.store.models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class Engine:
 
     def _recover(self) -> None:
         """Make the store true again after a crash: nothing runs before this process starts."""
+        self._settle_stopping_chunks()
         requeued = self.store.requeue_running_chunks()
         if requeued:
             log.warning("requeued %d chunk(s) left running by a previous process", requeued)
@@ -66,6 +69,48 @@ class Engine:
             log.warning("removing batch %s whose upload never finished", batch.id)
             self.store.delete_batch(batch.id)
             self.blobs.delete_prefix(f"batches/{batch.id}")
+        self._remove_orphan_files()
+
+    def _remove_orphan_files(self) -> None:
+        """Remove the files of batches that no longer exist: a delete removes a batch's rows
+        first and its files after, so a crash in between leaves files nothing refers to."""
+        folder = self.blobs.path("batches")
+        if not folder.is_dir():
+            return
+        for entry in folder.iterdir():
+            if entry.is_dir() and self.store.get_batch(entry.name) is None:
+                log.warning("removing the files of batch %s, which no longer exists", entry.name)
+                self.blobs.delete_prefix(f"batches/{entry.name}")
+
+    def _settle_stopping_chunks(self) -> None:
+        """End the running chunks of batches that were being cancelled as the cancel would have:
+        cancelled, with the records already in their result files keeping their results.
+
+        Requeued instead, such a chunk would never run again, yet its result file would still
+        hold the records it finished: results and counts would disagree.
+        """
+        for batch in self.store.batches_in_states([BatchState.CANCELLING]):
+            outputs = batch.options.get("outputs", {})
+            for chunk in self.store.chunks(batch.id, [ChunkState.RUNNING]):
+                statuses: list[str] = []
+                if chunk.result_key is not None:
+                    try:
+                        with self.blobs.open_read(chunk.result_key) as f:
+                            statuses = read_results(f, outputs).column("status").to_pylist()
+                    except BlobNotFound:
+                        pass
+                succeeded, failed = statuses.count("succeeded"), statuses.count("failed")
+                self.store.set_chunk(
+                    chunk.id,
+                    expect_state=ChunkState.RUNNING,
+                    state=ChunkState.CANCELLED.value,
+                    finished_at=utcnow(),
+                    succeeded=succeeded,
+                    failed=failed,
+                    cancelled=chunk.count - succeeded - failed,
+                    error="cancelled",
+                )
+                log.warning("chunk %s of batch %s, being cancelled, settled", chunk.seq, batch.id)
 
     def stop(self) -> None:
         self.scheduler.stop()

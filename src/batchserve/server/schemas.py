@@ -250,6 +250,7 @@ class TerminateRequest(BaseModel):
 
 class BatchList(BaseModel):
     batches: list[BatchPublic]
+    next_cursor: str | None = None  # the cursor of the next page; None on the last one
 
 
 class ResultPage(BaseModel):

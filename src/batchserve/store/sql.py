@@ -7,13 +7,24 @@ which consults the one state table in :mod:`batchserve.states`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    create_engine,
+    delete,
+    event,
+    exists,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -239,10 +250,20 @@ class Store:
         service_ids: Sequence[int] | None = None,
         states: Sequence[str] | None = None,
         owner_id: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
         limit: int = 100,
         before: tuple[datetime, str] | None = None,
     ) -> list[Batch]:
-        """Newest first; ``before`` is the (creation_time, id) of the last row of a page."""
+        """Sealed batches, newest first: the ``limit`` after ``before``, the (creation_time, id) of
+        the last row of the previous page.
+
+        ``metadata`` keeps the batches whose metadata has every one of these key/value pairs;
+        ``created_after`` and ``created_before`` bound the creation time (both exclusive).
+        Paging by (creation_time, id) rather than by offset keeps pages stable while batches are
+        added: a new batch sorts before every page already read.
+        """
         with self.session() as s:
             q = select(Batch).where(Batch.sealed.is_(True))
             if service_ids is not None:
@@ -251,6 +272,12 @@ class Store:
                 q = q.where(Batch.state.in_(states))
             if owner_id is not None:
                 q = q.where(Batch.owner_id == owner_id)
+            for key, value in (metadata or {}).items():
+                q = q.where(self._metadata_is(key, value))
+            if created_after is not None:
+                q = q.where(Batch.creation_time > created_after)
+            if created_before is not None:
+                q = q.where(Batch.creation_time < created_before)
             if before is not None:
                 t, bid = before
                 q = q.where(
@@ -258,6 +285,16 @@ class Store:
                 )
             q = q.order_by(Batch.creation_time.desc(), Batch.id.desc()).limit(limit)
             return list(s.scalars(q))
+
+    def _metadata_is(self, key: str, value: str) -> ColumnElement[bool]:
+        """A condition: the batch's ``options["metadata"][key]`` equals ``value``."""
+        if self.engine.dialect.name == "sqlite":
+            # SQLite's JSON paths cannot spell every key (quotes, non-ASCII), so the metadata
+            # object is walked with json_each and its keys compared as plain text.
+            pairs = func.json_each(Batch.options, "$.metadata").table_valued("key", "value")
+            match = select(literal(1)).select_from(pairs)
+            return exists(match.where(pairs.c.key == key, pairs.c.value == value))
+        return Batch.options["metadata"][key].as_string() == value
 
     def update_batch(
         self, batch_id: str, *, expect_revision: int | None = None, **fields: Any
@@ -485,7 +522,11 @@ class Store:
 
     def finish_pending_chunks(self, batch_id: str, state: ChunkState, error: str) -> None:
         """Move every pending chunk of a batch to a final state: its records are cancelled
-        (``state`` CANCELLED) or failed (FAILED) without running."""
+        (``state`` CANCELLED) or failed (FAILED) without running.
+
+        A pending chunk may still name the result file of an attempt that was cut off (a lost
+        worker, a crash); that file is dropped with it, so its results and counts agree.
+        """
         counter = "cancelled" if state == ChunkState.CANCELLED else "failed"
         check_chunk_transition(ChunkState.PENDING, state)
         with self.session() as s:
@@ -497,6 +538,10 @@ class Store:
                         "state": state.value,
                         "finished_at": utcnow(),
                         "error": error,
+                        "result_key": None,
+                        "succeeded": 0,
+                        "failed": 0,
+                        "cancelled": 0,
                         counter: Chunk.count,
                     }
                 )

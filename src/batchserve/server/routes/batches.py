@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from batchserve.engine.batches import BatchPage
 from batchserve.engine.errors import BadRequest
 from batchserve.engine.ingest import ARROW_STREAM, CSV, FORMATS, JSONL, PARQUET, TSV
 from batchserve.server.deps import EngineDep, PrincipalDep
@@ -138,31 +140,62 @@ async def create_batch(
     return await anyio.to_thread.run_sync(create)
 
 
+STATE_HELP = (
+    "Only batches in these states: repeat the parameter or separate names with commas "
+    "(created, pending, running, pausing, paused, cancelling, cancelled, completed, failed)."
+)
+METADATA_HELP = "Only batches whose metadata has key:value; repeat it to require several pairs."
+LIMIT_HELP = "Batches per page (at most 1000)."
+CURSOR_HELP = "The next_cursor of the previous page; leave it out to start from the newest batch."
+
+
 @router.get(
     "/v1/services/{name}/{version}/batches",
     response_model=BatchList,
-    summary="Batches of one service version, newest first",
+    summary="Batches of one service version, newest first, a page at a time",
 )
 def service_batches(
     name: str,
     version: str,
     engine: EngineDep,
     who: PrincipalDep,
-    limit: int = Query(1000, ge=1, le=10_000),
+    state: list[str] | None = Query(None, description=STATE_HELP),
+    metadata: list[str] | None = Query(None, description=METADATA_HELP),
+    created_after: datetime | None = Query(None, description="Only batches created after this."),
+    created_before: datetime | None = Query(None, description="Only batches created before this."),
+    limit: int = Query(100, ge=1, le=1000, description=LIMIT_HELP),
+    cursor: str | None = Query(None, description=CURSOR_HELP),
 ) -> BatchList:
     service = engine.services.get(name, version)
-    batches = engine.batches.list_batches(who, service=service, limit=limit)
-    return BatchList(batches=[public(engine, b) for b in batches])
+    page = engine.batches.list_page(
+        who,
+        service=service,
+        states=state,
+        metadata=_metadata_filter(metadata),
+        created_after=_utc(created_after),
+        created_before=_utc(created_before),
+        limit=limit,
+        cursor=cursor,
+    )
+    return _listing(engine, page)
 
 
-@router.get("/v1/batches", response_model=BatchList, summary="List batches, newest first")
+@router.get(
+    "/v1/batches",
+    response_model=BatchList,
+    summary="Batches of every service, newest first, a page at a time",
+)
 def list_batches(
     engine: EngineDep,
     who: PrincipalDep,
-    service: str | None = Query(None),
-    version: str | None = Query(None),
-    state: list[str] | None = Query(None),
-    limit: int = Query(100, ge=1, le=10_000),
+    service: str | None = Query(None, description="Only batches of the service of this name."),
+    version: str | None = Query(None, description="With service: only this version of it."),
+    state: list[str] | None = Query(None, description=STATE_HELP),
+    metadata: list[str] | None = Query(None, description=METADATA_HELP),
+    created_after: datetime | None = Query(None, description="Only batches created after this."),
+    created_before: datetime | None = Query(None, description="Only batches created before this."),
+    limit: int = Query(100, ge=1, le=1000, description=LIMIT_HELP),
+    cursor: str | None = Query(None, description=CURSOR_HELP),
 ) -> BatchList:
     services = None
     if service is not None:
@@ -171,8 +204,56 @@ def list_batches(
             if version
             else engine.services.list_services(service)
         )
-    batches = engine.batches.list_batches(who, services=services, states=state, limit=limit)
-    return BatchList(batches=[public(engine, b) for b in batches])
+    elif version is not None:
+        raise BadRequest("version filters the batches of one service: give service= with it.")
+    page = engine.batches.list_page(
+        who,
+        services=services,
+        states=state,
+        metadata=_metadata_filter(metadata),
+        created_after=_utc(created_after),
+        created_before=_utc(created_before),
+        limit=limit,
+        cursor=cursor,
+    )
+    return _listing(engine, page)
+
+
+def _listing(engine: EngineDep, page: BatchPage) -> BatchList:
+    users: dict[int, str | None] = {}  # a page holds a few users' batches: look each up once
+    out = []
+    for batch in page.batches:
+        if batch.owner_id not in users:
+            user = engine.store.get_user_by_id(batch.owner_id)
+            users[batch.owner_id] = user.username if user else None
+        counts = engine.batches.counts(batch.id)
+        out.append(BatchPublic.of(batch, counts, users[batch.owner_id]))
+    return BatchList(batches=out, next_cursor=page.next_cursor)
+
+
+def _metadata_filter(pairs: list[str] | None) -> dict[str, str] | None:
+    """``key:value`` query values as a mapping (the value may hold colons itself)."""
+    wanted: dict[str, str] = {}
+    for pair in pairs or []:
+        key, colon, value = pair.partition(":")
+        if not colon or not key:
+            raise BadRequest(
+                f"The metadata filter {pair!r} is not key:value; write it like metadata=team:risk."
+            )
+        if wanted.get(key, value) != value:
+            raise BadRequest(
+                f"The metadata filter names {key!r} twice with different values; a batch has "
+                "one value per key."
+            )
+        wanted[key] = value
+    return wanted or None
+
+
+def _utc(when: datetime | None) -> datetime | None:
+    """Times without a zone are taken as UTC, the zone every batch time is given in."""
+    if when is None or when.tzinfo is not None:
+        return when
+    return when.replace(tzinfo=UTC)
 
 
 @router.get("/v1/batches/{batch_id}", response_model=BatchPublic, summary="One batch")
