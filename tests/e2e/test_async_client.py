@@ -265,3 +265,30 @@ def test_listing_pages_and_filters_by_each_status(server, unique_name):  # type:
                 await (await client.batch.get(batch_id)).delete()
 
     run(server, main, transport=transport)
+
+
+def test_batches_are_listed_with_filters_as_async_iterators(server, unique_name):  # type: ignore[no-untyped-def]
+    async def main(client: AsyncClient) -> None:
+        svc = await client.publish_service(
+            unique_name, code=double, inputs={"x": float}, outputs={"y": float}, version="v1"
+        )
+        ops = [
+            await svc.run_deferred({"x": [float(i)]}, metadata={"tag": unique_name, "n": str(i)})
+            for i in range(3)
+        ]
+        for op in ops:
+            await op.wait(timeout=60)
+        seen = [
+            b.execution_id
+            async for b in client.list_batches(metadata={"tag": unique_name}, page_size=1)
+        ]
+        assert seen == [op.id for op in reversed(ops)]  # newest first, across three pages
+        one = [b.execution_id async for b in client.list_batches(metadata={"n": "1"})]
+        assert ops[1].id in one and ops[0].id not in one
+        done = [b async for b in svc.list_batches(state="completed", page_size=2)]
+        assert {b.execution_id for b in done} == {op.id for op in ops}
+        assert all(b.service.name == unique_name for b in done)
+        with pytest.raises(errors.UsageError, match="version"):
+            [b async for b in client.list_batches(version="v1")]
+
+    run(server, main)

@@ -9,16 +9,21 @@ that it has the batch-task operations of ``_operations.py``: ``aclient.batch`` a
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import Any, cast
 
 import httpx
 
+from batchserve.client import _ops
+from batchserve.client._batch import Batch
 from batchserve.client._client import DEFAULT_TIMEOUT, USER_AGENT, ClientBase, _session
 from batchserve.client._operations import AsyncBatch, AsyncBatchTaskOperation, list_ids
 from batchserve.client._runner import AsyncRunner, Runner
-from batchserve.client._service import Service
+from batchserve.client._service import Service, batch_from_info, listing_filters
 from batchserve.client._wire import Op, q
+from batchserve.errors import UsageError
 
 
 class AsyncService(Service):
@@ -39,11 +44,46 @@ class AsyncService(Service):
         assert batch.execution_id is not None
         return AsyncBatchTaskOperation(batch.execution_id, runner)
 
+    async def list_batches(  # type: ignore[override]
+        self,
+        *,
+        state: str | Iterable[str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        page_size: int = _ops.BATCHES_PAGE_SIZE,
+    ) -> AsyncIterator[Batch]:
+        """This version's batches, newest first, a page per request as the iteration goes on
+        (``async for batch in svc.list_batches(...)``); the filters of the blocking SDK."""
+        filters = listing_filters(state, metadata, created_after, created_before, page_size)
+        runner = cast(AsyncRunner, self._runner)
+        async for info in apaged(
+            runner,
+            lambda cursor: _ops.list_service_batches(
+                self.name, self.version, filters, cursor, page_size
+            ),
+        ):
+            yield batch_from_info(self, info)
+
     async def list_batch_executions(self) -> list[str]:  # type: ignore[override]
         """The execution ids of this service version's batches, newest first."""
         # Read page by page here: the blocking listing cannot be driven by the asyncio runner.
         path = f"/v1/services/{q(self.name)}/{q(self.version)}/batches"
         return await list_ids(cast(AsyncRunner, self._runner), path)
+
+
+async def apaged(
+    runner: AsyncRunner, page: Callable[[str | None], Op[dict[str, Any]]]
+) -> AsyncIterator[dict[str, Any]]:
+    """The items of a cursor-paged listing, one request per page, as the iteration needs them."""
+    cursor: str | None = None
+    while True:
+        answer = await runner.run(page(cursor))
+        for item in answer.get("batches") or []:
+            yield item
+        cursor = answer.get("next_cursor")
+        if not cursor:
+            return
 
 
 def _async_service(service: Service) -> AsyncService:
@@ -122,6 +162,36 @@ class AsyncClient(ClientBase):
         await self.aclose()
 
     # The services this client hands out are AsyncService objects.
+
+    async def list_batches(  # type: ignore[override]
+        self,
+        *,
+        state: str | Iterable[str] | None = None,
+        service: str | None = None,
+        version: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        page_size: int = _ops.BATCHES_PAGE_SIZE,
+    ) -> AsyncIterator[Batch]:
+        """The batches you may see, newest first, a page per request as the iteration goes on
+        (``async for batch in aclient.list_batches(...)``); the filters of the blocking SDK."""
+        if version is not None and service is None:
+            raise UsageError("version= needs service=, the name of the service it belongs to.")
+        filters = listing_filters(state, metadata, created_after, created_before, page_size)
+        if service is not None:
+            filters["service"] = service
+            if version is not None:
+                filters["version"] = version
+        services: dict[tuple[str, str], Service] = {}
+        async for info in apaged(
+            self._async_runner, lambda cursor: _ops.list_batches(filters, cursor, page_size)
+        ):
+            ref = info.get("service") or {}
+            key = (str(ref.get("name")), str(ref.get("version")))
+            if key not in services:
+                services[key] = await cast(Any, self.get_service(*key))
+            yield batch_from_info(services[key], info)
 
     def _publish(self, name: str, code: Any, **options: Any) -> Op[Service]:
         return _async_service((yield from super()._publish(name, code, **options)))
