@@ -116,6 +116,8 @@ class Scheduler:
         self._consumes: dict[str, Future[dict[str, Any]]] = {}
         self._consume_queue: list[ConsumeTask] = []
         self._preempted: set[str] = set()  # stopped for a higher priority; Lost not heard yet
+        # Finished chunks whose results are written down after the next dispatch.
+        self._finished_runs: list[tuple[_Running, dict[str, Any]]] = []
         self._last_tick = 0.0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -159,12 +161,23 @@ class Scheduler:
                 now = time.monotonic()
                 if now - self._last_tick >= TICK_SECONDS:
                     self._last_tick = now
+                    self._record_finished()
                     self._check_limits(now)
                 self._dispatch()
+                if self._finished_runs:
+                    # Workers that finished got new chunks first; now write down what they did.
+                    self._record_finished()
+                    self._dispatch()
             except Exception:  # keep scheduling whatever one bad event did
                 log.exception("scheduler step failed")
+        try:
+            self._record_finished()
+        except Exception:
+            log.exception("could not record finished chunks at shutdown")
 
     def _handle(self, event: object) -> None:
+        if self._finished_runs and not isinstance(event, (Progress, Finished, Wake)):
+            self._record_finished()  # the other events act on what the store says
         if isinstance(event, Progress):
             run = self._running.get(event.task_id)
             if run is not None:
@@ -199,7 +212,16 @@ class Scheduler:
         if run is None:
             return  # stopped by a cancel that already settled the chunk
         self._per_batch[run.batch_id] -= 1
-        result = event.result
+        run.last_seen = time.monotonic()  # when it finished
+        self._finished_runs.append((run, event.result))
+
+    def _record_finished(self) -> None:
+        """Write down the chunks that finished since the last dispatch."""
+        runs, self._finished_runs = self._finished_runs, []
+        for run, result in runs:
+            self._record(run, result)
+
+    def _record(self, run: _Running, result: dict[str, Any]) -> None:
         if "error" in result:
             self._settle_from_file(run, ChunkState.FAILED, result["error"])
         else:
@@ -213,7 +235,7 @@ class Scheduler:
                 **_statistics(result),
             )
             if run.count:
-                seconds = time.monotonic() - run.started
+                seconds = run.last_seen - run.started
                 self.store.observe_record_seconds(run.service_id, seconds / run.count)
         if not self._apply_failure_policy(run.batch_id):
             self._maybe_complete(run.batch_id)
