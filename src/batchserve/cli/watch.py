@@ -86,11 +86,12 @@ def _counts(info: dict[str, Any]) -> tuple[int, int, int, str]:
 
 
 class _RateColumn(ProgressColumn):
-    """Records per second, as Rich measures it from the updates."""
+    """Records per second: as Rich measures it from recent updates, else the server's average
+    (a batch that finishes between two looks gives Rich nothing to measure)."""
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("? records/s" if speed is None else f"{speed:,.1f} records/s", style="cyan")
+        speed = task.finished_speed or task.speed or task.fields.get("rate")
+        return Text("? records/s" if not speed else f"{speed:,.1f} records/s", style="cyan")
 
 
 class _FailedColumn(ProgressColumn):
@@ -144,8 +145,14 @@ def _watch_bar(conn: Connection, batch_id: str, out: Output, flag: _Flag) -> dic
         task = progress.add_task(state, total=total or None, completed=done, failed=failed)
         while True:
             done, total, failed, state = _counts(info)
+            rate = (info.get("statistics") or {}).get("records_per_second")
             progress.update(
-                task, description=state, total=total or None, completed=done, failed=failed
+                task,
+                description=state,
+                total=total or None,
+                completed=done,
+                failed=failed,
+                rate=rate,
             )
             if BatchState(state).is_final or _pause(flag, POLL_INTERVAL):
                 return info
