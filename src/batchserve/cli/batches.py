@@ -24,6 +24,8 @@ batch_app = typer.Typer(
 
 #: The exit status of a command whose watch Ctrl-C ended (128 + SIGINT, as shells report it).
 INTERRUPTED_EXIT = 130
+#: Results shown as a table on a terminal; a pipe gets them all.
+TERMINAL_ROWS = 100
 
 BatchId = Annotated[str, typer.Argument(metavar="ID", help="The batch's execution id.")]
 ResultsFile = Annotated[
@@ -257,7 +259,7 @@ def batch_show(batch_id: BatchId, json_mode: JsonOption = False) -> None:
             "cancelled": info["cancelled_item_count"],
             "priority": info["priority"],
             "parallel": info["parallel_count"],
-            "chunks": f"{info['chunk_count']} of {info['chunk_size']} records",
+            "chunks": f"{info['chunk_count']} of up to {info['chunk_size']} records",
             "created": f"{when(info['creation_time'])} by {info.get('created_by') or '?'}",
             "started": when(info.get("start_time")),
             "ended": when(info.get("end_time")),
@@ -310,11 +312,18 @@ def batch_results(
         if text.strip():
             typer.echo(text.rstrip("\n"))
         return
+    shown = frame.head(TERMINAL_ROWS) if out.rich else frame
     out.table(
-        [str(c) for c in frame.columns],
-        frame.astype(object).where(frame.notna(), None).values.tolist(),
+        [str(c) for c in shown.columns],
+        shown.astype(object).where(shown.notna(), None).values.tolist(),
         empty="no finished records yet",
     )
+    if len(shown) < len(frame):
+        out.say(
+            f"... and {len(frame) - len(shown)} more records: write them all with "
+            f"`batchserve batch results {batch_id} -o results.csv`.",
+            style="dim",
+        )
 
 
 @batch_app.command("artifacts")

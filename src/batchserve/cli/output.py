@@ -74,8 +74,9 @@ class Output:
             self.console.print(f"[dim]{escape(empty)}[/dim]")
             return
         table = Table(title=title, title_justify="left", header_style="bold")
-        for name in columns:
-            table.add_column(name, overflow="fold")
+        for i, name in enumerate(columns):
+            # The first column is what a row is named by (an id, a name): it stays whole.
+            table.add_column(name, overflow="fold", no_wrap=i == 0)
         for row in rows:
             table.add_row(*(escape(v) for v in row))
         self.console.print(table)
