@@ -8,14 +8,16 @@ batch, a bad file) into one line on stderr and a non-zero exit status, never a t
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import typer
 
 from batchserve.cli import auth, batches, services
-from batchserve.cli.config import TOKEN_ENV, ConfigError
+from batchserve.cli.config import TOKEN_ENV, ConfigError, load
 from batchserve.cli.connection import CliError, chosen_url
 from batchserve.cli.output import error_line
 from batchserve.errors import (
@@ -113,6 +115,10 @@ def main() -> None:
     except (BatchserveError, ConfigError) as exc:
         error_line(describe(exc))
         sys.exit(1)
+    except OSError as exc:  # a file that cannot be read or written
+        where = f": {exc.filename}" if exc.filename else ""
+        error_line(f"{exc.strerror or exc}{where}")
+        sys.exit(1)
 
 
 def describe(exc: BaseException) -> str:
@@ -123,9 +129,8 @@ def describe(exc: BaseException) -> str:
         url = _url() or "URL"
         return f"Not logged in to {url}, or the login has expired: run `batchserve login {url}`."
     if isinstance(exc, TransportError):
-        url = _url() or "the server"
-        cause = exc.__cause__
-        if cause is not None and "Timeout" in type(cause).__name__:
+        url = _origin(exc.url) or _url() or "the server"
+        if isinstance(exc.__cause__, httpx.TimeoutException):
             return f"The batchserve server at {url} did not answer in time; is it overloaded?"
         return (
             f"Cannot reach the batchserve server at {url}: is it running (`batchserve serve`), "
@@ -138,15 +143,20 @@ def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _env_token() -> bool:
-    import os
+def _origin(url: str | None) -> str | None:
+    """``scheme://host:port`` of a request URL (the server that could not be reached)."""
+    if not url:
+        return None
+    parsed = httpx.URL(url)
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{parsed.host}{port}"
 
+
+def _env_token() -> bool:
     return bool(os.environ.get(TOKEN_ENV))
 
 
 def _url() -> str | None:
-    from batchserve.cli.config import load
-
     try:
         return chosen_url(load())
     except ConfigError:
