@@ -96,6 +96,17 @@ def test_login_keeps_the_token_in_a_file_only_its_owner_can_read(
     assert me.json() == {"username": "admin", "role": "owner"}
 
 
+def test_logging_in_again_revokes_the_previous_token(fresh: Cli, server: ServerProcess) -> None:
+    fresh("login", server.url, "-u", "admin", "-p", ADMIN_PASSWORD)
+    first = json.loads(fresh.config.read_text())["servers"][server.url]["access_token"]
+    fresh("login", server.url, "-u", "admin", "-p", ADMIN_PASSWORD)
+    second = json.loads(fresh.config.read_text())["servers"][server.url]["access_token"]
+    assert first != second
+    old = httpx.get(f"{server.url}/v1/me", headers={"Authorization": f"Bearer {first}"})
+    assert old.status_code == 401
+    assert "admin" in fresh("whoami").stdout
+
+
 def test_whoami_names_the_user_role_and_server(admin: Cli, server: ServerProcess) -> None:
     assert admin("whoami").stdout.splitlines() == [
         "username\tadmin",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Annotated
 
@@ -45,7 +46,12 @@ def login(
             raise CliError(f"Login to {url} refused: {exc.message}") from None
         client._session.access_token = tokens["access_token"]
         me = client.whoami()
-    config = load()
+        config = load()
+        previous = config.servers.get(url)
+        if previous is not None and previous.refresh_token:
+            # Logging in again replaces the stored pair: the old one should not stay usable.
+            with contextlib.suppress(BatchserveError):
+                client._runner.run(_revoke(previous.refresh_token))
     config.servers[url] = Login(
         username=me.get("username", username),
         access_token=tokens["access_token"],
