@@ -401,5 +401,8 @@ def test_records_file_errors_are_one_clear_line(admin: Cli, predict: str, workdi
     (workdir / "wrong.csv").write_text("speed,wt\n1,2\n")
     assert "hp" in admin.error("run", predict, "wrong.csv")
     (workdir / "broken.jsonl").write_text("{not json\n")
-    assert "Cannot read records from 'broken.jsonl'" in admin.error("run", predict, "broken.jsonl")
+    broken = admin.error("run", predict, "broken.jsonl")
+    assert "Line 1 of the JSON Lines records is not valid JSON" in broken
+    (workdir / "broken.json").write_text("[{not json")
+    assert "Cannot read records from 'broken.json'" in admin.error("run", predict, "broken.json")
     assert "No service" in admin.error("run", "no-such-service", "cars.csv")

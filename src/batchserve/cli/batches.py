@@ -13,6 +13,7 @@ from batchserve.cli.output import JsonOption, Output, when
 from batchserve.cli.services import find_service, split_service
 from batchserve.cli.watch import Interrupted, watch
 from batchserve.client import BatchResponse, _ops
+from batchserve.client._records import FILE_FORMATS
 from batchserve.states import BatchState
 
 batch_app = typer.Typer(
@@ -33,35 +34,28 @@ ResultsFile = Annotated[
     typer.Option("--output", "-o", help="Write the results to this .csv, .jsonl or .parquet file."),
 ]
 
-# Formats pyarrow reads into a table; .csv, .tsv and .txt are streamed to the server as they are.
-_STREAMED = (".csv", ".tsv", ".txt")
-
 
 def _records(path: Path) -> Any:
-    """What ``Service.batch`` takes for the records file ``path``."""
+    """What ``Service.batch`` takes for the records file ``path``.
+
+    The formats the SDK streams (CSV, TSV, JSON Lines, Parquet, Arrow) go as the path; a ``.json``
+    list of records, which cannot be streamed, is read into a DataFrame first.
+    """
     if not path.is_file():
         raise CliError(f"There is no records file at '{path}'.")
     suffix = path.suffix.lower()
-    if suffix in _STREAMED:
+    if suffix in FILE_FORMATS or suffix == ".txt":
         return path
-    try:
-        if suffix in (".jsonl", ".ndjson"):
-            import pyarrow.json as pajson
+    if suffix == ".json":
+        import pandas as pd
 
-            return pajson.read_json(path)
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return pq.read_table(path)
-        if suffix == ".json":
-            import pandas as pd
-
+        try:
             return pd.read_json(path, orient="records")
-    except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise CliError(f"Cannot read records from '{path}': {exc}") from None
+        except ValueError as exc:
+            raise CliError(f"Cannot read records from '{path}': {exc}") from None
     raise CliError(
-        f"Cannot read records from '{path.name}': use a .csv, .tsv, .txt, .jsonl, .json or "
-        ".parquet file."
+        f"Cannot read records from '{path.name}': use a {', '.join(FILE_FORMATS)}, .txt or .json "
+        "file."
     )
 
 
@@ -70,7 +64,8 @@ def run(
     records_file: Annotated[
         Path,
         typer.Argument(
-            metavar="RECORDS_FILE", help="The records: .csv, .tsv, .jsonl, .json or .parquet."
+            metavar="RECORDS_FILE",
+            help="The records: .csv, .tsv, .jsonl, .parquet, .arrow or .json.",
         ),
     ],
     parallel: Annotated[
