@@ -1,17 +1,39 @@
-"""``batchserve``: run the server (more commands: see ``batchserve --help``)."""
+"""``batchserve``: the command line's entry point, ``serve``, and how errors are reported.
+
+The other commands live in one module per subject (``auth.py``, ``services.py``, ``batches.py``);
+``main()`` turns every error a user can cause (an unreachable server, a refused token, an unknown
+batch, a bad file) into one line on stderr and a non-zero exit status, never a traceback.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import typer
+
+from batchserve.cli import auth, batches, services
+from batchserve.cli.config import TOKEN_ENV, ConfigError, load
+from batchserve.cli.connection import CliError, chosen_url
+from batchserve.cli.output import error_line
+from batchserve.errors import (
+    APIError,
+    AuthenticationError,
+    BatchserveError,
+    TransportError,
+    UsageError,
+)
 
 app = typer.Typer(
     name="batchserve",
     no_args_is_help=True,
     add_completion=False,
+    # A traceback's locals could show a token or a password.
+    pretty_exceptions_show_locals=False,
     help="Publish Python functions as versioned services and run batches.",
 )
 
@@ -73,8 +95,72 @@ def serve(
         engine.stop()
 
 
+app.command()(auth.login)
+app.command()(auth.logout)
+app.command()(auth.whoami)
+app.add_typer(auth.users_app)
+app.command()(services.publish)
+app.add_typer(services.services_app)
+app.command()(services.consume)
+app.command()(batches.run)
+app.add_typer(batches.batch_app)
+
+
 def main() -> None:
-    app()
+    try:
+        app(standalone_mode=True)
+    except CliError as exc:
+        error_line(exc.message)
+        sys.exit(exc.exit_code)
+    except (BatchserveError, ConfigError) as exc:
+        error_line(describe(exc))
+        sys.exit(1)
+    except OSError as exc:  # a file that cannot be read or written
+        where = f": {exc.filename}" if exc.filename else ""
+        error_line(f"{exc.strerror or exc}{where}")
+        sys.exit(1)
+
+
+def describe(exc: BaseException) -> str:
+    """The one-line message of an error a command let through."""
+    if isinstance(exc, AuthenticationError):
+        if _env_token():
+            return f"The token in {TOKEN_ENV} was refused (not valid, or expired)."
+        url = _url() or "URL"
+        return f"Not logged in to {url}, or the login has expired: run `batchserve login {url}`."
+    if isinstance(exc, TransportError):
+        url = _origin(exc.url) or _url() or "the server"
+        if isinstance(exc.__cause__, httpx.TimeoutException):
+            return f"The batchserve server at {url} did not answer in time; is it overloaded?"
+        return (
+            f"Cannot reach the batchserve server at {url}: is it running (`batchserve serve`), "
+            "and is the URL right?"
+        )
+    if isinstance(exc, APIError):
+        return exc.message
+    if isinstance(exc, UsageError):
+        return str(exc)
+    return str(exc) or type(exc).__name__
+
+
+def _origin(url: str | None) -> str | None:
+    """``scheme://host:port`` of a request URL (the server that could not be reached)."""
+    if not url:
+        return None
+    parsed = httpx.URL(url)
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{parsed.host}{port}"
+
+
+def _env_token() -> bool:
+    return bool(os.environ.get(TOKEN_ENV))
+
+
+def _url() -> str | None:
+    try:
+        return chosen_url(load())
+    except ConfigError:
+        return None
 
 
 if __name__ == "__main__":

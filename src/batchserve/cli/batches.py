@@ -1,0 +1,455 @@
+"""``run`` and ``batch list|show|wait|results|artifacts|download|cancel|pause|resume|terminate|
+delete``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from batchserve.cli.connection import CliError, Connection, connected
+from batchserve.cli.output import JsonOption, Output, when
+from batchserve.cli.services import find_service, split_service
+from batchserve.cli.watch import Interrupted, watch
+from batchserve.client import BatchResponse, _ops
+from batchserve.client._records import FILE_FORMATS
+from batchserve.states import BatchState
+
+batch_app = typer.Typer(
+    name="batch",
+    no_args_is_help=True,
+    help="Follow, control and read the results of batches.",
+    add_completion=False,
+)
+
+#: The exit status of a command whose watch Ctrl-C ended (128 + SIGINT, as shells report it).
+INTERRUPTED_EXIT = 130
+#: Results shown as a table on a terminal; a pipe gets them all.
+TERMINAL_ROWS = 100
+
+BatchId = Annotated[str, typer.Argument(metavar="ID", help="The batch's execution id.")]
+ResultsFile = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Write the results to this .csv, .jsonl or .parquet file."),
+]
+
+
+def _records(path: Path) -> Any:
+    """What ``Service.batch`` takes for the records file ``path``.
+
+    The formats the SDK streams (CSV, TSV, JSON Lines, Parquet, Arrow) go as the path; a ``.json``
+    list of records, which cannot be streamed, is read into a DataFrame first.
+    """
+    if not path.is_file():
+        raise CliError(f"There is no records file at '{path}'.")
+    suffix = path.suffix.lower()
+    if suffix in FILE_FORMATS or suffix == ".txt":
+        return path
+    if suffix == ".json":
+        import pandas as pd
+
+        try:
+            return pd.read_json(path, orient="records")
+        except ValueError as exc:
+            raise CliError(f"Cannot read records from '{path}': {exc}") from None
+    raise CliError(
+        f"Cannot read records from '{path.name}': use a {', '.join(FILE_FORMATS)}, .txt or .json "
+        "file."
+    )
+
+
+def run(
+    service: Annotated[str, typer.Argument(metavar="NAME[:VERSION]")],
+    records_file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RECORDS_FILE",
+            help="The records: .csv, .tsv, .jsonl, .parquet, .arrow or .json.",
+        ),
+    ],
+    parallel: Annotated[
+        int, typer.Option("--parallel", "-P", min=1, help="Chunks run at once, at most.")
+    ] = 10,
+    priority: Annotated[
+        int, typer.Option("--priority", min=-1000, max=1000, help="Higher runs first.")
+    ] = 0,
+    chunk_size: Annotated[
+        int | None, typer.Option("--chunk-size", min=1, help="Records per chunk (default: auto).")
+    ] = None,
+    display_name: Annotated[str | None, typer.Option("--display-name")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="Follow the batch until it is finished.")
+    ] = False,
+    output: ResultsFile = None,
+    json_mode: JsonOption = False,
+) -> None:
+    """Start a batch of a service over a records file."""
+    records = _records(records_file)
+    if output is not None:
+        _check_results_path(output)
+    out = Output(json_mode)
+    with connected() as conn:
+        svc = find_service(conn, service)
+        batch = svc.batch(
+            records,
+            parallel_count=parallel,
+            chunk_size=chunk_size,
+            priority=priority,
+            display_name=display_name,
+        ).start()
+        info = batch.data
+        assert info is not None
+        if not (wait or output is not None):
+            if out.json:
+                out.emit(info)
+            elif out.rich:
+                out.say(
+                    f"Started batch {info['id']} of {svc.name}:{svc.version} over "
+                    f"{info['total_item_count']} records. Follow it with `batchserve batch wait "
+                    f"{info['id']}`."
+                )
+            else:
+                typer.echo(info["id"])
+            return
+        if out.rich:
+            out.say(
+                f"Batch {info['id']} of {svc.name}:{svc.version}, "
+                f"{info['total_item_count']} records"
+            )
+        elif not out.json:
+            typer.echo(f"batch {info['id']} started", err=True)
+        code = _follow(conn, info["id"], out, output)
+    raise typer.Exit(code)
+
+
+def _check_results_path(path: Path) -> None:
+    if path.suffix.lower() not in (".csv", ".jsonl", ".parquet"):
+        raise CliError(
+            f"Cannot write results to '{path.name}': use a .csv, .jsonl or .parquet file."
+        )
+    if not path.parent.is_dir():
+        raise CliError(f"The folder '{path.parent}' does not exist; create it first.")
+
+
+def _follow(conn: Connection, batch_id: str, out: Output, output: Path | None) -> int:
+    """Watch the batch to its end, write its results, print the summary; the exit status."""
+    try:
+        info = watch(conn, batch_id, out)
+    except Interrupted as stop:
+        info = stop.info
+        done, total = info["completed_item_count"], info["total_item_count"]
+        if out.json:
+            out.emit(info)
+        elif stop.cancelled:
+            out.say(
+                f"Cancelled batch {batch_id} ({info['state']}): {done} of {total} records "
+                "finished; their results are kept."
+            )
+        else:
+            out.say(
+                f"Stopped watching batch {batch_id} ({info['state']}, {done} of {total} records "
+                f"finished); it goes on running. Follow it again with `batchserve batch wait "
+                f"{batch_id}`."
+            )
+        return INTERRUPTED_EXIT
+    if output is not None:
+        BatchResponse(info, conn.client._runner).export(output)
+    if out.json:
+        out.emit(info)
+    else:
+        out.say(_summary(info), style="bold" if info["state"] == "completed" else "red")
+        if output is not None:
+            out.say(f"Results written to {output}.")
+    if info["state"] != BatchState.COMPLETED:
+        reason = info.get("error") or info.get("termination_reason") or info["state"]
+        raise CliError(f"Batch {batch_id} ended {info['state']}: {reason}")
+    return 0
+
+
+def _summary(info: dict[str, Any]) -> str:
+    stats = info.get("statistics") or {}
+    timing = ""
+    if stats.get("wall_clock_seconds"):
+        timing = f" in {stats['wall_clock_seconds']:.1f} s"
+        if stats.get("records_per_second"):
+            timing += f" ({stats['records_per_second']:,.1f} records/s)"
+    return (
+        f"Batch {info['id']} {info['state']}: {info['succeeded_item_count']} succeeded, "
+        f"{info['failed_item_count']} failed, {info['cancelled_item_count']} cancelled of "
+        f"{info['total_item_count']} records{timing}."
+    )
+
+
+@batch_app.command("list")
+def batch_list(
+    status: Annotated[
+        list[str] | None,
+        typer.Option("--status", "-s", help="Only batches in this state; repeat for several."),
+    ] = None,
+    service: Annotated[
+        str | None, typer.Option("--service", metavar="NAME[:VERSION]", help="Only this service.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=10_000)] = 50,
+    json_mode: JsonOption = False,
+) -> None:
+    """List batches, newest first."""
+    states = [s.value for s in BatchState.__members__.values()]
+    for s in status or []:
+        if s not in states:
+            raise CliError(f"Unknown status {s!r}: use one of {', '.join(dict.fromkeys(states))}.")
+    params: dict[str, Any] = {"limit": limit, "state": status or None}
+    if service is not None:
+        params["service"], params["version"] = split_service(service)
+    with connected() as conn:
+        batches = conn.request("GET", "/v1/batches", params=params)["batches"]
+    out = Output(json_mode)
+    if out.json:
+        out.emit_lines(batches)
+        return
+    out.table(
+        ["id", "service", "state", "done", "failed", "priority", "created", "by", "name"],
+        [
+            [
+                b["id"],
+                f"{b['service']['name']}:{b['service']['version']}",
+                b["state"],
+                f"{b['completed_item_count']}/{b['total_item_count']}",
+                b["failed_item_count"],
+                b["priority"],
+                when(b["creation_time"]),
+                b.get("created_by"),
+                b.get("display_name"),
+            ]
+            for b in batches
+        ],
+        empty="no batches",
+    )
+
+
+def _get(conn: Connection, batch_id: str) -> dict[str, Any]:
+    return conn.run(_ops.get_batch(batch_id))
+
+
+@batch_app.command("show")
+def batch_show(batch_id: BatchId, json_mode: JsonOption = False) -> None:
+    """Show a batch: state, counts, options and statistics."""
+    with connected() as conn:
+        info = _get(conn, batch_id)
+    out = Output(json_mode)
+    if out.json:
+        out.emit(info)
+        return
+    stats = info.get("statistics") or {}
+    previous = f" (was {info['previous_state']})" if info.get("previous_state") else ""
+    out.fields(
+        {
+            "id": info["id"],
+            "service": f"{info['service']['name']}:{info['service']['version']}",
+            "name": info.get("display_name"),
+            "state": f"{info['state']}{previous}",
+            "records": f"{info['completed_item_count']}/{info['total_item_count']} finished",
+            "succeeded": info["succeeded_item_count"],
+            "failed": info["failed_item_count"],
+            "cancelled": info["cancelled_item_count"],
+            "priority": info["priority"],
+            "parallel": info["parallel_count"],
+            "chunks": f"{info['chunk_count']} of up to {info['chunk_size']} records",
+            "created": f"{when(info['creation_time'])} by {info.get('created_by') or '?'}",
+            "started": when(info.get("start_time")),
+            "ended": when(info.get("end_time")),
+            "records/s": stats.get("records_per_second"),
+            "termination": info.get("termination_reason"),
+            "error": info.get("error"),
+            "metadata": info.get("metadata") or None,
+        }
+    )
+
+
+@batch_app.command("wait")
+def batch_wait(
+    batch_id: BatchId, output: ResultsFile = None, json_mode: JsonOption = False
+) -> None:
+    """Follow a batch until it is finished (a progress bar on a terminal)."""
+    if output is not None:
+        _check_results_path(output)
+    out = Output(json_mode)
+    with connected() as conn:
+        _get(conn, batch_id)  # an unknown id fails here, before any progress is drawn
+        code = _follow(conn, batch_id, out, output)
+    raise typer.Exit(code)
+
+
+@batch_app.command("results")
+def batch_results(
+    batch_id: BatchId,
+    output: ResultsFile = None,
+    json_mode: JsonOption = False,
+) -> None:
+    """The finished records' results: into a file with -o (format by extension), else printed."""
+    if output is not None:
+        _check_results_path(output)
+    out = Output(json_mode)
+    with connected() as conn:
+        response = BatchResponse(_get(conn, batch_id), conn.client._runner)
+        if output is not None:
+            response.export(output)
+            if not out.json:
+                out.say(
+                    f"Wrote the results of {response.completed_item_count} records to {output}."
+                )
+            else:
+                out.emit({"id": batch_id, "path": str(output)})
+            return
+        frame = response.to_pandas()
+    if out.json:
+        text = frame.to_json(orient="records", lines=True)
+        if text.strip():
+            typer.echo(text.rstrip("\n"))
+        return
+    shown = frame.head(TERMINAL_ROWS) if out.rich else frame
+    out.table(
+        [str(c) for c in shown.columns],
+        shown.astype(object).where(shown.notna(), None).values.tolist(),
+        empty="no finished records yet",
+    )
+    if len(shown) < len(frame):
+        out.say(
+            f"... and {len(frame) - len(shown)} more records: write them all with "
+            f"`batchserve batch results {batch_id} -o results.csv`.",
+            style="dim",
+        )
+
+
+@batch_app.command("artifacts")
+def batch_artifacts(
+    batch_id: BatchId,
+    index: Annotated[int, typer.Argument(min=0, help="The record's 0-based index.")],
+    json_mode: JsonOption = False,
+) -> None:
+    """List the files one record produced."""
+    with connected() as conn:
+        names = conn.run(_ops.list_artifacts(batch_id, index))
+    out = Output(json_mode)
+    if out.json:
+        out.emit(names)
+    elif out.rich and not names:
+        out.say(f"Record {index} produced no files.")
+    else:
+        for name in names:
+            out.say(name)
+
+
+@batch_app.command("download")
+def batch_download(
+    batch_id: BatchId,
+    index: Annotated[int, typer.Argument(min=0, help="The record's 0-based index.")],
+    name: Annotated[str | None, typer.Argument(help="One file (default: all of them).")] = None,
+    directory: Annotated[
+        Path, typer.Option("--dir", "-d", help="Where to save (created if missing).")
+    ] = Path("."),
+    json_mode: JsonOption = False,
+) -> None:
+    """Download the files one record produced."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with connected() as conn:
+        names = [name] if name is not None else conn.run(_ops.list_artifacts(batch_id, index))
+        paths = []
+        for artifact in names:
+            # Only the last part of a name is used: a name can never write outside the directory.
+            safe = Path(artifact).name
+            if safe in ("", ".", ".."):
+                raise CliError(f"Cannot save an artifact named {artifact!r} as a file.")
+            paths.append(
+                str(conn.run(_ops.download_artifact(batch_id, index, artifact, directory / safe)))
+            )
+    out = Output(json_mode)
+    if out.json:
+        out.emit(paths)
+    elif out.rich and not paths:
+        out.say(f"Record {index} produced no files.")
+    else:
+        for path in paths:
+            out.say(path)
+
+
+def _control(info: dict[str, Any], json_mode: bool, verb: str, *expected: BatchState) -> None:
+    """Print the batch a control command returned; ``expected`` are the states it aims at (the
+    server leaves a batch that finished already as it is)."""
+    out = Output(json_mode)
+    if out.json:
+        out.emit(info)
+    elif info["state"] in expected:
+        out.say(f"{verb} batch {info['id']}: now {info['state']}.")
+    else:
+        out.say(f"Batch {info['id']} is {info['state']}: nothing was {verb.lower()}.")
+
+
+_STOPPED = (BatchState.CANCELLING, BatchState.CANCELLED)
+
+
+@batch_app.command("cancel")
+def batch_cancel(batch_id: BatchId, json_mode: JsonOption = False) -> None:
+    """Cancel a batch; the records finished so far keep their results."""
+    with connected() as conn:
+        _control(conn.run(_ops.cancel_batch(batch_id)), json_mode, "Cancelled", *_STOPPED)
+
+
+@batch_app.command("pause")
+def batch_pause(
+    batch_id: BatchId,
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode", help="Running chunks: requeue (run again later), terminate, or wait."
+        ),
+    ] = "requeue",
+    json_mode: JsonOption = False,
+) -> None:
+    """Pause (disable) a batch: none of its chunks starts until it is resumed."""
+    if mode not in ("requeue", "terminate", "wait"):
+        raise CliError(f"--mode must be requeue, terminate or wait, not {mode!r}.")
+    with connected() as conn:
+        _control(
+            conn.run(_ops.disable_batch(batch_id, mode)),
+            json_mode,
+            "Paused",
+            BatchState.PAUSING,
+            BatchState.PAUSED,
+        )
+
+
+@batch_app.command("resume")
+def batch_resume(batch_id: BatchId, json_mode: JsonOption = False) -> None:
+    """Resume (enable) a paused batch."""
+    with connected() as conn:
+        _control(
+            conn.run(_ops.enable_batch(batch_id)),
+            json_mode,
+            "Resumed",
+            BatchState.PENDING,
+            BatchState.RUNNING,
+        )
+
+
+@batch_app.command("terminate")
+def batch_terminate(
+    batch_id: BatchId,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Recorded as the termination reason.")
+    ] = None,
+    json_mode: JsonOption = False,
+) -> None:
+    """Stop a batch, recording a reason; finished records keep their results."""
+    with connected() as conn:
+        _control(
+            conn.run(_ops.terminate_batch(batch_id, reason)), json_mode, "Terminated", *_STOPPED
+        )
+
+
+@batch_app.command("delete")
+def batch_delete(batch_id: BatchId) -> None:
+    """Delete a batch and its results (cancelling it first if it runs)."""
+    with connected() as conn:
+        conn.run(_ops.delete_batch(batch_id))
+    Output().say(f"Deleted batch {batch_id}.")

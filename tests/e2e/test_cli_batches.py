@@ -1,0 +1,408 @@
+"""The ``batchserve`` command line's batches against a real server: ``run``, the live progress bar
+on a pseudo-terminal and Ctrl-C's question, plain output in a pipe, and the ``batch`` commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from .cli_helpers import COMMAND, Cli, Terminal
+from .conftest import ADMIN_PASSWORD, ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+MODEL = textwrap.dedent(
+    """
+    import pathlib
+    import time
+
+
+    def predict(hp: float, wt: float) -> float:
+        if hp < 0:
+            raise ValueError("hp must not be negative")
+        pathlib.Path("note.txt").write_text(f"hp={hp}")
+        return hp * 2 + wt
+
+
+    def slow(x: int) -> int:
+        time.sleep(0.2)
+        return x * 2
+    """
+)
+
+FAST_RECORDS = 20
+SLOW_RECORDS = 60
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli-batches")
+    (path / "model.py").write_text(MODEL)
+    rows = "\n".join(f"{i * 10},{i / 10}" for i in range(FAST_RECORDS))
+    (path / "cars.csv").write_text(f"hp,wt\n{rows}\n")
+    (path / "xs.csv").write_text("x\n" + "\n".join(str(i) for i in range(SLOW_RECORDS)) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def admin(server: ServerProcess, workdir: Path) -> Cli:
+    cli = Cli(workdir / "admin" / "config.json", workdir)
+    cli("login", server.url, "--username", "admin", "--password", ADMIN_PASSWORD)
+    return cli
+
+
+@pytest.fixture(scope="module")
+def predict(admin: Cli) -> str:
+    admin(
+        "publish", "model.py:predict", "--name", "clibatchpredict", "--version", "v1",
+        "--output", "answer=float", "--artifact", "note.txt",
+    )  # fmt: skip
+    return "clibatchpredict:v1"
+
+
+@pytest.fixture(scope="module")
+def slow(admin: Cli) -> str:
+    """A service that takes 0.2 s a record: its batches run long enough to be interrupted."""
+    admin("publish", "model.py:slow", "--name", "clibatchslow", "--output", "y=int")
+    return "clibatchslow"
+
+
+def start_slow(admin: Cli, slow: str) -> str:
+    """A batch of the slow service, one chunk of two records at a time (about 6 s of work)."""
+    return admin("run", slow, "xs.csv", "--parallel", "1", "--chunk-size", "2").stdout.strip()
+
+
+def show(admin: Cli, batch_id: str) -> dict:  # type: ignore[type-arg]
+    return json.loads(admin("batch", "show", batch_id, "--json").stdout)  # type: ignore[no-any-return]
+
+
+# -- progress on a terminal, and Ctrl-C -----------------------------------------------------
+
+
+def test_run_wait_draws_a_progress_bar_with_done_and_total_on_a_terminal(
+    admin: Cli, predict: str, workdir: Path
+) -> None:
+    term = Terminal(
+        ["run", predict, "cars.csv", "--wait", "--output", "bar-results.csv"], admin.env(), workdir
+    )
+    try:
+        term.expect(rf"/{FAST_RECORDS} records")
+        term.expect(rf"{FAST_RECORDS}/{FAST_RECORDS} records +[\d.,]+ records/s .*0 failed")
+        term.expect(rf"completed: {FAST_RECORDS} succeeded, 0 failed, 0 cancelled")
+        assert term.finish() == 0
+    finally:
+        term.close()
+    assert "\x1b[" in term.raw  # drawn with terminal escapes
+    lines = (workdir / "bar-results.csv").read_text().splitlines()
+    assert len(lines) == FAST_RECORDS + 1
+
+
+def test_batch_wait_follows_a_started_batch_with_the_same_bar(
+    admin: Cli, predict: str, workdir: Path
+) -> None:
+    batch_id = admin("run", predict, "cars.csv").stdout.strip()
+    term = Terminal(["batch", "wait", batch_id], admin.env(), workdir)
+    try:
+        term.expect(rf"{FAST_RECORDS}/{FAST_RECORDS} records")
+        term.expect(f"Batch {batch_id} completed")
+        assert term.finish() == 0
+    finally:
+        term.close()
+
+
+def test_ctrl_c_asks_and_stop_watching_leaves_the_batch_running(
+    admin: Cli, slow: str, workdir: Path
+) -> None:
+    batch_id = start_slow(admin, slow)
+    term = Terminal(["batch", "wait", batch_id], admin.env(), workdir)
+    try:
+        term.expect(rf"\d+/{SLOW_RECORDS} records")
+        term.interrupt()
+        term.expect(rf"Cancel batch {batch_id} \(c\), stop watching .* keep watching \(w\)\?")
+        term.send("w\n")  # keep watching: the bar comes back
+        term.expect(rf"\d+/{SLOW_RECORDS} records")
+        term.interrupt()
+        term.expect(rf"Cancel batch {batch_id}")
+        term.send("s\n")
+        term.expect(f"Stopped watching batch {batch_id}")
+        assert term.finish() == 130
+    finally:
+        term.close()
+    assert show(admin, batch_id)["state"] in ("pending", "running", "completed")
+    cancelled = admin("batch", "cancel", batch_id).stdout
+    assert f"batch {batch_id}" in cancelled
+
+
+def test_ctrl_c_asks_and_cancel_cancels_the_batch(admin: Cli, slow: str, workdir: Path) -> None:
+    term = Terminal(
+        ["run", slow, "xs.csv", "--parallel", "1", "--chunk-size", "2", "--wait"],
+        admin.env(),
+        workdir,
+    )
+    try:
+        batch_id = term.expect(r"Batch (\w+) of clibatchslow").group(1)
+        term.expect(rf"\d+/{SLOW_RECORDS} records")
+        term.interrupt()
+        term.expect(rf"Cancel batch {batch_id} \(c\)")
+        term.send("c\n")
+        term.expect(f"Cancelled batch {batch_id} \\(cancelled\\)")
+        assert term.finish() == 130
+    finally:
+        term.close()
+    info = show(admin, batch_id)
+    assert info["state"] == "cancelled"
+    assert info["completed_item_count"] < SLOW_RECORDS
+
+
+def test_ctrl_c_without_a_terminal_to_ask_on_stops_watching(
+    admin: Cli, slow: str, workdir: Path
+) -> None:
+    batch_id = start_slow(admin, slow)
+    process = subprocess.Popen(
+        [*COMMAND, "batch", "wait", batch_id],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=admin.env(),
+        cwd=workdir,
+    )
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline()  # the first progress line: the watch has begun
+        assert f"{batch_id} " in first and f"/{SLOW_RECORDS} records" in first
+        process.send_signal(2)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    assert f"Stopped watching batch {batch_id}" in stdout
+    assert "Traceback" not in stderr
+    assert show(admin, batch_id)["state"] != "cancelled"
+    admin("batch", "cancel", batch_id)
+
+
+# -- plain output in a pipe -------------------------------------------------------------------
+
+
+def test_run_in_a_pipe_prints_only_the_batch_id(admin: Cli, predict: str) -> None:
+    out = admin("run", predict, "cars.csv").stdout
+    assert len(out.splitlines()) == 1
+    batch_id = out.strip()
+    assert show(admin, batch_id)["total_item_count"] == FAST_RECORDS
+
+
+def test_run_wait_in_a_pipe_prints_plain_progress_lines_and_a_summary(
+    admin: Cli, predict: str, workdir: Path
+) -> None:
+    result = admin("run", predict, "cars.csv", "--wait", "-o", "pipe-results.jsonl")
+    assert "\x1b" not in result.stdout + result.stderr
+    summary = result.stdout.splitlines()
+    assert summary[0].startswith("Batch ")
+    assert (
+        f"completed: {FAST_RECORDS} succeeded, 0 failed, 0 cancelled of {FAST_RECORDS}"
+        in (summary[0])
+    )
+    assert summary[1] == "Results written to pipe-results.jsonl."
+    progress = result.stderr.splitlines()
+    assert progress[-1].endswith(f"completed: {FAST_RECORDS}/{FAST_RECORDS} records, 0 failed")
+    rows = [json.loads(line) for line in (workdir / "pipe-results.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(FAST_RECORDS))
+    assert [r["answer"] for r in rows] == [i * 20 + i / 10 for i in range(FAST_RECORDS)]
+
+
+def test_run_wait_json_prints_the_finished_batch_only(admin: Cli, predict: str) -> None:
+    result = admin("run", predict, "cars.csv", "--wait", "--json", "--priority", "5")
+    (line,) = result.stdout.splitlines()
+    info = json.loads(line)
+    assert info["state"] == "completed"
+    assert info["succeeded_item_count"] == FAST_RECORDS
+    assert info["priority"] == 5
+    assert result.stderr == ""
+
+
+def test_failed_records_are_counted_and_the_batch_still_completes(
+    admin: Cli, predict: str, workdir: Path
+) -> None:
+    (workdir / "some-bad.csv").write_text("hp,wt\n1,1\n-1,1\n2,1\n-5,1\n")
+    result = admin("run", predict, "some-bad.csv", "--wait")
+    assert "completed: 2 succeeded, 2 failed, 0 cancelled of 4 records" in result.stdout
+    assert result.stderr.splitlines()[-1].endswith("completed: 4/4 records, 2 failed")
+
+
+def test_a_batch_cancelled_while_waited_for_ends_the_wait_with_an_error(
+    admin: Cli, slow: str, workdir: Path
+) -> None:
+    batch_id = start_slow(admin, slow)
+    process = subprocess.Popen(
+        [*COMMAND, "batch", "wait", batch_id],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=admin.env(),
+        cwd=workdir,
+    )
+    try:
+        assert process.stderr is not None
+        process.stderr.readline()  # watching
+        admin("batch", "terminate", batch_id, "--reason", "enough")
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1
+    assert stderr.splitlines()[-1] == f"error: Batch {batch_id} ended cancelled: enough"
+    assert f"Batch {batch_id} cancelled:" in stdout
+
+
+# -- batch list / show / results / artifacts / download ---------------------------------------
+
+
+def test_batch_list_filters_by_status_and_service(admin: Cli, predict: str, slow: str) -> None:
+    finished = json.loads(admin("run", predict, "cars.csv", "--wait", "--json").stdout)["id"]
+    lines = admin(
+        "batch", "list", "--service", predict, "--status", "completed"
+    ).stdout.splitlines()
+    assert lines[0].split("\t")[:4] == ["id", "service", "state", "done"]
+    rows = [line.split("\t") for line in lines[1:]]
+    assert finished in [r[0] for r in rows]
+    assert {r[1] for r in rows} == {predict}
+    assert {r[2] for r in rows} == {"completed"}
+    assert next(r for r in rows if r[0] == finished)[3] == f"{FAST_RECORDS}/{FAST_RECORDS}"
+
+    limited = admin("batch", "list", "--limit", "1", "--json").stdout.splitlines()
+    assert len(limited) == 1
+    assert "id" in json.loads(limited[0])
+    none = admin("batch", "list", "--service", slow, "--status", "paused", "--json").stdout
+    assert none == ""
+    assert "Unknown status 'done'" in admin.error("batch", "list", "--status", "done")
+
+
+def test_batch_show_prints_state_counts_and_options(admin: Cli, predict: str) -> None:
+    info = json.loads(admin("run", predict, "cars.csv", "--wait", "--json", "-P", "3").stdout)
+    fields = dict(
+        line.split("\t", 1) for line in admin("batch", "show", info["id"]).stdout.splitlines()
+    )
+    assert fields["id"] == info["id"]
+    assert fields["service"] == predict
+    assert fields["state"] == "completed (was running)"
+    assert fields["records"] == f"{FAST_RECORDS}/{FAST_RECORDS} finished"
+    assert fields["parallel"] == "3"
+
+
+def test_batch_results_in_every_format(admin: Cli, predict: str, workdir: Path) -> None:
+    batch_id = json.loads(admin("run", predict, "cars.csv", "--wait", "--json").stdout)["id"]
+    printed = admin("batch", "results", batch_id).stdout.splitlines()
+    assert printed[0].split("\t")[:3] == ["index", "status", "answer"]
+    assert printed[4].split("\t")[:3] == ["3", "succeeded", "60.3"]
+    as_json = [
+        json.loads(x) for x in admin("batch", "results", batch_id, "--json").stdout.splitlines()
+    ]
+    assert [r["answer"] for r in as_json][:3] == [0.0, 20.1, 40.2]
+
+    for name in ("r.csv", "r.jsonl", "r.parquet"):
+        message = admin("batch", "results", batch_id, "-o", name).stdout
+        assert message.strip() == f"Wrote the results of {FAST_RECORDS} records to {name}."
+    assert (workdir / "r.csv").read_text().splitlines()[0].startswith('"index","status","answer"')
+    assert len((workdir / "r.jsonl").read_text().splitlines()) == FAST_RECORDS
+    assert pq.read_table(workdir / "r.parquet").column("answer").to_pylist()[1] == 20.1
+    assert "use a .csv, .jsonl or .parquet" in admin.error(
+        "batch", "results", batch_id, "-o", "r.xlsx"
+    )
+    assert "does not exist" in admin.error("batch", "results", batch_id, "-o", "nowhere/r.csv")
+
+
+def test_batch_artifacts_and_download(admin: Cli, predict: str, tmp_path: Path) -> None:
+    batch_id = json.loads(admin("run", predict, "cars.csv", "--wait", "--json").stdout)["id"]
+    assert admin("batch", "artifacts", batch_id, "3").stdout.splitlines() == ["note.txt"]
+    assert json.loads(admin("batch", "artifacts", batch_id, "3", "--json").stdout) == ["note.txt"]
+    target = tmp_path / "new" / "dir"
+    saved = admin("batch", "download", batch_id, "3", "-d", str(target)).stdout.splitlines()
+    assert saved == [str(target / "note.txt")]
+    assert (target / "note.txt").read_text() == "hp=30.0"
+    one = admin("batch", "download", batch_id, "4", "note.txt", "--dir", str(tmp_path)).stdout
+    assert one.strip() == str(tmp_path / "note.txt")
+    assert (tmp_path / "note.txt").read_text() == "hp=40.0"
+    assert "there is no record 99" in admin.error("batch", "artifacts", batch_id, "99")
+    assert "has no artifact 'other.png'" in admin.error(
+        "batch", "download", batch_id, "3", "other.png", "-d", str(tmp_path)
+    )
+    assert not (tmp_path / "other.png").exists()
+
+
+# -- control: pause, resume, terminate, cancel, delete ---------------------------------------
+
+
+def test_pause_resume_terminate_and_delete(admin: Cli, slow: str) -> None:
+    batch_id = start_slow(admin, slow)
+    paused = admin("batch", "pause", batch_id).stdout.strip()
+    assert paused in (
+        f"Paused batch {batch_id}: now pausing.",
+        f"Paused batch {batch_id}: now paused.",
+    )
+    deadline = time.monotonic() + 60
+    while (state := show(admin, batch_id)["state"]) != "paused":
+        assert state == "pausing"
+        if time.monotonic() > deadline:
+            pytest.fail(f"batch {batch_id} is still {state} after 60 s")
+        time.sleep(0.2)
+    assert "paused" in admin.error("batch", "pause", batch_id)  # not twice
+    resumed = admin("batch", "resume", batch_id).stdout.strip()
+    assert resumed in (
+        f"Resumed batch {batch_id}: now pending.",
+        f"Resumed batch {batch_id}: now running.",
+    )
+
+    terminated = json.loads(
+        admin("batch", "terminate", batch_id, "--reason", "NoLongerNeeded", "--json").stdout
+    )
+    assert terminated["state"] in ("cancelling", "cancelled")
+    assert show(admin, batch_id)["termination_reason"] == "NoLongerNeeded"
+
+    assert admin("batch", "delete", batch_id).stdout.strip() == f"Deleted batch {batch_id}."
+    assert f"No batch '{batch_id}'" in admin.error("batch", "show", batch_id)
+
+
+def test_pause_mode_must_be_known(admin: Cli) -> None:
+    assert "--mode must be requeue, terminate or wait" in admin.error(
+        "batch", "pause", "f00d", "--mode", "later"
+    )
+
+
+# -- records files ------------------------------------------------------------------------------
+
+
+def test_run_reads_jsonl_json_and_parquet_records(admin: Cli, predict: str, workdir: Path) -> None:
+    import pyarrow as pa
+
+    records = [{"hp": 100.0, "wt": 1.5}, {"hp": 50.0, "wt": 0.5}]
+    (workdir / "r.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    (workdir / "r.json").write_text(json.dumps(records))
+    pq.write_table(pa.Table.from_pylist(records), workdir / "in.parquet")
+    for name in ("r.jsonl", "r.json", "in.parquet"):
+        info = json.loads(admin("run", predict, name, "--wait", "--json").stdout)
+        assert info["succeeded_item_count"] == 2, name
+        answers = admin("batch", "results", info["id"], "--json").stdout.splitlines()
+        assert [json.loads(a)["answer"] for a in answers] == [201.5, 100.5]
+
+
+def test_records_file_errors_are_one_clear_line(admin: Cli, predict: str, workdir: Path) -> None:
+    assert "There is no records file at 'missing.csv'" in admin.error("run", predict, "missing.csv")
+    (workdir / "cars.xlsx").write_bytes(b"PK")
+    assert "use a .csv, .tsv" in admin.error("run", predict, "cars.xlsx")
+    (workdir / "wrong.csv").write_text("speed,wt\n1,2\n")
+    assert "hp" in admin.error("run", predict, "wrong.csv")
+    (workdir / "broken.jsonl").write_text("{not json\n")
+    broken = admin.error("run", predict, "broken.jsonl")
+    assert "Line 1 of the JSON Lines records is not valid JSON" in broken
+    (workdir / "broken.json").write_text("[{not json")
+    assert "Cannot read records from 'broken.json'" in admin.error("run", predict, "broken.json")
+    assert "No service" in admin.error("run", "no-such-service", "cars.csv")
