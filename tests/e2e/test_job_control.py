@@ -37,6 +37,23 @@ def stuck_when_negative(x: float) -> float:
     return x
 
 
+def flaky(x: float) -> float:
+    """Fails its first two tries of each record (the tries of a record run in one worker)."""
+    tries = globals().setdefault("_tries", {})
+    tries[x] = tries.get(x, 0) + 1
+    if tries[x] <= 2:
+        raise RuntimeError(f"try {tries[x]} of {x} failed")
+    return x
+
+
+def slow_when_negative(x: float) -> float:
+    import time
+
+    if x < 0:
+        time.sleep(30)
+    return x
+
+
 def until(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
     """Poll ``check`` until it returns something true; fail naming ``what`` otherwise."""
     deadline = time.monotonic() + timeout
@@ -314,6 +331,44 @@ def test_statistics_are_live_figures_of_the_batch(own, napper):  # type: ignore[
     assert stats.records_per_second and stats.records_per_second > 0
     assert stats.wait_time.total_seconds() >= 0
     assert stats.retried_records == 0 and stats.requeued_records == 0
+    assert stats.user_cpu_time.total_seconds() > 0
+    assert stats.read_bytes > 0 and stats.write_bytes > 0
+
+
+@pytest.mark.parametrize(
+    ("retries", "status"), [(2, "succeeded"), (1, "failed"), (-1, "succeeded")]
+)
+def test_failed_records_are_tried_again_up_to_max_task_retry_count(
+    own, unique_name, retries, status
+):  # type: ignore[no-untyped-def]
+    svc = own.publish_service(
+        unique_name, code=flaky, inputs={"x": float}, outputs={"y": float}, version="v1"
+    )
+    batch = svc.batch(
+        {"x": [1.0, 2.0, 3.0]}, parallel_count=1, max_task_retry_count=retries
+    ).start()
+    frame = batch.wait(timeout=60).to_pandas()
+    assert set(frame["status"]) == {status}
+    tries = 3 if status == "succeeded" else 2
+    assert frame["attempts"].tolist() == [tries] * 3
+    assert batch.info().job_statistics.retried_records == 3 * (tries - 1)
+    if status == "failed":
+        assert frame["error"].str.contains("try 2 of").all()
+
+
+def test_a_record_past_the_task_timeout_is_stopped_and_its_neighbours_run(own, unique_name):  # type: ignore[no-untyped-def]
+    svc = own.publish_service(
+        unique_name, code=slow_when_negative, inputs={"x": float}, outputs={"y": float}
+    )
+    batch = svc.batch(
+        {"x": [1.0, -1.0, 2.0]}, parallel_count=1, task_timeout=0.5, max_task_retry_count=1
+    ).start()
+    frame = batch.wait(timeout=60).to_pandas().set_index("index")
+    assert frame["status"].tolist() == ["succeeded", "failed", "succeeded"]
+    assert frame.loc[1, "error_type"] == "TaskTimeout"
+    assert frame.loc[1, "attempts"] == 2  # the first try and one retry, each stopped
+    stats = batch.info().job_statistics
+    assert stats.timed_out_tries == 2 and stats.retried_records == 1
 
 
 # --- parallel caps ------------------------------------------------------------------------------
