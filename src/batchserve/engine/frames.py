@@ -21,10 +21,9 @@ import contextlib
 import io
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from batchserve.engine.bundles import BundleError, LoadedService
@@ -33,6 +32,11 @@ from batchserve.engine.rows import Progress, console_text
 from batchserve.engine.tasks import ChunkTask
 from batchserve.engine.tries import TaskTimeout, TryLimits, describe_failure
 from batchserve.schema import ARROW_TYPES, INT64_MAX, INT64_MIN, SchemaError, coerce
+
+# pandas is imported where it is used: the API process and row-mode workers import this module
+# (through the runtime) but never need it.
+if TYPE_CHECKING:
+    import pandas as pd
 
 # --- inputs ------------------------------------------------------------------------------------
 
@@ -127,6 +131,8 @@ def _whole_column(column: Any, type_name: str) -> pa.Array | None:
     None means the values are to be checked one by one: a list, an object or extension dtype
     holding anything else than text, a float column with a fraction for an int output, ...
     """
+    import pandas as pd
+
     if isinstance(column, pd.Series):
         if isinstance(column.dtype, pd.StringDtype) and type_name == "str":
             text = pa.array(column)
