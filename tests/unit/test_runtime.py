@@ -1082,6 +1082,17 @@ def test_a_record_failing_two_inputs_reports_the_first_declared(runtime, publish
     assert rows[1]["error"] == "input 'x' must be float, got str 'one'."
 
 
+def test_a_chunk_whose_every_record_has_a_bad_input_makes_no_call(runtime, publish, blobs):
+    def service(frame):
+        raise AssertionError("called")
+
+    spec = vectorized(publish(service, inputs={"x": "float"}, outputs={"y": "float"}))
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": ["a", None]}))
+    assert counts_of(result) == {"succeeded": 0, "failed": 2}
+    assert [r["error_type"] for r in rows] == ["SchemaError", "SchemaError"]
+    assert [r["outputs"] for r in rows] == [None, None]
+
+
 def test_an_integer_input_too_large_for_the_frame_fails_its_record(runtime, publish, blobs):
     spec = vectorized(publish(double, inputs={"x": "int"}, outputs={"y": "int"}))
     _, rows = run_rows(runtime, blobs, spec, pa.table({"x": ["4", str(2**70)]}))

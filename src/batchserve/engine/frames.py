@@ -249,10 +249,10 @@ class _FrameResults:
             # Records with bad inputs have no outputs: the calls' values are spread over the
             # span, leaving their places null.
             positions = np.full(span, -1, dtype=np.int64)
-            called = np.ones(span, dtype=bool)
-            called[self.bad_offsets[lo:hi] - start] = False
-            positions[called] = np.arange(span - int(hi - lo))
-            places = pa.array(positions, mask=~called)
+            in_calls = np.ones(span, dtype=bool)
+            in_calls[self.bad_offsets[lo:hi] - start] = False
+            positions[in_calls] = np.arange(span - int(hi - lo))
+            places = pa.array(positions, mask=~in_calls)
         columns: list[pa.Array] = []
         for type_name, store in zip(
             self.task.service.outputs.values(), self.outputs.values(), strict=True
