@@ -1219,6 +1219,16 @@ def test_a_wrongly_typed_output_in_one_row_fails_only_that_record_in_one_call(
     assert [r["console_output"] for r in rows] == ["rows 4\n", "", "", ""]  # one call
 
 
+def test_a_returned_list_keeps_its_values_types(runtime, publish, blobs):
+    def service(frame):
+        return [1, True, 3]  # as an array, True would be the int 1
+
+    spec = vectorized(publish(service, inputs={"x": "int"}, outputs={"y": "int"}))
+    _, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1, 2, 3]}))
+    assert [r["outputs"] for r in rows] == [{"y": 1}, None, {"y": 3}]
+    assert rows[1]["error"] == "output 'y' must be int, got bool True."
+
+
 def test_a_record_failing_two_outputs_reports_the_first_declared(runtime, publish, blobs):
     def service(frame):
         return {"a": ["x", None], "b": [1, None]}

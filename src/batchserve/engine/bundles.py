@@ -238,7 +238,8 @@ def frame_columns(value: Any, names: list[str], rows: int) -> dict[str, Any]:
         if array.ndim == 2 and array.shape[1] == len(names):
             columns = {n: array[:, i] for i, n in enumerate(names)}
         elif array.ndim == 1 and names:
-            columns = {names[0]: array if isinstance(value, np.ndarray) else value}
+            # A list keeps its Python values, which NumPy may have changed (True into 1).
+            columns = {names[0]: value if isinstance(value, (list, tuple)) else array}
         else:
             raise ValueError(
                 f"a vectorized service must return one row per input row; got shape {array.shape}"
