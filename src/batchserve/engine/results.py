@@ -73,10 +73,10 @@ class ResultWriter:
         """Rows ``first_index``, ``first_index + 1``, ... given as columns.
 
         ``outputs`` holds one list of values per output, or an Arrow array of the output's type
-        (None, or null, where a record failed). The dicts
-        are keyed by position in these rows: ``failures`` gives a failed record's error and its
-        type, ``consoles`` what a record printed (others printed nothing), ``retries`` the tries
-        after the first, added to ``attempts``.
+        (None, or null, where a record failed). The dicts are keyed by position in these rows:
+        ``failures`` gives a failed record's error and its type, ``consoles`` what a record
+        printed (others printed nothing), ``retries`` the tries after the first, added to
+        ``attempts``.
         """
         self._write_rows()
         count = len(durations)
