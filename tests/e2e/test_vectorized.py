@@ -71,3 +71,41 @@ def test_a_code_string_cannot_be_vectorized(client, unique_name):  # type: ignor
         client.publish_service(
             unique_name, code="y = x", inputs={"x": float}, outputs={"y": float}, vectorized=True
         )
+
+
+def summarize(frame):  # type: ignore[no-untyped-def]
+    return pd.DataFrame(
+        {
+            "half": frame["x"] / 2,
+            "rounded": frame["x"].round(),
+            "label": [f"{x:g}" if x != 3 else 3 for x in frame["x"]],
+            "big": frame["x"] > 2,
+        }
+    )
+
+
+def test_a_vectorized_batch_fails_only_records_with_a_bad_input_or_output(client, unique_name):  # type: ignore[no-untyped-def]
+    svc = client.publish_service(
+        unique_name,
+        code=summarize,
+        inputs={"x": float},
+        outputs={"half": float, "rounded": int, "label": str, "big": bool},
+        version="v1",
+        vectorized=True,
+    )
+    # Text, as an upload whose column does not convert as a whole: checked value by value.
+    xs = ["1", "2.5", "abc", "3", "", "4"]
+    resp = svc.batch({"x": xs}, parallel_count=1).start().wait(timeout=120)
+    assert resp.state is BatchState.COMPLETED
+    frame = resp.to_pandas()
+    assert list(frame["status"]) == [
+        "succeeded", "succeeded", "failed", "failed", "failed", "succeeded"
+    ]  # fmt: skip
+    assert frame.loc[2, "error"] == "input 'x' must be float, got str 'abc'."
+    assert frame.loc[3, "error"] == "output 'label' must be str, got int 3."
+    assert frame.loc[4, "error_type"] == "SchemaError"
+    ok = frame[frame["status"] == "succeeded"]
+    assert list(ok["half"]) == [0.5, 1.25, 2.0]
+    assert list(ok["rounded"]) == [1, 2, 4]
+    assert list(ok["label"]) == ["1", "2.5", "4"]
+    assert list(ok["big"]) == [False, True, True]

@@ -18,11 +18,13 @@ import pyarrow as pa
 import pytest
 
 from batchserve.blobs import LocalBlobStore
+from batchserve.engine import frames as frames_module
 from batchserve.engine import runtime as runtime_module
 from batchserve.engine.bundles import BundleError, frame_outputs
 from batchserve.engine.results import STATUS_FAILED, STATUS_SUCCEEDED, read_results
 from batchserve.engine.runtime import MAX_CONSOLE_CHARS, Runtime, artifact_key
 from batchserve.engine.tasks import ChunkTask, ConsumeTask, ServiceSpec
+from batchserve.schema import ARROW_TYPES
 
 _keys = itertools.count()
 
@@ -999,6 +1001,397 @@ def test_a_result_of_the_wrong_length_is_an_error_naming_the_counts():  # type: 
         frame_outputs([1, 2, 3], ["y"], 2)
     with pytest.raises(ValueError, match="expected the outputs"):
         frame_outputs(pd.DataFrame({"q": [1], "r": [2], "s": [3]}), ["a", "b"], 1)
+
+
+# --- vectorized services: inputs and outputs as columns ----------------------------------------
+
+
+def frame_described(frame):  # type: ignore[no-untyped-def]
+    """What the service was called with, one text per row: the dtypes and the row's values."""
+    dtypes = ",".join(f"{n}:{t}" for n, t in frame.dtypes.items())
+    return pd.DataFrame(
+        {"seen": [f"{dtypes} {row}" for row in frame.itertuples(index=False)]},
+    )
+
+
+def test_clean_columns_skip_the_per_value_check_and_give_the_same_results(
+    runtime, publish, blobs, monkeypatch
+):
+    inputs = {"n": "int", "hp": "float", "label": "str", "ok": "bool"}
+    spec = vectorized(publish(frame_described, inputs=inputs, outputs={"seen": "str"}))
+    clean = pa.table(
+        {
+            "n": [1, 2, 3],
+            "hp": [1.5, 2.0, -3.25],
+            "label": ["a", "b", "c"],
+            "ok": [True, False, True],
+        }
+    )
+    # The same values in columns not of the declared types, checked value by value.
+    unclean = pa.table(
+        {
+            "n": ["1", "2", "3"],
+            "hp": ["1.5", "2", "-3.25"],
+            "label": pa.array(["a", "b", "c"], pa.large_string()),
+            "ok": ["true", "no", "yes"],
+        }
+    )
+    checks = []
+    checked_value = frames_module.coerce
+
+    def counted(value, type_name, name, kind="input"):  # type: ignore[no-untyped-def]
+        checks.append((name, kind))
+        return checked_value(value, type_name, name, kind)
+
+    monkeypatch.setattr(frames_module, "coerce", counted)
+    clean_result, clean_rows = run_rows(runtime, blobs, spec, clean)
+    assert checks == []
+    unclean_result, unclean_rows = run_rows(runtime, blobs, spec, unclean)
+    assert sorted(set(checks)) == [
+        ("hp", "input"),
+        ("label", "input"),
+        ("n", "input"),
+        ("ok", "input"),
+    ]
+    assert counts_of(clean_result) == counts_of(unclean_result) == {"succeeded": 3, "failed": 0}
+    strip = [{k: v for k, v in r.items() if k != "duration_ms"} for r in clean_rows]
+    assert strip == [{k: v for k, v in r.items() if k != "duration_ms"} for r in unclean_rows]
+    assert clean_rows[0]["outputs"]["seen"] == (
+        "n:int64,hp:float64,label:str,ok:bool Pandas(n=1, hp=1.5, label='a', ok=True)"
+    )
+
+
+def test_a_column_with_one_missing_value_fails_only_that_record(runtime, publish, blobs):
+    def service(frame):
+        assert frame["x"].dtype == np.int64
+        return frame["x"] * 10
+
+    spec = vectorized(publish(service, inputs={"x": "int"}, outputs={"y": "int"}))
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": pa.array([1, None, 3, 4])}))
+    assert counts_of(result) == {"succeeded": 3, "failed": 1}
+    assert [r["outputs"] and r["outputs"]["y"] for r in rows] == [10, None, 30, 40]
+    assert rows[1]["error_type"] == "SchemaError"
+    assert rows[1]["error"] == "input 'x' is missing (no value given; expected int)."
+
+
+def test_a_record_failing_two_inputs_reports_the_first_declared(runtime, publish, blobs):
+    spec = vectorized(publish(double, inputs={"x": "float", "b": "int"}, outputs={"y": "float"}))
+    table = pa.table({"x": ["1", "one", "3"], "b": ["1", "two", "3"]})
+    _, rows = run_rows(runtime, blobs, spec, table)
+    assert [r["status"] for r in rows] == ["succeeded", "failed", "succeeded"]
+    assert rows[1]["error"] == "input 'x' must be float, got str 'one'."
+
+
+def test_a_chunk_whose_every_record_has_a_bad_input_makes_no_call(runtime, publish, blobs):
+    def service(frame):
+        raise AssertionError("called")
+
+    spec = vectorized(publish(service, inputs={"x": "float"}, outputs={"y": "float"}))
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": ["a", None]}))
+    assert counts_of(result) == {"succeeded": 0, "failed": 2}
+    assert [r["error_type"] for r in rows] == ["SchemaError", "SchemaError"]
+    assert [r["outputs"] for r in rows] == [None, None]
+
+
+def test_an_integer_input_too_large_for_the_frame_fails_its_record(runtime, publish, blobs):
+    spec = vectorized(publish(double, inputs={"x": "int"}, outputs={"y": "int"}))
+    _, rows = run_rows(runtime, blobs, spec, pa.table({"x": ["4", str(2**70)]}))
+    assert rows[0]["outputs"] == {"y": 8}
+    assert rows[1]["error_type"] == "SchemaError"
+    assert "outside the 64-bit integer range" in rows[1]["error"]
+
+
+def test_a_service_without_inputs_gets_a_frame_of_the_chunks_rows(runtime, publish, blobs):
+    def service(frame):
+        return np.arange(len(frame))
+
+    spec = vectorized(publish(service, inputs={}, outputs={"i": "int"}))
+    _, rows = run_rows(runtime, blobs, spec, pa.table({"unused": [5, 6, 7]}))
+    assert [r["outputs"] for r in rows] == [{"i": 0}, {"i": 1}, {"i": 2}]
+
+
+def as_dataframe(frame):  # type: ignore[no-untyped-def]
+    return pd.DataFrame({"ok": frame["x"] > 1, "y": frame["x"] * 0.5, "s": frame["x"].astype(str)})
+
+
+def as_unnamed_dataframe(frame):  # type: ignore[no-untyped-def]
+    return pd.DataFrame([[x * 0.5, str(x), x > 1] for x in frame["x"]])
+
+
+def as_dict_of_lists(frame):  # type: ignore[no-untyped-def]
+    xs = frame["x"].tolist()
+    return {"s": [str(x) for x in xs], "y": [x / 2 for x in xs], "ok": [x > 1 for x in xs]}
+
+
+def as_dict_of_arrays(frame):  # type: ignore[no-untyped-def]
+    x = frame["x"].to_numpy()
+    return {"y": x * 0.5, "s": x.astype(str), "ok": x > 1}
+
+
+@pytest.mark.parametrize(
+    "service", [as_dataframe, as_unnamed_dataframe, as_dict_of_lists, as_dict_of_arrays]
+)
+def test_frames_and_dicts_of_columns_map_to_outputs_in_a_chunk(runtime, publish, blobs, service):
+    outputs = {"y": "float", "s": "str", "ok": "bool"}
+    spec = vectorized(publish(service, inputs={"x": "int"}, outputs=outputs))
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1, 2, 3]}))
+    assert counts_of(result) == {"succeeded": 3, "failed": 0}
+    assert [r["outputs"] for r in rows] == [
+        {"y": 0.5, "s": "1", "ok": False},
+        {"y": 1.0, "s": "2", "ok": True},
+        {"y": 1.5, "s": "3", "ok": True},
+    ]
+
+
+def as_series(frame):  # type: ignore[no-untyped-def]
+    return frame["x"] * 2
+
+
+def as_array(frame):  # type: ignore[no-untyped-def]
+    return frame["x"].to_numpy() * 2
+
+
+def as_2d_array(frame):  # type: ignore[no-untyped-def]
+    return (frame["x"].to_numpy() * 2).reshape(-1, 1)
+
+
+def as_list(frame):  # type: ignore[no-untyped-def]
+    return [x * 2 for x in frame["x"]]
+
+
+def as_series_of_another_index(frame):  # type: ignore[no-untyped-def]
+    return pd.Series((frame["x"] * 2).to_numpy(), index=[f"r{i}" for i in range(len(frame))])
+
+
+@pytest.mark.parametrize(
+    "service", [as_series, as_array, as_2d_array, as_list, as_series_of_another_index]
+)
+def test_a_series_array_or_list_is_the_single_output_in_a_chunk(runtime, publish, blobs, service):
+    spec = vectorized(publish(service, inputs={"x": "int"}, outputs={"y": "int"}))
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1, 2, 3]}))
+    assert counts_of(result) == {"succeeded": 3, "failed": 0}
+    assert [r["outputs"] for r in rows] == [{"y": 2}, {"y": 4}, {"y": 6}]
+
+
+def test_an_output_of_the_wrong_length_fails_the_call_and_is_split(runtime, publish, blobs):
+    def service(frame):  # drops the rows without a value: one row fewer than given
+        return frame["x"].dropna() * 2
+
+    spec = vectorized(publish(service, inputs={"x": "float"}, outputs={"y": "float"}))
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1.0, 2.0, float("nan"), 4.0]}))
+    assert counts_of(result) == {"succeeded": 3, "failed": 1}
+    assert [r["outputs"] and r["outputs"]["y"] for r in rows] == [2.0, 4.0, None, 8.0]
+    assert rows[2]["error_type"] == "ValueError"
+    assert rows[2]["error"] == "output 'y' has 0 values for 1 input rows; return one per row"
+
+
+def test_an_output_that_is_no_column_fails_every_record_saying_so(runtime, publish, blobs):
+    def service(frame):
+        return {"y": 5}
+
+    spec = vectorized(publish(service, inputs={"x": "int"}, outputs={"y": "int"}))
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1, 2]}))
+    assert counts_of(result) == {"succeeded": 0, "failed": 2}
+    assert {r["error"] for r in rows} == {
+        "output 'y' is a single int, not a column; return one value per input row"
+    }
+
+
+def test_a_wrongly_typed_output_in_one_row_fails_only_that_record_in_one_call(
+    runtime, publish, blobs
+):
+    def service(frame):
+        print(f"rows {len(frame)}")
+        return pd.DataFrame(
+            {
+                "y": [x * 1.5 if x != 1 else "many" for x in frame["x"]],
+                "n": [x if x != 2 else 2.5 for x in frame["x"]],
+            }
+        )
+
+    spec = vectorized(publish(service, inputs={"x": "int"}, outputs={"y": "float", "n": "int"}))
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": [0, 1, 2, 3]}))
+    assert counts_of(result) == {"succeeded": 2, "failed": 2}
+    assert [r["outputs"] for r in rows] == [{"y": 0.0, "n": 0}, None, None, {"y": 4.5, "n": 3}]
+    assert rows[1]["error_type"] == rows[2]["error_type"] == "SchemaError"
+    assert rows[1]["error"] == "output 'y' must be float, got str 'many'."
+    assert rows[2]["error"] == "output 'n' must be int, got float 2.5."
+    assert [r["console_output"] for r in rows] == ["rows 4\n", "", "", ""]  # one call
+
+
+def test_a_returned_list_keeps_its_values_types(runtime, publish, blobs):
+    def service(frame):
+        return [1, True, 3]  # as an array, True would be the int 1
+
+    spec = vectorized(publish(service, inputs={"x": "int"}, outputs={"y": "int"}))
+    _, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1, 2, 3]}))
+    assert [r["outputs"] for r in rows] == [{"y": 1}, None, {"y": 3}]
+    assert rows[1]["error"] == "output 'y' must be int, got bool True."
+
+
+def test_a_record_failing_two_outputs_reports_the_first_declared(runtime, publish, blobs):
+    def service(frame):
+        return {"a": ["x", None], "b": [1, None]}
+
+    spec = vectorized(publish(service, inputs={"x": "int"}, outputs={"b": "int", "a": "str"}))
+    _, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1, 2]}))
+    assert rows[0]["outputs"] == {"b": 1, "a": "x"}
+    assert rows[1]["error"] == "output 'b' has no value (expected int); return one."
+
+
+def reference_output(values, type_name):  # type: ignore[no-untyped-def]
+    """What checking each value alone makes of a column: values and the errors by position."""
+    from batchserve.schema import SchemaError, coerce
+
+    checked, errors = [], {}
+    for position, value in enumerate(values):
+        try:
+            checked.append(coerce(value, type_name, "y", kind="output"))
+        except SchemaError as exc:
+            checked.append(None)
+            errors[position] = str(exc)
+    return checked, errors
+
+
+@pytest.mark.parametrize(
+    ("column", "type_name"),
+    [
+        (np.array([1.5, float("nan"), float("inf")]), "float"),
+        (np.array([1.5, 2.25], dtype=np.float32), "float"),
+        (np.array([1, -2], dtype=np.int8), "float"),
+        (np.array([True, False]), "float"),
+        (np.array([1, 2**63 - 1]), "int"),
+        (np.array([1, 2**64 - 1], dtype=np.uint64), "int"),
+        (np.array([1.0, -4.0, 2.0**62]), "int"),
+        (np.array([1.0, 2.5, float("nan"), float("inf"), 2.0**63]), "int"),
+        (np.array([True, False]), "int"),
+        (np.array([0, 1, 1]), "bool"),
+        (np.array([0, 2]), "bool"),
+        (np.array([1.0, 0.0]), "bool"),
+        (np.array(["a", "b"]), "str"),
+        (np.array(["a", 1, None, b"x"], dtype=object), "str"),
+        (np.array([1, 2]), "str"),
+        (pd.Series(["naïve", None]), "str"),
+        (pd.Series(["a", "b"], dtype="string"), "str"),
+        (pd.Series([1, None], dtype="Int64"), "int"),
+        (pd.Series([0.5, None], dtype="Float64"), "float"),
+        (pd.Series([True, False], dtype="boolean"), "bool"),
+        (pd.Series([1.5, 2.0]), "float"),
+        ([1, 2.0, True, "3"], "float"),
+        ([1, 2.0, 2.5, None], "int"),
+        (np.array(["lone \ud800 surrogate", "fine"], dtype=object), "str"),
+    ],
+)
+def test_outputs_converted_as_columns_match_the_check_of_each_value(column, type_name):
+    array, errors = frames_module.output_array(column, type_name, "y")
+    values = column.tolist() if hasattr(column, "tolist") else list(column)
+    expected_values, expected_errors = reference_output(values, type_name)
+    assert array.type == ARROW_TYPES[type_name]
+    assert {p: str(e) for p, e in errors.items()} == expected_errors
+    assert [_nan_as_text(v) for v in array.to_pylist()] == [
+        _nan_as_text(v) for v in expected_values
+    ]
+
+
+def _nan_as_text(value):  # type: ignore[no-untyped-def]
+    return "nan" if isinstance(value, float) and value != value else value
+
+
+def test_bad_inputs_and_a_failing_call_fail_their_own_records_in_index_order(
+    runtime, publish, blobs
+):
+    spec = vectorized(publish(fails_on_seven, inputs={"x": "int"}, outputs={"y": "int"}))
+    table = pa.table({"x": ["1", "x", "7", "3", None, "5", "6", "y"]})
+    result, rows = run_rows(runtime, blobs, spec, table)
+    assert counts_of(result) == {"succeeded": 4, "failed": 4}
+    assert [r["index"] for r in rows] == list(range(8))
+    assert [r["error_type"] for r in rows] == [
+        None, "SchemaError", "ValueError", None, "SchemaError", None, None, "SchemaError"
+    ]  # fmt: skip
+    assert [r["outputs"] and r["outputs"]["y"] for r in rows] == [
+        10, None, None, 30, None, 50, 60, None
+    ]  # fmt: skip
+
+
+def test_each_successful_call_gives_its_console_output_to_its_first_record(runtime, publish, blobs):
+    def service(frame):
+        print(f"rows {len(frame)}")
+        if (frame["x"] == 7).any():
+            raise ValueError("seven is not allowed")
+        return frame["x"]
+
+    spec = vectorized(publish(service, inputs={"x": "int"}, outputs={"y": "int"}))
+    _, rows = run_rows(runtime, blobs, spec, pa.table({"x": list(range(16))}))
+    consoles = {r["index"]: r["console_output"] for r in rows if r["console_output"]}
+    # [0, 16), [0, 8) and [4, 8) fail; [0, 4), [4, 6), [6, 7) and [8, 16) succeed; 7 fails alone.
+    assert consoles == {0: "rows 4\n", 4: "rows 2\n", 6: "rows 1\n", 7: "rows 1\n", 8: "rows 8\n"}
+
+
+def test_the_records_of_one_call_share_its_duration(runtime, publish, blobs):
+    spec = vectorized(publish(fails_on_seven, inputs={"x": "int"}, outputs={"y": "int"}))
+    _, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1, 2, 3, 4, 5, 6, 7, 8]}))
+    durations = [r["duration_ms"] for r in rows]
+    assert all(d > 0 for d in durations)
+    # [0, 4) is one call, [4, 6) another; 7 fails alone with its own.
+    assert len(set(durations[0:4])) == 1 and len(set(durations[4:6])) == 1
+    assert rows[6]["status"] == STATUS_FAILED and rows[6]["duration_ms"] > 0
+
+
+@pytest.mark.usefixtures("every_record_flushed_and_reported")
+def test_a_split_chunk_reports_progress_after_each_call_with_its_rows_readable(
+    runtime, publish, blobs
+):
+    spec = vectorized(publish(fails_on_seven, inputs={"x": "int"}, outputs={"y": "int"}))
+    task = chunk_task(spec, write_chunk(blobs, pa.table({"x": list(range(16))})), count=16)
+    seen = []
+
+    def report(succeeded, failed):
+        data = blobs.read_bytes(task.result_key)
+        seen.append((succeeded, failed, read_results(data, spec.outputs).num_rows))
+
+    runtime.run_chunk(task, report, progress_interval=0)
+    # After [0, 4), [4, 6), [6, 7), 7 alone, and [8, 16).
+    assert seen == [(4, 0, 4), (6, 0, 6), (7, 0, 7), (7, 1, 8), (15, 1, 16)]
+
+
+def test_run_chunk_sets_the_batch_environment_for_a_vectorized_service(runtime, publish, blobs):
+    def service(frame):
+        return [os.environ.get("BATCHSERVE_TEST_GREETING", "unset")] * len(frame)
+
+    spec = vectorized(publish(service, inputs={"x": "int"}, outputs={"g": "str"}))
+    key = write_chunk(blobs, pa.table({"x": [1, 2]}))
+    task = chunk_task(spec, key, count=2, environment={"BATCHSERVE_TEST_GREETING": "hello"})
+    runtime.run_chunk(task, lambda s, f: None)
+    rows = read_results(blobs.read_bytes(task.result_key), spec.outputs).to_pylist()
+    assert [r["outputs"] for r in rows] == [{"g": "hello"}, {"g": "hello"}]
+    assert "BATCHSERVE_TEST_GREETING" not in os.environ
+
+
+def test_a_vectorized_chunk_of_a_service_that_cannot_load_fails_every_record(
+    runtime, publish, blobs
+):
+    def init():
+        raise RuntimeError("no model")
+
+    spec = vectorized(publish(double, inputs={"x": "float"}, outputs={"y": "float"}, init=init))
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": ["1", "abc", "3"]}))
+    assert counts_of(result) == {"succeeded": 0, "failed": 3}
+    assert [r["error_type"] for r in rows] == ["BundleError", "SchemaError", "BundleError"]
+    assert "no model" in rows[0]["error"]
+
+
+def test_a_vectorized_call_failing_for_good_uses_every_retry(runtime, publish, blobs):
+    def service(frame):
+        if (frame["x"] == 2).any():
+            raise ConnectionError("down")
+        return frame["x"]
+
+    spec = vectorized(publish(service, inputs={"x": "int"}, outputs={"y": "int"}))
+    result, rows = run_rows(runtime, blobs, spec, pa.table({"x": [1, 2, 3]}), retries=2)
+    assert [r["status"] for r in rows] == ["succeeded", "failed", "succeeded"]
+    assert [r["attempts"] for r in rows] == [1, 3, 1]
+    assert rows[1]["error"] == "down"
+    assert result["retried"] == 2
 
 
 # --- row mode: the chunk loop ----------------------------------------------------------------

@@ -133,15 +133,17 @@ class LoadedService:
             return value
         return (value,) + (None,) * (len(names) - 1)
 
-    def call_frame(self, frame: Any) -> dict[str, list[Any]]:
-        """Run a vectorized service on a DataFrame; returns one list of values per output."""
-        return frame_outputs(self._code(frame), list(self.outputs), len(frame))
+    def call_frame(self, frame: Any) -> dict[str, Any]:
+        """Run a vectorized service on a DataFrame; returns one column per output (see
+        :func:`frame_columns`), not yet checked."""
+        return frame_columns(self._code(frame), list(self.outputs), len(frame))
 
     def call_one_row(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Run a vectorized service on a single record (request-response consumption)."""
         import pandas as pd
 
-        out = self.call_frame(pd.DataFrame([inputs], columns=list(inputs)))
+        frame = pd.DataFrame([inputs], columns=list(inputs))
+        out = frame_outputs(self._code(frame), list(self.outputs), 1)
         return {n: values[0] for n, values in out.items()}
 
 
@@ -200,12 +202,13 @@ def load(data: bytes, outputs: dict[str, str]) -> LoadedService:
 Loader = Callable[[bytes, dict[str, str]], LoadedService]
 
 
-def frame_outputs(value: Any, names: list[str], rows: int) -> dict[str, list[Any]]:
-    """Map what a vectorized service returned to a column of values per output.
+def frame_columns(value: Any, names: list[str], rows: int) -> dict[str, Any]:
+    """Map what a vectorized service returned to a column per output, as it returned them.
 
     Accepted: a DataFrame (columns by output name, or a single column for a single output), a
     dict of columns, a Series, a 1-D array or list (the first output), a 2-D array (outputs by
-    position). Each column must have one value per input row.
+    position). A column is a Series, an array or a list; each must have one value per input row,
+    or :class:`ValueError` says what was returned instead.
     """
     import numpy as np
     import pandas as pd
@@ -226,22 +229,41 @@ def frame_outputs(value: Any, names: list[str], rows: int) -> dict[str, list[Any
         if missing:
             raise ValueError(f"the returned dict has no column for output(s) {missing}")
         columns = {n: value[n] for n in names}
+    elif isinstance(value, pd.Series):
+        if not names:
+            raise ValueError("the service has no outputs, but returned a Series")
+        columns = {names[0]: value}
     else:
         array = np.asarray(value)
         if array.ndim == 2 and array.shape[1] == len(names):
             columns = {n: array[:, i] for i, n in enumerate(names)}
         elif array.ndim == 1 and names:
-            columns = {names[0]: array}
+            # A list keeps its Python values, which NumPy may have changed (True into 1).
+            columns = {names[0]: value if isinstance(value, (list, tuple)) else array}
         else:
             raise ValueError(
                 f"a vectorized service must return one row per input row; got shape {array.shape}"
             )
-    out: dict[str, list[Any]] = {}
-    for n, col in columns.items():
-        values = col.tolist() if hasattr(col, "tolist") else list(col)
-        if len(values) != rows:
+    for n, column in columns.items():
+        if isinstance(column, pd.DataFrame):
+            raise ValueError(f"the returned DataFrame has several columns named {n!r}")
+        if isinstance(column, (str, bytes)) or not hasattr(column, "__len__"):
             raise ValueError(
-                f"output {n!r} has {len(values)} values for {rows} input rows; return one per row"
+                f"output {n!r} is a single {type(column).__name__}, not a column; return one "
+                "value per input row"
             )
-        out[n] = values
-    return out
+        if isinstance(column, np.ndarray) and column.ndim == 0:
+            raise ValueError(f"output {n!r} is a 0-d array, not a column; return one per row")
+        if len(column) != rows:
+            raise ValueError(
+                f"output {n!r} has {len(column)} values for {rows} input rows; return one per row"
+            )
+    return columns
+
+
+def frame_outputs(value: Any, names: list[str], rows: int) -> dict[str, list[Any]]:
+    """Like :func:`frame_columns`, with each column as a list of Python values."""
+    return {
+        n: column.tolist() if hasattr(column, "tolist") else list(column)
+        for n, column in frame_columns(value, names, rows).items()
+    }

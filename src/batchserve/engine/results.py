@@ -72,10 +72,11 @@ class ResultWriter:
     ) -> None:
         """Rows ``first_index``, ``first_index + 1``, ... given as columns.
 
-        ``outputs`` holds one list of values per output (None where a record failed). The dicts
-        are keyed by position in these rows: ``failures`` gives a failed record's error and its
-        type, ``consoles`` what a record printed (others printed nothing), ``retries`` the tries
-        after the first, added to ``attempts``.
+        ``outputs`` holds one list of values per output, or an Arrow array of the output's type
+        (None, or null, where a record failed). The dicts are keyed by position in these rows:
+        ``failures`` gives a failed record's error and its type, ``consoles`` what a record
+        printed (others printed nothing), ``retries`` the tries after the first, added to
+        ``attempts``.
         """
         self._write_rows()
         count = len(durations)
@@ -99,7 +100,10 @@ class ResultWriter:
             pa.array(durations, pa.float64()),
             pa.array(attempt_counts),
             pa.StructArray.from_arrays(
-                [pa.array(values, f.type) for values, f in zip(outputs, struct, strict=True)],
+                [
+                    values if isinstance(values, pa.Array) else pa.array(values, f.type)
+                    for values, f in zip(outputs, struct, strict=True)
+                ],
                 fields=list(struct),
                 mask=pa.array(failed) if failures else None,
             )

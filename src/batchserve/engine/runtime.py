@@ -7,8 +7,9 @@ its artifacts under the batch's folder; the scheduler only hears counts and stat
 Row mode has two paths with the same results: a service without artifacts runs a chunk in one
 tight loop (:mod:`batchserve.engine.rows`); one with artifacts needs a working directory per
 record, so its records run one by one (:meth:`Runtime.run_record`). Vectorized mode calls the
-service once per chunk. Failed tries are retried and long ones stopped as the batch's limits
-say (:mod:`batchserve.engine.tries`).
+service with a DataFrame of the chunk, and handles inputs and outputs as columns
+(:mod:`batchserve.engine.frames`). Failed tries are retried and long ones stopped as the batch's
+limits say (:mod:`batchserve.engine.tries`).
 """
 
 from __future__ import annotations
@@ -29,14 +30,9 @@ import pyarrow as pa
 
 from batchserve.blobs import BlobNotFound, BlobStore
 from batchserve.engine import bundles
+from batchserve.engine.frames import run_frames
 from batchserve.engine.results import STATUS_SUCCEEDED, ResultWriter, failed_row
-from batchserve.engine.rows import (
-    MAX_CONSOLE_CHARS,
-    Progress,
-    console_text,
-    input_columns,
-    run_rows,
-)
+from batchserve.engine.rows import MAX_CONSOLE_CHARS, Progress, console_text, run_rows
 from batchserve.engine.tasks import ChunkTask, ConsumeTask, ServiceSpec
 from batchserve.engine.tries import TaskTimeout, TryLimits, describe_failure
 from batchserve.schema import ARROW_TYPES, SchemaError, coerce, coerce_record
@@ -208,22 +204,29 @@ class Runtime:
         writer = ResultWriter(self.blobs.open_append_stream(task.result_key), spec.outputs)
         try:
             with _environment(task.environment), limits:
+                progress = Progress(writer, report, progress_interval)
                 if spec.mode == "vectorized":
-                    succeeded, failed = self._run_vectorized(task, table, writer, limits)
+                    succeeded, failed = run_frames(
+                        task,
+                        table,
+                        lambda: self.service(spec),
+                        writer,
+                        limits,
+                        progress,
+                        FLUSH_INTERVAL,
+                    )
+                elif spec.artifacts:
+                    succeeded, failed = self._run_records(task, table, writer, limits, progress)
                 else:
-                    progress = Progress(writer, report, progress_interval)
-                    if spec.artifacts:
-                        succeeded, failed = self._run_records(task, table, writer, limits, progress)
-                    else:
-                        succeeded, failed = run_rows(
-                            task,
-                            table,
-                            lambda: self.service(spec),
-                            writer,
-                            limits,
-                            progress,
-                            FLUSH_INTERVAL,
-                        )
+                    succeeded, failed = run_rows(
+                        task,
+                        table,
+                        lambda: self.service(spec),
+                        writer,
+                        limits,
+                        progress,
+                        FLUSH_INTERVAL,
+                    )
         finally:
             writer.close()
         spent = resource.getrusage(resource.RUSAGE_SELF)
@@ -284,92 +287,6 @@ class Runtime:
                 progress.flushed(succeeded, failed)
                 last_flush = now
         return succeeded, failed
-
-    def _run_vectorized(
-        self, task: ChunkTask, table: pa.Table, writer: ResultWriter, limits: TryLimits
-    ) -> tuple[int, int]:
-        """Call the service once per chunk with a DataFrame; isolate failing records by splitting.
-
-        Records whose inputs fail the schema check fail alone and are left out of the frame.
-        When a call raises (or runs past the time limit), the slice is halved and each half
-        called again, down to single records, so only the records that make the service fail
-        get an error; a single record's call is tried again as the limits allow. What a call
-        prints is the console output of the first record of that call.
-        """
-        import pandas as pd
-
-        spec = task.service
-        rows: dict[int, dict[str, Any]] = {}
-        columns, bad = input_columns(table, spec.inputs)
-        for offset, exc in bad.items():
-            index = task.start_index + offset
-            rows[index] = failed_row(index, str(exc), "SchemaError", task.attempt, "")
-        good = [offset for offset in range(table.num_rows) if offset not in bad]
-        frame = pd.DataFrame(
-            {n: [columns[n][o] for o in good] if bad else columns[n] for n in spec.inputs},
-            columns=list(spec.inputs),
-        )
-        try:
-            service = self.service(spec)
-        except bundles.BundleError as exc:
-            for offset in good:
-                index = task.start_index + offset
-                rows[index] = failed_row(index, str(exc), "BundleError", task.attempt, "")
-            service = None
-        call_frame = limits.limit(service.call_frame) if service is not None else None
-
-        def attempt(lo: int, hi: int) -> None:
-            assert call_frame is not None
-            tries = 0
-            while True:
-                tries += 1
-                console = io.StringIO()
-                started = time.perf_counter()
-                try:
-                    with contextlib.redirect_stdout(console):
-                        out = call_frame(frame.iloc[lo:hi].reset_index(drop=True))
-                    checked = [
-                        {n: coerce(out[n][i], t, n, kind="output") for n, t in spec.outputs.items()}
-                        for i in range(hi - lo)
-                    ]
-                    break
-                except (Exception, TaskTimeout) as exc:
-                    if hi - lo > 1:
-                        limits.note(exc)
-                        mid = (lo + hi) // 2
-                        attempt(lo, mid)
-                        attempt(mid, hi)
-                        return
-                    if limits.again(tries, exc):
-                        continue
-                    index = task.start_index + good[lo]
-                    rows[index] = failed_row(
-                        index,
-                        *describe_failure(exc),
-                        task.attempt + tries - 1,
-                        console_text(console.getvalue()),
-                    )
-                    return
-            per_row = (time.perf_counter() - started) * 1000.0 / (hi - lo)
-            text = console_text(console.getvalue())
-            for i, outputs in enumerate(checked):
-                index = task.start_index + good[lo + i]
-                rows[index] = {
-                    "index": index,
-                    "status": STATUS_SUCCEEDED,
-                    "outputs": outputs,
-                    "artifacts": [],
-                    "console_output": text if i == 0 else "",
-                    "duration_ms": per_row,
-                    "attempts": task.attempt + tries - 1,
-                }
-
-        if call_frame is not None and good:
-            attempt(0, len(good))
-        for index in sorted(rows):
-            writer.add(rows[index])
-        failed = sum(1 for r in rows.values() if r["status"] != STATUS_SUCCEEDED)
-        return len(rows) - failed, failed
 
     def run_consume(self, task: ConsumeTask) -> dict[str, Any]:
         files: dict[str, str] = {}
