@@ -258,6 +258,9 @@ def flatten(table: pa.Table) -> pa.Table:
         cols[key] = pa.chunked_array(
             [c.flatten()[i] for c in outputs.chunks], struct_type.field(i).type
         )
-    for name in ("error", "error_type", "console_output", "duration_ms", "attempts"):
+    for name in ("error", "error_type", "console_output", "attempts"):
         cols[name] = table.column(name)
+    # To the microsecond: finer digits are noise, and they cost text exports the most time.
+    cols["duration_ms"] = pc.round(table.column("duration_ms"), 3)
+    cols["attempts"] = cols.pop("attempts")
     return pa.table(cols)
