@@ -100,3 +100,11 @@ def test_the_smaller_of_the_time_and_spread_sizes_wins_within_the_maximum():
     assert choose_chunk_size(400, 2, 1000, 100_000, record_seconds=0.1) == 5
     assert choose_chunk_size(None, 2, 1000, 100_000, record_seconds=1e-7) == 100_000
     assert choose_chunk_size(None, 2, 1000, 100_000, record_seconds=100.0) == 1
+
+
+def test_with_a_known_count_the_chunks_fill_every_slot_in_the_last_round():
+    # 0.5 s at 13.5 ms a record is 37 records: 11 chunks would leave a slot idle at the end.
+    size = choose_chunk_size(400, 2, 1000, 100_000, record_seconds=0.0135)
+    assert size == 34 and -(-400 // size) % 2 == 0
+    size = choose_chunk_size(1000, 4, 1000, 100_000, record_seconds=0.003)
+    assert -(-1000 // size) % 4 == 0

@@ -59,13 +59,22 @@ def choose_chunk_size(
 ) -> int:
     """Records per chunk: chunks of about ``target_seconds`` when the service's time per record
     has been measured, and enough chunks to keep every parallel slot busy (about four each)
-    when the record count is known; ``default`` when neither is known."""
+    when the record count is known; ``default`` when neither is known.
+
+    With a known count, the number of chunks is made a multiple of ``parallel_count``, so that
+    the last round of chunks does not leave slots idle.
+    """
+    slots = max(parallel_count, 1)
     sizes = []
     if record_seconds:
         sizes.append(math.ceil(target_seconds / record_seconds))
     if record_count:
-        sizes.append(math.ceil(record_count / (4 * max(parallel_count, 1))))
-    return max(1, min(maximum, min(sizes) if sizes else default))
+        sizes.append(math.ceil(record_count / (4 * slots)))
+    size = max(1, min(maximum, min(sizes) if sizes else default))
+    if record_count and size < record_count:
+        chunks = math.ceil(math.ceil(record_count / size) / slots) * slots
+        size = max(1, math.ceil(record_count / chunks))
+    return size
 
 
 DISABLE_MODES = ("requeue", "terminate", "wait")
