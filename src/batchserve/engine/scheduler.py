@@ -473,6 +473,8 @@ class Scheduler:
         ]
         wall = utcnow()
         for batch in self.store.batches_in_states(active):
+            if batch.state == BatchState.PAUSING.value and self._per_batch[batch.id] <= 0:
+                self._maybe_paused(batch.id)  # in case no finished chunk said so
             limit = batch.options.get("max_wall_clock_time")
             if limit is None or batch.start_time is None:
                 continue
