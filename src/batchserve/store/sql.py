@@ -7,13 +7,24 @@ which consults the one state table in :mod:`batchserve.states`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, select, update
+from sqlalchemy import (
+    Engine,
+    Select,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -80,7 +91,13 @@ class BatchCounts:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # As many pooled connections as the server has request threads (anyio's default limit
+        # is 40): past the pool size each checkout opens, sets up and closes a new connection,
+        # which under 32 concurrent status polls cost more than the reads themselves.
+        pool: dict[str, Any] = {} if _in_memory(url) else {"pool_size": 40, "max_overflow": 10}
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
@@ -93,6 +110,11 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def _in_memory(url: str) -> bool:
+    """An SQLite URL without a file: SQLAlchemy gives it a pool without size options."""
+    return url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
 
 
 class Store:
@@ -193,6 +215,18 @@ class Store:
             else:
                 q = q.where(Service.version == version)
             return s.scalar(q)
+
+    def find_service(self, name: str, version: str | None) -> Service | None:
+        """What :meth:`get_service` returns, read the cheap way for request-response calls:
+        a prebuilt statement on a plain connection, no ORM session."""
+        newest = version in (None, "latest")
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                _service_query(newest), {"name": name, "version": None if newest else version}
+            ).first()
+        if row is None:
+            return None
+        return Service(**{c.key: v for c, v in zip(Service.__table__.columns, row, strict=True)})
 
     def get_service_by_id(self, service_id: int) -> Service | None:
         with self.session() as s:
@@ -334,28 +368,17 @@ class Store:
         """A batch, its counts and its owner's username, read in one statement.
 
         The hot read behind status polling: one round trip on a plain connection (no ORM
-        session or identity map), where ``get_batch`` + ``batch_counts`` + ``get_user_by_id``
-        took three transactions.
+        session), with a statement built once (building it and its cache key cost more than
+        running it), where ``get_batch`` + ``batch_counts`` + ``get_user_by_id`` took three
+        transactions.
         """
-        batches, users = Batch.__table__, User.__table__
-        query = (
-            select(batches, users.c.username, *_count_columns())
-            .select_from(
-                batches.outerjoin(users, users.c.id == batches.c.owner_id).outerjoin(
-                    Chunk.__table__, Chunk.batch_id == batches.c.id
-                )
-            )
-            .where(batches.c.id == batch_id)
-            # Grouped by the primary key: every batch column depends on it (PostgreSQL agrees).
-            .group_by(batches.c.id, users.c.username)
-        )
         with self.engine.connect() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(_batch_status_query(), {"batch_id": batch_id}).first()
         if row is None:
             return None
-        fields = row._mapping
-        batch = Batch(**{c.key: fields[c] for c in batches.columns})
-        return batch, _counts_of(row[len(batches.columns) + 1 :]), fields[users.c.username]
+        columns = Batch.__table__.columns
+        batch = Batch(**{c.key: v for c, v in zip(columns, row, strict=False)})
+        return batch, _counts_of(row[len(columns) + 1 :]), row[len(columns)]
 
     def mark_queued(self, batch_id: str) -> None:
         """The batch was started: its pending chunks wait for workers from now on."""
@@ -521,6 +544,31 @@ def _count_columns() -> list[Any]:
         func.count(Chunk.id).filter(Chunk.state.in_(final)),
         func.count(Chunk.id).filter(Chunk.state == ChunkState.RUNNING.value),
     ]
+
+
+@functools.cache
+def _batch_status_query() -> Select[Any]:
+    batches, users, chunks = Batch.__table__, User.__table__, Chunk.__table__
+    return (
+        select(batches, users.c.username, *_count_columns())
+        .select_from(
+            batches.outerjoin(users, users.c.id == batches.c.owner_id).outerjoin(
+                chunks, chunks.c.batch_id == batches.c.id
+            )
+        )
+        .where(batches.c.id == bindparam("batch_id"))
+        # Grouped by the primary key: every batch column depends on it (PostgreSQL agrees).
+        .group_by(batches.c.id, users.c.username)
+    )
+
+
+@functools.cache
+def _service_query(newest: bool) -> Select[Any]:
+    services = Service.__table__
+    query = select(services).where(services.c.name == bindparam("name"))
+    if newest:
+        return query.order_by(services.c.created_at.desc(), services.c.id.desc()).limit(1)
+    return query.where(services.c.version == bindparam("version"))
 
 
 def _counts_of(row: Sequence[Any]) -> BatchCounts:
