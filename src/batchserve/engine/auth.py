@@ -10,6 +10,8 @@ import hashlib
 import logging
 import os
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,11 +58,75 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# How long a resolved access token is trusted without reading the store again. Every change
+# made through this process (revoke, refresh, role change, removal, new password) drops the
+# entries it concerns at once; this bound is for changes made elsewhere (another replica, the
+# CLI on the same database).
+TOKEN_CACHE_SECONDS = 5.0
+TOKEN_CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    principal: Principal
+    pair: str
+    expires_at: float  # the token's own expiry, epoch seconds
+    fresh_until: float  # time.monotonic() after which the store is read again
+
+
+class _TokenCache:
+    """Access tokens resolved recently, by their SHA-256.
+
+    A lookup is a dict read, cheap enough for the event loop. A generation counter closes the
+    race in which a reader finds a token valid in the store, a revoke commits and drops the
+    cache, and the reader then stores what it read: an entry read before an invalidation is
+    never stored after it.
+    """
+
+    def __init__(self, seconds: float, size: int) -> None:
+        self.seconds = seconds
+        self.size = size
+        self._entries: dict[str, _Resolved] = {}
+        self._generation = 0
+        self._lock = threading.Lock()
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def get(self, digest: str) -> Principal | None:
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        if entry.fresh_until <= time.monotonic() or entry.expires_at <= time.time():
+            self._entries.pop(digest, None)
+            return None
+        return entry.principal
+
+    def put(self, digest: str, entry: _Resolved, generation: int) -> None:
+        with self._lock:
+            if generation != self._generation:
+                return  # something was invalidated while the token was read: read it again
+            if len(self._entries) >= self.size:
+                self._entries.clear()
+            self._entries[digest] = entry
+
+    def drop(self, *, pair: str | None = None, user_id: int | None = None) -> None:
+        with self._lock:
+            self._generation += 1
+            self._entries = {
+                d: e
+                for d, e in self._entries.items()
+                if e.pair != pair and e.principal.id != user_id
+            }
+
+
 class Accounts:
     def __init__(self, store: Store, access_lifetime: int, refresh_lifetime: int) -> None:
         self.store = store
         self.access_lifetime = access_lifetime
         self.refresh_lifetime = refresh_lifetime
+        self._tokens = _TokenCache(TOKEN_CACHE_SECONDS, TOKEN_CACHE_SIZE)
 
     def ensure_admin(self, password: str | None, password_file: Path) -> str | None:
         """Create the ``admin`` owner on first start. Returns a generated password, if any."""
@@ -70,6 +136,7 @@ class Accounts:
                 assert user is not None
                 if not self._verify(user, password):
                     self.store.update_user(user.id, password_hash=_hasher.hash(password))
+                    self._tokens.drop(user_id=user.id)
             return None
         generated = None if password else secrets.token_urlsafe(18)
         self.store.add_user("admin", _hasher.hash(password or generated or ""), "owner")
@@ -96,12 +163,14 @@ class Accounts:
             raise BadRequest(f"Unknown role {role!r}; use one of {', '.join(ROLES)}.")
         user = self._user(username)
         self.store.update_user(user.id, role=role)
+        self._tokens.drop(user_id=user.id)
 
     def remove_user(self, username: str) -> None:
         user = self._user(username)
         if user.username == "admin":
             raise Forbidden("The admin account cannot be removed.")
         self.store.delete_user(user.id)
+        self._tokens.drop(user_id=user.id)
 
     def _user(self, username: str) -> User:
         user = self.store.get_user(username)
@@ -136,14 +205,28 @@ class Accounts:
         )
         return TokenPair(access, refresh, self.access_lifetime, int(access_exp.timestamp()))
 
+    def cached(self, token: str) -> Principal | None:
+        """The caller of an access token resolved in the last few seconds, if it still holds;
+        None means: call :meth:`authenticate`. Reads no store, so it may run on the event loop."""
+        return self._tokens.get(_digest(token))
+
     def authenticate(self, token: str) -> Principal:
-        found = self.store.find_token(_digest(token), "access")
+        digest = _digest(token)
+        who = self._tokens.get(digest)
+        if who is not None:
+            return who
+        generation = self._tokens.generation
+        found = self.store.find_token(digest, "access")
         if found is None:
             raise Unauthorized("The bearer token is not valid; log in again (POST /login).")
         row, user = found
         if row.revoked or row.expires_at <= datetime.now(UTC):
             raise Unauthorized("The bearer token has expired or was revoked; log in again.")
-        return Principal(user.id, user.username, user.role)
+        who = Principal(user.id, user.username, user.role)
+        fresh_until = time.monotonic() + self._tokens.seconds
+        resolved = _Resolved(who, row.pair, row.expires_at.timestamp(), fresh_until)
+        self._tokens.put(digest, resolved, generation)
+        return who
 
     def refresh(self, refresh_token: str) -> TokenPair:
         found = self.store.find_token(_digest(refresh_token), "refresh")
@@ -151,6 +234,7 @@ class Accounts:
             raise Unauthorized("The refresh token is not valid or has expired; log in again.")
         row, user = found
         self.store.revoke_pair(row.pair)  # the old pair stops working
+        self._tokens.drop(pair=row.pair)
         return self._issue(user.id)
 
     def revoke(self, refresh_token: str) -> None:
@@ -158,3 +242,4 @@ class Accounts:
         if found is None:
             raise NotFound("No such refresh token.")
         self.store.revoke_pair(found[0].pair)
+        self._tokens.drop(pair=found[0].pair)

@@ -260,10 +260,14 @@ class BatchOps:
         self.blobs.delete_prefix(f"batches/{batch_id}")
 
     def get(self, who: Principal, batch_id: str) -> Batch:
-        batch = self.store.get_batch(batch_id)
-        if batch is None or not batch.sealed or (not who.is_owner and batch.owner_id != who.id):
-            raise NotFound(f"No batch {batch_id!r} exists (or it is not yours to see).")
-        return batch
+        return _visible(who, batch_id, self.store.get_batch(batch_id))
+
+    def status(self, who: Principal, batch_id: str) -> tuple[Batch, BatchCounts, str | None]:
+        """A batch, its counts and its creator's username, in one read (status polling)."""
+        found = self.store.batch_status(batch_id)
+        _visible(who, batch_id, found[0] if found else None)
+        assert found is not None
+        return found
 
     def _dependencies(self, who: Principal, ids: Any) -> list[str]:
         if isinstance(ids, str) or not isinstance(ids, (list, tuple)):
@@ -719,3 +723,9 @@ class _Drain:
     def take(self) -> bytes:
         data, self._parts = b"".join(self._parts), []
         return data
+
+
+def _visible(who: Principal, batch_id: str, batch: Batch | None) -> Batch:
+    if batch is None or not batch.sealed or (not who.is_owner and batch.owner_id != who.id):
+        raise NotFound(f"No batch {batch_id!r} exists (or it is not yours to see).")
+    return batch

@@ -125,6 +125,14 @@ class Scheduler:
     # --- called from other threads ----------------------------------------------------------
 
     def post(self, event: object) -> None:
+        if isinstance(event, Finished):
+            # A request-response answer goes to its caller from the posting thread, not after
+            # whatever store work the loop is busy with; the loop still wakes to use the slot.
+            # (The future was registered by the loop before the task was submitted.)
+            future = self._consumes.pop(event.task_id, None)
+            if future is not None:
+                future.set_result(event.result)
+                event = Wake()
         self._events.put(event)
 
     def start(self, executor: Executor) -> None:
@@ -204,8 +212,9 @@ class Scheduler:
             self._consume_queue.append(event.task)
 
     def _finished(self, event: Finished) -> None:
-        if event.task_id in self._consumes:
-            self._consumes.pop(event.task_id).set_result(event.result)
+        consumer = self._consumes.pop(event.task_id, None)
+        if consumer is not None:
+            consumer.set_result(event.result)
             return
         self._preempted.discard(event.task_id)  # it finished before it could be stopped
         run = self._running.pop(event.task_id, None)

@@ -205,7 +205,7 @@ class ServiceOps:
 
     def consume(self, name: str, version: str | None, inputs: dict[str, Any]) -> dict[str, Any]:
         """Run one record on a worker and return its result, artifacts inline."""
-        svc = self.get(name, version)
+        svc = self.store.find_service(name, version) or self.get(name, version)
         if not isinstance(inputs, dict):
             raise BadRequest("inputs must be an object mapping input names to values.")
         unknown = [k for k in inputs if k not in svc.inputs]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -14,7 +15,9 @@ from batchserve.engine.errors import Unauthorized
 _bearer = HTTPBearer(auto_error=False, description="The access_token from POST /login")
 
 
-def get_engine(request: Request) -> Engine:
+# Both dependencies are coroutines: FastAPI runs a plain ``def`` dependency on a worker thread,
+# and a hop there and back costs more than what they do when the token was seen recently.
+async def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
@@ -22,7 +25,7 @@ def get_engine(request: Request) -> Engine:
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
-def get_principal(
+async def get_principal(
     engine: EngineDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
@@ -31,7 +34,11 @@ def get_principal(
             "This route needs a bearer token: log in with POST /login and send "
             "'Authorization: Bearer <access_token>'."
         )
-    return engine.accounts.authenticate(credentials.credentials)
+    token = credentials.credentials
+    who = engine.accounts.cached(token)
+    if who is None:  # not seen in the last few seconds: read the store, off the event loop
+        who = await anyio.to_thread.run_sync(engine.accounts.authenticate, token)
+    return who
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

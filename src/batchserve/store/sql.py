@@ -7,6 +7,7 @@ which consults the one state table in :mod:`batchserve.states`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Engine,
+    Select,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -91,7 +94,13 @@ class BatchCounts:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # As many pooled connections as the server has request threads (anyio's default limit
+        # is 40): past the pool size each checkout opens, sets up and closes a new connection,
+        # which under 32 concurrent status polls cost more than the reads themselves.
+        pool: dict[str, Any] = {} if _in_memory(url) else {"pool_size": 40, "max_overflow": 10}
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
@@ -104,6 +113,11 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def _in_memory(url: str) -> bool:
+    """An SQLite URL without a file: SQLAlchemy gives it a pool without size options."""
+    return url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
 
 
 class Store:
@@ -204,6 +218,18 @@ class Store:
             else:
                 q = q.where(Service.version == version)
             return s.scalar(q)
+
+    def find_service(self, name: str, version: str | None) -> Service | None:
+        """What :meth:`get_service` returns, read the cheap way for request-response calls:
+        a prebuilt statement on a plain connection, no ORM session."""
+        newest = version in (None, "latest")
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                _service_query(newest), {"name": name, "version": None if newest else version}
+            ).first()
+        if row is None:
+            return None
+        return Service(**{c.key: v for c, v in zip(Service.__table__.columns, row, strict=True)})
 
     def get_service_by_id(self, service_id: int) -> Service | None:
         with self.session() as s:
@@ -363,27 +389,25 @@ class Store:
             return list(s.scalars(q))
 
     def batch_counts(self, batch_id: str) -> BatchCounts:
-        final = [ChunkState.SUCCEEDED.value, ChunkState.FAILED.value, ChunkState.CANCELLED.value]
         with self.session() as s:
-            row = s.execute(
-                select(
-                    *(func.coalesce(func.sum(getattr(Chunk, n)), 0) for n in _SUMMED),
-                    func.count(Chunk.id),
-                    func.count(Chunk.id).filter(Chunk.state.in_(final)),
-                    func.count(Chunk.id).filter(Chunk.state == ChunkState.RUNNING.value),
-                ).where(Chunk.batch_id == batch_id)
-            ).one()
-        sums = dict(zip(_SUMMED, row[: len(_SUMMED)], strict=True))
-        chunks, chunks_final, chunks_running = (int(v) for v in row[len(_SUMMED) :])
-        values: dict[str, Any] = {
-            n: float(v) if n in _FLOAT_SUMS else int(v) for n, v in sums.items()
-        }
-        return BatchCounts(
-            **values,
-            chunks=chunks,
-            chunks_final=chunks_final,
-            chunks_running=chunks_running,
-        )
+            row = s.execute(select(*_count_columns()).where(Chunk.batch_id == batch_id)).one()
+        return _counts_of(row)
+
+    def batch_status(self, batch_id: str) -> tuple[Batch, BatchCounts, str | None] | None:
+        """A batch, its counts and its owner's username, read in one statement.
+
+        The hot read behind status polling: one round trip on a plain connection (no ORM
+        session), with a statement built once (building it and its cache key cost more than
+        running it), where ``get_batch`` + ``batch_counts`` + ``get_user_by_id`` took three
+        transactions.
+        """
+        with self.engine.connect() as conn:
+            row = conn.execute(_batch_status_query(), {"batch_id": batch_id}).first()
+        if row is None:
+            return None
+        columns = Batch.__table__.columns
+        batch = Batch(**{c.key: v for c, v in zip(columns, row, strict=False)})
+        return batch, _counts_of(row[len(columns) + 1 :]), row[len(columns)]
 
     def mark_queued(self, batch_id: str) -> None:
         """The batch was started: its pending chunks wait for workers from now on."""
@@ -546,3 +570,49 @@ class Store:
                     }
                 )
             )
+
+
+def _count_columns() -> list[Any]:
+    """The aggregates over a batch's chunks that make its :class:`BatchCounts`, in order."""
+    final = [ChunkState.SUCCEEDED.value, ChunkState.FAILED.value, ChunkState.CANCELLED.value]
+    return [
+        *(func.coalesce(func.sum(getattr(Chunk, n)), 0) for n in _SUMMED),
+        func.count(Chunk.id),
+        func.count(Chunk.id).filter(Chunk.state.in_(final)),
+        func.count(Chunk.id).filter(Chunk.state == ChunkState.RUNNING.value),
+    ]
+
+
+@functools.cache
+def _batch_status_query() -> Select[Any]:
+    batches, users, chunks = Batch.__table__, User.__table__, Chunk.__table__
+    return (
+        select(batches, users.c.username, *_count_columns())
+        .select_from(
+            batches.outerjoin(users, users.c.id == batches.c.owner_id).outerjoin(
+                chunks, chunks.c.batch_id == batches.c.id
+            )
+        )
+        .where(batches.c.id == bindparam("batch_id"))
+        # Grouped by the primary key: every batch column depends on it (PostgreSQL agrees).
+        .group_by(batches.c.id, users.c.username)
+    )
+
+
+@functools.cache
+def _service_query(newest: bool) -> Select[Any]:
+    services = Service.__table__
+    query = select(services).where(services.c.name == bindparam("name"))
+    if newest:
+        return query.order_by(services.c.created_at.desc(), services.c.id.desc()).limit(1)
+    return query.where(services.c.version == bindparam("version"))
+
+
+def _counts_of(row: Sequence[Any]) -> BatchCounts:
+    """:class:`BatchCounts` from the values of :func:`_count_columns`."""
+    sums = dict(zip(_SUMMED, row[: len(_SUMMED)], strict=True))
+    chunks, chunks_final, chunks_running = (int(v) for v in row[len(_SUMMED) :])
+    values: dict[str, Any] = {n: float(v) if n in _FLOAT_SUMS else int(v) for n, v in sums.items()}
+    return BatchCounts(
+        **values, chunks=chunks, chunks_final=chunks_final, chunks_running=chunks_running
+    )
