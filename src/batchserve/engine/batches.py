@@ -49,6 +49,11 @@ from batchserve.store import BatchCounts, RevisionMismatch, Store
 from batchserve.store.models import Batch, Chunk, Service, utcnow
 
 
+#: Chunks per parallel slot when the record count is known: more, smaller chunks even out the
+#: last round at a few milliseconds per chunk.
+CHUNKS_PER_SLOT = 4
+
+
 def choose_chunk_size(
     record_count: int | None,
     parallel_count: int,
@@ -58,8 +63,8 @@ def choose_chunk_size(
     target_seconds: float = 0.5,
 ) -> int:
     """Records per chunk: chunks of about ``target_seconds`` when the service's time per record
-    has been measured, and enough chunks to keep every parallel slot busy (about four each)
-    when the record count is known; ``default`` when neither is known.
+    has been measured, and enough chunks to keep every parallel slot busy (``CHUNKS_PER_SLOT``
+    each) when the record count is known; ``default`` when neither is known.
 
     With a known count, the number of chunks is made a multiple of ``parallel_count``, so that
     the last round of chunks does not leave slots idle.
@@ -69,7 +74,7 @@ def choose_chunk_size(
     if record_seconds:
         sizes.append(math.ceil(target_seconds / record_seconds))
     if record_count:
-        sizes.append(math.ceil(record_count / (4 * slots)))
+        sizes.append(math.ceil(record_count / (CHUNKS_PER_SLOT * slots)))
     size = max(1, min(maximum, min(sizes) if sizes else default))
     if record_count and size < record_count:
         chunks = math.ceil(math.ceil(record_count / size) / slots) * slots
