@@ -83,6 +83,7 @@ def choose_chunk_size(
 
 
 DISABLE_MODES = ("requeue", "terminate", "wait")
+MOVE_TRIES = 5  # a user's state change raced by the scheduler is tried again this many times
 
 
 @dataclass(frozen=True)
@@ -437,26 +438,32 @@ class BatchOps:
         **fields: Any,
     ) -> Batch:
         """Move a batch for a user's ``action``; 409 naming the states that allow it when the
-        batch is in another (``allowed_from``, by default every state the table allows)."""
-        batch = self.get(who, batch_id)
-        try:
-            if allowed_from is not None and batch.state not in allowed_from:
-                raise InvalidTransition("batch", batch.state, wanted.value, frozenset())
-            moved = self.store.transition(
-                batch_id, wanted, only_from=[BatchState(batch.state)], **fields
-            )
-        except InvalidTransition:
-            allowed = ", ".join(s.value for s in (allowed_from or states_allowing(wanted)))
-            raise Conflict(
-                f"Cannot {action} batch {batch_id}: it is {batch.state}; {action} is "
-                f"allowed only when the batch is {allowed}.",
-                state=batch.state,
-            ) from None
-        if moved is None:  # the state changed under us; report the fresh state
-            raise Conflict(
-                f"Batch {batch_id} changed state while it was being {action}ed; read it again."
-            )
-        return moved
+        batch is in another (``allowed_from``, by default every state the table allows).
+
+        The scheduler may move the batch at the same moment (pending to running, say): the move
+        is then tried again from the state it has now.
+        """
+        for _ in range(MOVE_TRIES):
+            batch = self.get(who, batch_id)
+            try:
+                if allowed_from is not None and batch.state not in allowed_from:
+                    raise InvalidTransition("batch", batch.state, wanted.value, frozenset())
+                moved = self.store.transition(
+                    batch_id, wanted, only_from=[BatchState(batch.state)], **fields
+                )
+            except InvalidTransition:
+                allowed = ", ".join(s.value for s in (allowed_from or states_allowing(wanted)))
+                raise Conflict(
+                    f"Cannot {action} batch {batch_id}: it is {batch.state}; {action} is "
+                    f"allowed only when the batch is {allowed}.",
+                    state=batch.state,
+                ) from None
+            if moved is not None:
+                return moved
+        raise Conflict(
+            f"Batch {batch_id} kept changing state while {action!r} was being applied; read it "
+            "again and retry."
+        )
 
     def list_batches(
         self,

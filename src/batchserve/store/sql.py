@@ -26,6 +26,7 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -125,13 +126,21 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._sqlite = self.engine.dialect.name == "sqlite"
 
     def close(self) -> None:
         self.engine.dispose()
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, *, locked: bool = False) -> Iterator[Session]:
+        """One transaction. ``locked``: it reads rows in order to change them, so no other
+        writer may come between its reads and its writes. PostgreSQL does that with the rows'
+        ``FOR UPDATE``; SQLite has no row locks, and its driver starts a transaction only at
+        the first write, so such a transaction takes SQLite's write lock at once instead.
+        """
         with self._sessions.begin() as s:
+            if locked and self._sqlite:
+                s.execute(text("BEGIN IMMEDIATE"))
             yield s
 
     # --- users and tokens -------------------------------------------------------------------
@@ -330,7 +339,7 @@ class Store:
         With ``expect_revision`` the change is made only if the batch is still at that revision
         (else :class:`RevisionMismatch`), checked and written in one transaction.
         """
-        with self.session() as s:
+        with self.session(locked=True) as s:
             batch = s.get(Batch, batch_id, with_for_update=True)
             if batch is None:
                 return None
@@ -356,7 +365,7 @@ class Store:
         ``only_from`` (a race lost to another change). Raises
         :class:`~batchserve.states.InvalidTransition` for a move the table forbids.
         """
-        with self.session() as s:
+        with self.session(locked=True) as s:
             batch = s.get(Batch, batch_id, with_for_update=True)
             if batch is None or (only_from is not None and batch.state not in only_from):
                 return None
@@ -420,7 +429,7 @@ class Store:
 
     def observe_record_seconds(self, service_id: int, seconds: float, weight: float = 0.3) -> None:
         """Fold one chunk's seconds per record into the service's moving average."""
-        with self.session() as s:
+        with self.session(locked=True) as s:
             service = s.get(Service, service_id, with_for_update=True)
             if service is None:
                 return
@@ -449,7 +458,7 @@ class Store:
 
         ``result_key_for(chunk)`` names the file this attempt writes its results to.
         """
-        with self.session() as s:
+        with self.session(locked=True) as s:
             q = (
                 select(Chunk)
                 .where(Chunk.batch_id == batch_id, Chunk.state == ChunkState.PENDING.value)
