@@ -17,25 +17,15 @@ its worker processes. Linux only (reads /proc).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import multiprocessing
 import os
 import platform
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
-PASSWORD = "bench-admin-password"
+from _common import PeakMemory, Server, best_of, write_x_csv
 
 
 def add_one(x: float) -> float:
@@ -58,153 +48,7 @@ def baseline(input_csv: Path, output_csv: Path, parallel: int) -> int:
     return len(ys)
 
 
-# --- the server ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def batchserve_command() -> str:
-    """The `batchserve` console script of the environment running this file."""
-    beside = Path(sys.executable).with_name("batchserve")
-    found = str(beside) if beside.exists() else shutil.which("batchserve")
-    if not found:
-        sys.exit("No `batchserve` command: run this with the project's .venv/bin/python.")
-    return found
-
-
-def start_server(
-    data_dir: Path, port: int, workers: int, log_path: Path
-) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "BATCHSERVE_HOME": str(data_dir),
-        "BATCHSERVE_ADMIN_PASSWORD": PASSWORD,
-    }
-    command = [
-        batchserve_command(), "serve",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--data-dir", str(data_dir), "--workers", str(workers),
-    ]  # fmt: skip
-    with log_path.open("wb") as log:
-        # A session of its own, so that the cleanup can reach worker processes too.
-        return subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-
-
-def wait_for_health(url: str, server: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            sys.exit(f"The server exited with status {server.returncode}:\n{tail(log_path)}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    sys.exit(f"The server did not answer GET /health within 120 s:\n{tail(log_path)}")
-
-
-def stop_server(server: subprocess.Popen[bytes]) -> None:
-    if server.poll() is None:
-        server.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(timeout=20)
-    # Whatever is left of the server's session (workers that outlived it) goes too.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(server.pid, signal.SIGKILL)
-    server.wait()
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-# --- peak memory from /proc ----------------------------------------------------------------------
-
-
-def vm_hwm_kib(pid: int) -> int | None:
-    """Peak resident set size of a live process, in KiB (None once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return None
-
-
-def descendants(root: int) -> list[int]:
-    """Every live process below `root`, found through the parent pid in /proc/<pid>/stat."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # The command name (field 2) may hold spaces and parentheses: split after its last ")".
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-class PeakMemory:
-    """Samples VmHWM of the server and its descendants in the background; keeps each pid's max.
-
-    VmHWM is already a high-water mark, so sampling only has to catch each process before it
-    exits; twice a second costs next to nothing next to the benchmark.
-    """
-
-    def __init__(self, server_pid: int, interval: float = 0.5) -> None:
-        self.server_pid = server_pid
-        self.interval = interval
-        self.peaks: dict[int, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
-
-    def sample(self) -> None:
-        for pid in [self.server_pid, *descendants(self.server_pid)]:
-            kib = vm_hwm_kib(pid)
-            if kib is not None:
-                self.peaks[pid] = max(kib, self.peaks.get(pid, 0))
-
-
 # --- the run -------------------------------------------------------------------------------------
-
-
-def write_input(path: Path, records: int) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["x"])
-        writer.writerows([float(i)] for i in range(records))
 
 
 def count_csv_records(path: Path) -> int:
@@ -219,18 +63,6 @@ def first_error(response: object) -> str:
     return str(failed["error"].iloc[0]) if len(failed) else "(no failed record listed)"
 
 
-def best_of(repeat: int, run: Callable[[], int], expected: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        count = run()
-        elapsed = time.perf_counter() - start
-        if count != expected:
-            sys.exit(f"Expected {expected} results, got {count}.")
-        best = min(best, elapsed)
-    return best
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Row-mode batch throughput against a baseline.")
     parser.add_argument("--records", type=int, default=100_000, help="records per run")
@@ -241,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     # Imported here so that --help works without the package's dependencies.
-    from batchserve import BatchState, Client
+    from batchserve import BatchState
 
     with tempfile.TemporaryDirectory(prefix="batchserve-bench-") as tmp:
         work = Path(tmp)
         input_csv = work / "records.csv"
-        write_input(input_csv, args.records)
+        write_x_csv(input_csv, args.records)
 
         baseline_s = best_of(
             args.repeat,
@@ -254,13 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             args.records,
         )
 
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        log_path = work / "server.log"
-        server = start_server(work / "data", port, args.parallel, log_path)
-        try:
-            wait_for_health(url, server, log_path)
-            client = Client(url, username="admin", password=PASSWORD)
+        with Server(work, args.parallel) as server:
+            client = server.client()
             svc = client.publish_service(
                 "bench_add_one",
                 code=add_one,
@@ -289,11 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             written = count_csv_records(work / "batchserve-results.csv")
             if written != args.records:
                 sys.exit(f"The results file has {written} records, not {args.records}.")
-        except BaseException:
-            print(f"server log (last lines):\n{tail(log_path)}", file=sys.stderr)
-            raise
-        finally:
-            stop_server(server)
+            client.close()
 
     report(args, baseline_s, batchserve_s, memory, server.pid)
     return 0

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from tests.unit.test_store import add_batch, add_service
 
 from batchserve.states import BatchState
 from batchserve.store import RevisionMismatch, Store, upgrade
-from batchserve.store.models import Batch
-from tests.unit.test_store import add_batch, add_service
 
 
 @pytest.fixture
@@ -21,33 +22,43 @@ def store(tmp_path):
     store.close()
 
 
+def race(*calls: Callable[[], Any]) -> list[Any]:
+    """Run the calls on threads released at the same moment; their results (or exceptions)."""
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def test_two_moves_from_the_same_state_do_not_both_happen(store):
     owner = store.add_user("ann", "hash", "owner")
     service = add_service(store, owner, "svc", "v1")
     for _ in range(30):
         batch = add_batch(store, service, owner, chunks=[4])
         store.transition(batch.id, BatchState.PENDING)
-        barrier = threading.Barrier(2)
-        moved: dict[str, Batch | None] = {}
-
-        def move(wanted: BatchState, batch_id: str = batch.id) -> None:
-            barrier.wait()
-            moved[wanted.value] = store.transition(
-                batch_id, wanted, only_from=[BatchState.PENDING]
+        wanted = (BatchState.RUNNING, BatchState.PAUSING)
+        moved = race(
+            *(
+                lambda w=w, b=batch: store.transition(b.id, w, only_from=[BatchState.PENDING])
+                for w in wanted
             )
-
-        threads = [
-            threading.Thread(target=move, args=(w,))
-            for w in (BatchState.RUNNING, BatchState.PAUSING)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        winners = [w for w, b in moved.items() if b is not None]
+        )
+        winners = [w for w, b in zip(wanted, moved, strict=True) if b is not None]
         assert len(winners) == 1, moved  # the other saw the new state and did nothing
         final = store.get_batch(batch.id)
-        assert final.state == winners[0]
+        assert final.state == winners[0].value
         assert final.previous_state == BatchState.PENDING.value
 
 
@@ -56,21 +67,14 @@ def test_two_updates_with_the_same_etag_do_not_both_apply(store):
     service = add_service(store, owner, "svc", "v1")
     for _ in range(30):
         batch = add_batch(store, service, owner, chunks=[4])
-        barrier = threading.Barrier(2)
-        outcomes: list[str] = []
-
-        def update(priority: int, batch_id: str = batch.id, revision: int = batch.revision) -> None:
-            barrier.wait()
-            try:
-                store.update_batch(batch_id, expect_revision=revision, priority=priority)
-                outcomes.append("applied")
-            except RevisionMismatch:
-                outcomes.append("refused")
-
-        threads = [threading.Thread(target=update, args=(p,)) for p in (5, 7)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert sorted(outcomes) == ["applied", "refused"]
+        outcomes = race(
+            *(
+                lambda p=p, b=batch: store.update_batch(
+                    b.id, expect_revision=b.revision, priority=p
+                )
+                for p in (5, 7)
+            )
+        )
+        refused = [o for o in outcomes if isinstance(o, RevisionMismatch)]
+        assert len(refused) == 1, outcomes
         assert store.get_batch(batch.id).revision == batch.revision + 1

@@ -48,7 +48,6 @@ from batchserve.states import BatchState, ChunkState, InvalidTransition, states_
 from batchserve.store import BatchCounts, RevisionMismatch, Store
 from batchserve.store.models import Batch, Chunk, Service, utcnow
 
-
 #: Chunks per parallel slot when the record count is known: more, smaller chunks even out the
 #: last round at a few milliseconds per chunk.
 CHUNKS_PER_SLOT = 4
