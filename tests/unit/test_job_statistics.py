@@ -9,17 +9,7 @@ from tests.unit.test_store import add_batch, add_service
 
 from batchserve.engine.batches import choose_chunk_size
 from batchserve.states import ChunkState
-from batchserve.store import Store, upgrade
 from batchserve.store.models import Chunk
-
-
-@pytest.fixture
-def store(tmp_path):
-    url = f"sqlite:///{tmp_path / 'meta.db'}"
-    upgrade(url)
-    store = Store(url)
-    yield store
-    store.close()
 
 
 @pytest.fixture

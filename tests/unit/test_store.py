@@ -9,18 +9,9 @@ import pytest
 from sqlalchemy.exc import StatementError
 
 from batchserve.states import BatchState, ChunkState, InvalidTransition
-from batchserve.store import AlreadyExists, BatchCounts, Store, upgrade
+from batchserve.store import AlreadyExists, BatchCounts
 
 _ids = itertools.count()
-
-
-@pytest.fixture
-def store(tmp_path):
-    url = f"sqlite:///{tmp_path / 'meta.db'}"
-    upgrade(url)
-    store = Store(url)
-    yield store
-    store.close()
 
 
 @pytest.fixture

@@ -6,20 +6,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from tests.unit.test_store import add_batch, add_service
 
 from batchserve.states import BatchState
-from batchserve.store import RevisionMismatch, Store, upgrade
-
-
-@pytest.fixture
-def store(tmp_path):
-    url = f"sqlite:///{tmp_path / 'meta.db'}"
-    upgrade(url)
-    store = Store(url)
-    yield store
-    store.close()
+from batchserve.store import RevisionMismatch
 
 
 def race(*calls: Callable[[], Any]) -> list[Any]:
