@@ -271,15 +271,7 @@ class Scheduler:
             return
         if chunk.lost_workers < self.max_worker_loss_retries:
             log.warning("chunk %s of batch %s: %s; retrying", chunk.seq, run.batch_id, reason)
-            self.store.set_chunk(
-                run.chunk_id,
-                expect_state=ChunkState.RUNNING,
-                state=ChunkState.PENDING.value,
-                lost_workers=chunk.lost_workers + 1,
-                succeeded=0,
-                failed=0,
-                queued_at=utcnow(),
-            )
+            self._queue_again(run, lost_workers=chunk.lost_workers + 1)
             self._maybe_paused(run.batch_id)
         else:
             self._settle_from_file(
@@ -290,6 +282,20 @@ class Scheduler:
             if not self._apply_failure_policy(run.batch_id):
                 self._maybe_complete(run.batch_id)
             self._maybe_paused(run.batch_id)
+
+    def _queue_again(self, run: _Running, **counters: Any) -> None:
+        """Put a chunk that stopped running back in the queue, to run from its start on a new
+        try; ``counters`` say why (a lost worker, a timeout, a requeue)."""
+        self.store.set_chunk(
+            run.chunk_id,
+            expect_state=ChunkState.RUNNING,
+            expect_key=run.result_key,
+            state=ChunkState.PENDING.value,
+            succeeded=0,
+            failed=0,
+            queued_at=utcnow(),
+            **counters,
+        )
 
     def _settle_from_file(self, run: _Running, state: ChunkState, error: str) -> None:
         """End a chunk early: records already in its result file keep their results."""
@@ -359,16 +365,7 @@ class Scheduler:
         self._preempted.add(task_id)
         self.executor.stop_task(task_id)
         log.info("requeued chunk %s of batch %s: %s", run.chunk_id, run.batch_id, why)
-        self.store.set_chunk(
-            run.chunk_id,
-            expect_state=ChunkState.RUNNING,
-            expect_key=run.result_key,
-            state=ChunkState.PENDING.value,
-            requeued=Chunk.requeued + run.count,
-            succeeded=0,
-            failed=0,
-            queued_at=utcnow(),
-        )
+        self._queue_again(run, requeued=Chunk.requeued + run.count)
 
     def _disable(self, batch_id: str, mode: str) -> None:
         batch = self.store.get_batch(batch_id)
@@ -452,15 +449,7 @@ class Scheduler:
         )
         if limit == -1 or chunk.timed_out < limit:
             log.warning("chunk %s of batch %s: %s; retrying", chunk.seq, run.batch_id, reason)
-            self.store.set_chunk(
-                run.chunk_id,
-                expect_state=ChunkState.RUNNING,
-                state=ChunkState.PENDING.value,
-                timed_out=chunk.timed_out + 1,
-                succeeded=0,
-                failed=0,
-                queued_at=utcnow(),
-            )
+            self._queue_again(run, timed_out=chunk.timed_out + 1)
             self._maybe_paused(run.batch_id)
             return
         self.store.set_chunk(run.chunk_id, timed_out=chunk.timed_out + 1)
