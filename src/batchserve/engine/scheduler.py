@@ -81,6 +81,7 @@ class _Running:
     last_seen: float  # time.monotonic() of the last sign of progress
     # Seconds of silence after which the worker is presumed stuck past its task_timeout.
     stuck_after: float | None = None
+    preemptible: bool = False  # its batch allows a higher priority to requeue it
 
 
 def service_spec(service: Service) -> ServiceSpec:
@@ -506,6 +507,8 @@ class Scheduler:
         assert executor is not None
         while self._consume_queue and executor.free_slots() > 0:
             executor.submit(self._consume_queue.pop(0))
+        if executor.free_slots() == 0 and not any(r.preemptible for r in self._running.values()):
+            return  # nothing could start now, nor be preempted: no need to read the batches
         batches = self.store.batches_in_states([BatchState.PENDING, BatchState.RUNNING])
         runnable = [b for b in batches if self._dependencies_met(b)]
         for batch in runnable:
@@ -595,6 +598,7 @@ class Scheduler:
                 stuck_after=2 * float(timeout) + STUCK_GRACE_SECONDS
                 if timeout and spec.mode != "vectorized"
                 else None,
+                preemptible=bool(options.get("allow_preemption")),
             )
             self._per_batch[batch.id] += 1
             executor.submit(task)
