@@ -3,8 +3,8 @@ directory, leaves every batch with exactly one result per record, in a consisten
 nothing stuck.
 
 Phases that pass in a blink (cancelling, terminating, deleting) are held open by stopping the
-server's fork server (SIGSTOP): a cancel then waits for the stopped workers' exit to be reported,
-so the batch stays ``cancelling`` until the kill.
+server's fork server (SIGSTOP): a cancel or a delete then waits for the stopped workers' exit to
+be reported, so the batch stays ``cancelling``, or marked for deletion, until the kill.
 """
 
 from __future__ import annotations
@@ -399,8 +399,41 @@ def restart_after_kill(server: ServerProcess, old_workers: list[int]) -> None:
 # --- (g) deleting ------------------------------------------------------------------------------
 
 
-def test_a_batch_killed_while_being_deleted_is_left_cancelled_and_deletable(server):  # type: ignore[no-untyped-def]
+def listed(http: httpx.Client) -> list[str]:
+    return [b["id"] for b in http.get("/v1/batches", params={"limit": 1000}).json()["batches"]]
+
+
+def test_a_delete_answers_while_the_workers_are_stopping_and_the_batch_is_gone_at_once(server):  # type: ignore[no-untyped-def]
     publish(server)
+    folder = server.home / "blobs" / "batches"
+    with session(server) as http:
+        batch_id = create(http, 100, chunk_size=10, parallel_count=2)
+        wait_for("records to finish", lambda: batch(http, batch_id)["completed_item_count"] >= 12)
+        with held_workers(server):
+            # Its workers cannot be stopped while they are held; the delete answers anyway.
+            assert http.delete(f"/v1/batches/{batch_id}").status_code == 202
+            for path in ("", "/results", "/results/0"):
+                assert http.get(f"/v1/batches/{batch_id}{path}").status_code == 404
+            assert http.post(f"/v1/batches/{batch_id}/cancel").status_code == 404
+            assert batch_id not in listed(http)
+            assert http.delete(f"/v1/batches/{batch_id}").status_code == 404  # already gone
+            # Its rows and files wait for the workers to be gone.
+            assert db_rows(server, f"SELECT id FROM batches WHERE id = '{batch_id}'") == [
+                (batch_id,)
+            ]
+            assert (folder / batch_id).is_dir()
+        # Leaving the block ends the held workers, and with them the wait.
+        wait_for(
+            "the batch's rows to be removed",
+            lambda: not db_rows(server, f"SELECT id FROM batches WHERE id = '{batch_id}'"),
+        )
+        assert db_rows(server, f"SELECT id FROM chunks WHERE batch_id = '{batch_id}'") == []
+        assert not (folder / batch_id).exists()
+
+
+def test_a_batch_killed_while_being_deleted_is_gone_after_the_restart(server):  # type: ignore[no-untyped-def]
+    publish(server)
+    folder = server.home / "blobs" / "batches"
     with session(server) as http:
         batch_id = create(http, 100, chunk_size=10, parallel_count=2)
         kept = create(http, 10, start=False)
@@ -417,21 +450,35 @@ def test_a_batch_killed_while_being_deleted_is_left_cancelled_and_deletable(serv
         with held_workers(server):
             deleting = threading.Thread(target=delete)
             deleting.start()
-            wait_for("the delete to cancel", lambda: batch(http, batch_id)["state"] == "cancelling")
-            time.sleep(0.3)
-            assert deleting.is_alive()  # the delete waits for the workers to stop
+            wait_for(
+                "the delete to be recorded",
+                lambda: http.get(f"/v1/batches/{batch_id}").status_code == 404,
+            )
+            # The scheduler is still stopping the batch's workers: nothing of it is removed yet.
+            assert db_rows(
+                server, f"SELECT count(*) FROM chunks WHERE batch_id = '{batch_id}'"
+            ) == [(10,)]
+            assert list((folder / batch_id).glob("results/*"))
             server.kill()
             deleting.join(timeout=60)
-        assert outcome and isinstance(outcome[0], httpx.HTTPError)  # the caller saw it fail
+        # The delete was answered as accepted, or cut off by the kill; it is on record either way.
+        assert outcome and (outcome[0] == 202 or isinstance(outcome[0], httpx.HTTPError))
+        marked = f"SELECT deleting_since IS NOT NULL FROM batches WHERE id = '{batch_id}'"
+        assert db_rows(server, marked) == [(1,)]
     restart_after_kill(server, workers)
+    # The start finished the delete: no row, chunk or file of the batch is left.
+    assert db_rows(server, f"SELECT id FROM batches WHERE id = '{batch_id}'") == []
+    assert db_rows(server, f"SELECT id FROM chunks WHERE batch_id = '{batch_id}'") == []
+    assert sorted(p.name for p in folder.iterdir()) == [kept]
     with session(server) as http:
-        # The delete did not happen: the batch is cancelled, whole, and can be deleted now.
-        assert_one_result_per_record(http, batch_id, 100)
-        assert batch(http, batch_id)["state"] == "cancelled"
-        assert http.delete(f"/v1/batches/{batch_id}").status_code == 204
         assert http.get(f"/v1/batches/{batch_id}").status_code == 404
-        assert not (server.home / "blobs" / "batches" / batch_id).exists()
+        assert http.get(f"/v1/batches/{batch_id}/results").status_code == 404
+        assert listed(http) == [kept]
+        assert http.delete(f"/v1/batches/{batch_id}").status_code == 404
+        # The other batch is untouched, and runs.
         assert batch(http, kept)["state"] == "created"
+        http.post(f"/v1/batches/{kept}/start").raise_for_status()
+        assert assert_one_result_per_record(http, kept, 10)["state"] == "completed"
 
 
 def test_files_left_by_a_delete_cut_short_are_removed_at_start(server):  # type: ignore[no-untyped-def]

@@ -330,6 +330,40 @@ def test_deleting_a_batch_deletes_its_chunks(store, service, owner):
     assert store.chunks(batch.id) == []
 
 
+def test_marking_a_batch_for_deletion_keeps_its_rows_and_records_when(store, service, owner):
+    batch = add_batch(store, service, owner, chunks=[4, 4])
+    assert batch.deleting_since is None
+    assert store.mark_deleting(batch.id) is True
+    marked = store.get_batch(batch.id)
+    assert marked.deleting_since is not None
+    assert marked.deleting_since.tzinfo is not None
+    assert (marked.state, marked.revision) == (batch.state, batch.revision)
+    assert len(store.chunks(batch.id)) == 2
+
+
+def test_a_batch_is_marked_for_deletion_once(store, service, owner):
+    batch = add_batch(store, service, owner)
+    assert store.mark_deleting(batch.id) is True
+    first = store.get_batch(batch.id).deleting_since
+    assert store.mark_deleting(batch.id) is False  # a second delete finds it marked
+    assert store.get_batch(batch.id).deleting_since == first
+
+
+def test_marking_an_unknown_batch_for_deletion_returns_false(store):
+    assert store.mark_deleting("missing") is False
+
+
+def test_batches_being_deleted_are_the_marked_ones_longest_waiting_first(store, service, owner):
+    first, kept, second = (add_batch(store, service, owner) for _ in range(3))
+    assert store.batches_being_deleted() == []
+    store.mark_deleting(first.id)
+    store.mark_deleting(second.id)
+    assert [b.id for b in store.batches_being_deleted()] == [first.id, second.id]
+    store.delete_batch(first.id)
+    assert [b.id for b in store.batches_being_deleted()] == [second.id]
+    assert store.get_batch(kept.id).deleting_since is None
+
+
 # --- listing batches -------------------------------------------------------------------------
 
 
@@ -435,6 +469,26 @@ def test_batches_in_states_leaves_out_unsealed_batches_unless_asked(store, servi
     assert store.batches_in_states([BatchState.CREATED]) == []
     got = store.batches_in_states([BatchState.CREATED], sealed=False)
     assert [b.id for b in got] == [open_batch.id]
+
+
+def test_batches_marked_for_deletion_are_not_listed_unless_asked(store, service, owner):
+    kept = add_batch(store, service, owner)
+    deleted = add_batch(store, service, owner)
+    store.mark_deleting(deleted.id)
+    assert [b.id for b in store.list_batches()] == [kept.id]
+    assert [b.id for b in store.list_batches(service_ids=[service.id])] == [kept.id]
+    got = store.list_batches(service_ids=[service.id], include_deleting=True)
+    assert [b.id for b in got] == [deleted.id, kept.id]
+
+
+def test_batches_marked_for_deletion_are_left_out_of_the_states_scheduled(store, service, owner):
+    kept = add_batch(store, service, owner)
+    deleted = add_batch(store, service, owner)
+    for batch in (kept, deleted):
+        store.transition(batch.id, BatchState.PENDING)
+    store.mark_deleting(deleted.id)
+    got = store.batches_in_states([BatchState.PENDING, BatchState.RUNNING])
+    assert [b.id for b in got] == [kept.id]
 
 
 # --- chunks ----------------------------------------------------------------------------------

@@ -449,7 +449,7 @@ def batch_terminate(
 
 @batch_app.command("delete")
 def batch_delete(batch_id: BatchId) -> None:
-    """Delete a batch and its results (cancelling it first if it runs)."""
+    """Delete a batch and its results (stopping it first if it runs)."""
     with connected() as conn:
         conn.run(_ops.delete_batch(batch_id))
     Output().say(f"Deleted batch {batch_id}.")

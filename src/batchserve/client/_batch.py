@@ -261,7 +261,8 @@ class Batch:
             start = page["next_start"]
 
     def delete(self) -> None:
-        """Remove the batch and its results from the server (cancelling it first if running)."""
+        """Remove the batch and its results from the server (stopping it first if it runs). It is
+        gone at once, even while its data is being removed."""
         return self._runner.run(self._with_id(_ops.delete_batch))
 
     # -- results ----------------------------------------------------------------------------

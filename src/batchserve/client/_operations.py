@@ -297,7 +297,7 @@ class AsyncBatchTaskOperation:
 
     async def delete(self, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
         """Delete the batch from the history, with its records and results (a batch still
-        running is cancelled first)."""
+        running is stopped first). It is gone at once, even while its data is being removed."""
         await self._run(_ops.delete_batch(self._task_id), timeout)
 
     def __repr__(self) -> str:

@@ -42,7 +42,14 @@ from batchserve.engine.results import (
     read_results,
 )
 from batchserve.engine.runtime import artifact_key
-from batchserve.engine.scheduler import CancelBatch, DisableBatch, Scheduler, Wake
+from batchserve.engine.scheduler import (
+    CancelBatch,
+    DeleteBatch,
+    DisableBatch,
+    Scheduler,
+    Wake,
+    remove_batch,
+)
 from batchserve.schema import SchemaError
 from batchserve.states import BatchState, ChunkState, InvalidTransition, states_allowing
 from batchserve.store import BatchCounts, RevisionMismatch, Store
@@ -83,6 +90,9 @@ def choose_chunk_size(
 
 DISABLE_MODES = ("requeue", "terminate", "wait")
 MOVE_TRIES = 5  # a user's state change raced by the scheduler is tried again this many times
+# How long a delete waits for the scheduler to stop the batch's workers and remove it, which
+# usually takes a moment; past it the removal goes on after the answer.
+DELETE_WAIT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -243,10 +253,10 @@ class BatchOps:
                 spool_dir=spool_dir,
             )
         except SchemaError as exc:
-            self._discard(batch_id)
+            remove_batch(self.store, self.blobs, batch_id)
             raise BadRequest(str(exc)) from None
         except BaseException:
-            self._discard(batch_id)
+            remove_batch(self.store, self.blobs, batch_id)
             raise
         if done.id_type is not None:
             opts["id_type"] = encode_type(done.id_type)
@@ -259,10 +269,6 @@ class BatchOps:
         )
         assert batch is not None
         return self.start(who, batch_id) if start else batch
-
-    def _discard(self, batch_id: str) -> None:
-        self.store.delete_batch(batch_id)
-        self.blobs.delete_prefix(f"batches/{batch_id}")
 
     def get(self, who: Principal, batch_id: str) -> Batch:
         return _visible(who, batch_id, self.store.get_batch(batch_id))
@@ -279,12 +285,13 @@ class BatchOps:
             raise BadRequest("depends_on must be a list of batch ids.")
         found: list[str] = []
         for other_id in ids:
-            other = self.store.get_batch(str(other_id))
-            if other is None or not other.sealed or (not who.is_owner and other.owner_id != who.id):
+            try:
+                other = _visible(who, str(other_id), self.store.get_batch(str(other_id)))
+            except NotFound:
                 raise BadRequest(
                     f"depends_on names batch {other_id!r}, which does not exist (or is not "
                     "yours to see); a batch can depend only on batches that exist."
-                )
+                ) from None
             found.append(other.id)
         return list(dict.fromkeys(found))
 
@@ -411,20 +418,30 @@ class BatchOps:
         self.scheduler.post(Wake())  # a new priority or parallel count may free work now
         return updated
 
-    def delete(self, who: Principal, batch_id: str) -> None:
+    def delete(self, who: Principal, batch_id: str) -> bool:
+        """Delete a batch with its records, results and files, stopping it first if it runs.
+
+        The batch is marked for deletion before anything else, and from then on it is gone for
+        users: it is not found, not listed, and none of its chunks starts again. A finished
+        batch is removed at once. One that is not finished is removed by the scheduler, once it
+        has stopped the batch's workers, so that none writes a file after the removal; the call
+        waits for that up to ``DELETE_WAIT_SECONDS``. True when the batch was removed, False when
+        its removal goes on after the call. A removal cut short by a crash is finished when the
+        engine starts again.
+        """
         batch = self.get(who, batch_id)
-        if not BatchState(batch.state).is_final:
-            self.cancel(who, batch_id)
-            # Let the scheduler stop the workers first, so none writes files after the removal
-            # (it ignores events of batches that are gone, should this time run out).
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                current = self.store.get_batch(batch_id)
-                if current is None or BatchState(current.state).is_final:
-                    break
-                time.sleep(0.02)
-        self.store.delete_batch(batch_id)
-        self.blobs.delete_prefix(f"batches/{batch_id}")
+        if not self.store.mark_deleting(batch_id):
+            raise _not_found(batch_id)  # a delete that came first marked it
+        if BatchState(batch.state).is_final:  # none of its workers runs
+            remove_batch(self.store, self.blobs, batch_id)
+            return True
+        self.scheduler.post(DeleteBatch(batch_id))
+        deadline = time.monotonic() + DELETE_WAIT_SECONDS
+        while self.store.get_batch(batch_id) is not None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     def _move(
         self,
@@ -736,7 +753,18 @@ class _Drain:
         return data
 
 
+def _not_found(batch_id: str) -> NotFound:
+    return NotFound(f"No batch {batch_id!r} exists (or it is not yours to see).")
+
+
 def _visible(who: Principal, batch_id: str, batch: Batch | None) -> Batch:
-    if batch is None or not batch.sealed or (not who.is_owner and batch.owner_id != who.id):
-        raise NotFound(f"No batch {batch_id!r} exists (or it is not yours to see).")
+    """``batch`` if ``who`` may see it: its upload has finished, it is not being deleted, and it
+    is theirs (an owner sees every batch)."""
+    if (
+        batch is None
+        or not batch.sealed
+        or batch.deleting_since is not None
+        or (not who.is_owner and batch.owner_id != who.id)
+    ):
+        raise _not_found(batch_id)
     return batch

@@ -10,7 +10,7 @@ from batchserve.engine.auth import Accounts
 from batchserve.engine.batches import BatchOps
 from batchserve.engine.executors import ProcessExecutor
 from batchserve.engine.results import read_results
-from batchserve.engine.scheduler import CancelBatch, Scheduler, Wake
+from batchserve.engine.scheduler import CancelBatch, Scheduler, Wake, remove_batch
 from batchserve.engine.services import ServiceOps
 from batchserve.settings import Settings
 from batchserve.states import BatchState, ChunkState
@@ -58,6 +58,10 @@ class Engine:
 
     def _recover(self) -> None:
         """Make the store true again after a crash: nothing runs before this process starts."""
+        for batch in self.store.batches_being_deleted():
+            # None of its workers runs any more: its removal can be finished.
+            log.warning("removing batch %s, whose deletion was cut short", batch.id)
+            remove_batch(self.store, self.blobs, batch.id)
         self._settle_stopping_chunks()
         requeued = self.store.requeue_running_chunks()
         if requeued:
@@ -67,13 +71,13 @@ class Engine:
             self.store.transition(batch.id, BatchState.PAUSED, only_from=[BatchState.PAUSING])
         for batch in self.store.batches_in_states(list(BatchState), sealed=False):
             log.warning("removing batch %s whose upload never finished", batch.id)
-            self.store.delete_batch(batch.id)
-            self.blobs.delete_prefix(f"batches/{batch.id}")
+            remove_batch(self.store, self.blobs, batch.id)
         self._remove_orphan_files()
 
     def _remove_orphan_files(self) -> None:
-        """Remove the files of batches that no longer exist: a delete removes a batch's rows
-        first and its files after, so a crash in between leaves files nothing refers to."""
+        """Remove the files of batches that no longer exist: deleting a service removes its
+        batches' rows first and their files after, so a crash in between leaves files nothing
+        refers to."""
         folder = self.blobs.path("batches")
         if not folder.is_dir():
             return

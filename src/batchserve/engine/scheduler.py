@@ -1,16 +1,19 @@
 """The scheduler: one thread that hands chunks to workers and records what comes back.
 
 It is the only writer of chunk states while a batch runs. Its loop takes events (task progress,
-finished and lost tasks from the executor; start, cancel, disable and consume requests from the
-API), applies them to the store, then dispatches: consume requests first, then chunks of the
-runnable batches, highest priority first and first-come within a priority, each batch capped
-by its ``parallel_count`` and the machine by its workers. A batch waits until the batches it
-depends on have completed. When the machine is full, a batch that still wants workers takes
+finished and lost tasks from the executor; start, cancel, disable, delete and consume requests
+from the API), applies them to the store, then dispatches: consume requests first, then chunks
+of the runnable batches, highest priority first and first-come within a priority, each batch
+capped by its ``parallel_count`` and the machine by its workers. A batch waits until the batches
+it depends on have completed. When the machine is full, a batch that still wants workers takes
 them from running chunks of lower-priority batches that allow preemption; those chunks go back
 to the queue (requeued, not failed).
 
 Between events it keeps time: a batch past its ``max_wall_clock_time`` fails, and a worker
 whose record has run far past ``task_timeout`` without stopping is killed.
+
+A batch marked for deletion is never dispatched again; the scheduler removes it once it has
+stopped the batch's workers, so that none of them writes a file after the removal.
 """
 
 from __future__ import annotations
@@ -52,6 +55,13 @@ class Wake:
 class CancelBatch:
     batch_id: str
     reason: str
+
+
+@dataclass(frozen=True)
+class DeleteBatch:
+    """Remove a batch marked for deletion (see :meth:`Store.mark_deleting`)."""
+
+    batch_id: str
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,13 @@ def service_spec(service: Service) -> ServiceSpec:
 
 def result_key(chunk: Chunk) -> str:
     return f"batches/{chunk.batch_id}/results/{chunk.seq:06d}.a{chunk.attempts}.arrows"
+
+
+def remove_batch(store: Store, blobs: BlobStore, batch_id: str) -> None:
+    """Remove a batch's files, then its rows: once its row is gone, nothing of it is left. (A
+    crash in between leaves the row, and the removal is done again at start.)"""
+    blobs.delete_prefix(f"batches/{batch_id}")
+    store.delete_batch(batch_id)
 
 
 # A record that ignores the timeout signal (stuck in native code) is given this much more than
@@ -172,6 +189,7 @@ class Scheduler:
                     self._last_tick = now
                     self._record_finished()
                     self._check_limits(now)
+                    self._remove_deleted()
                 self._dispatch()
                 if self._finished_runs:
                     # Workers that finished got new chunks first; now write down what they did.
@@ -208,6 +226,8 @@ class Scheduler:
             self._cancel(event.batch_id, event.reason)
         elif isinstance(event, DisableBatch):
             self._disable(event.batch_id, event.mode)
+        elif isinstance(event, DeleteBatch):
+            self._delete(event.batch_id)
         elif isinstance(event, ConsumeRequest):
             self._consumes[event.task.task_id] = event.future
             self._consume_queue.append(event.task)
@@ -368,6 +388,31 @@ class Scheduler:
         log.info("requeued chunk %s of batch %s: %s", run.chunk_id, run.batch_id, why)
         self._queue_again(run, requeued=Chunk.requeued + run.count)
 
+    def _delete(self, batch_id: str) -> None:
+        """Remove a batch marked for deletion: its running chunks are stopped first, so that no
+        worker writes a file of it after its files are removed."""
+        batch = self.store.get_batch(batch_id)
+        if batch is None or batch.deleting_since is None:
+            return
+        assert self.executor is not None
+        for task_id, run in list(self._running.items()):
+            if run.batch_id == batch_id:
+                self.executor.stop_task(task_id)  # returns once the worker is gone
+                del self._running[task_id]  # its Lost event finds nothing to do
+        del self._per_batch[batch_id]
+        remove_batch(self.store, self.blobs, batch_id)
+        log.info("removed deleted batch %s", batch_id)
+
+    def _remove_deleted(self) -> None:
+        """Remove the batches marked for deletion that are still there: a removal that failed
+        (a blob store or database error) is tried again. One that fails again must not keep the
+        others from being scheduled."""
+        for batch in self.store.batches_being_deleted():
+            try:
+                self._delete(batch.id)
+            except Exception:
+                log.exception("could not remove batch %s, marked for deletion", batch.id)
+
     def _disable(self, batch_id: str, mode: str) -> None:
         batch = self.store.get_batch(batch_id)
         if batch is None or batch.state != BatchState.PAUSING.value:
@@ -525,6 +570,8 @@ class Scheduler:
             return True
         for other_id in depends_on:
             other = self.store.get_batch(other_id)
+            if other is not None and other.deleting_since is not None:
+                other = None  # its deletion is under way
             if other is not None and other.state == BatchState.COMPLETED.value:
                 continue
             if other is not None and not BatchState(other.state).is_final:

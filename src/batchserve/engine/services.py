@@ -147,18 +147,31 @@ class ServiceOps:
                 "only its publisher or an owner may."
             )
         # A batch runs one bundle from its first record to its last.
-        batches = self.store.list_batches(service_ids=[svc.id], limit=100_000)
-        active = [b.id for b in batches if not BatchState(b.state).is_final]
+        batches = self.store.list_batches(
+            service_ids=[svc.id], limit=100_000, include_deleting=True
+        )
+        deleting = [b.id for b in batches if b.deleting_since is not None]
+        active = [
+            b.id for b in batches if b.deleting_since is None and not BatchState(b.state).is_final
+        ]
         if active:
             raise Conflict(
                 f"Service {name} {version} has unfinished batches "
                 f"({', '.join(active[:5])}); let them finish or cancel them first."
             )
+        if deleting:
+            # Gone for users, but their workers may still be stopping: the bundle must outlive them.
+            raise Conflict(
+                f"Service {name} {version} has deleted batches whose removal is not finished "
+                f"({', '.join(deleting[:5])}); try again in a moment."
+            )
         return svc
 
     def delete(self, who: Principal, name: str, version: str) -> None:
         svc = self._changeable(who, name, version, "delete")
-        for b in self.store.list_batches(service_ids=[svc.id], limit=100_000):
+        for b in self.store.list_batches(
+            service_ids=[svc.id], limit=100_000, include_deleting=True
+        ):
             self.store.delete_batch(b.id)
             self.blobs.delete_prefix(f"batches/{b.id}")
         self.store.delete_service(svc.id)

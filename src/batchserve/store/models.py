@@ -125,6 +125,9 @@ class Batch(Base):
     display_name: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     # Options, plus a copy of the service's schemas so results stay readable on their own.
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # When a delete was asked for. From then on the batch is gone for users; its rows and files
+    # are removed once none of its workers runs (by the scheduler, or at start after a crash).
+    deleting_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
 
 
 class Chunk(Base):

@@ -296,6 +296,7 @@ class Store:
         created_before: datetime | None = None,
         limit: int = 100,
         before: tuple[datetime, str] | None = None,
+        include_deleting: bool = False,
     ) -> list[Batch]:
         """Sealed batches, newest first: the ``limit`` after ``before``, the (creation_time, id) of
         the last row of the previous page.
@@ -303,10 +304,13 @@ class Store:
         ``metadata`` keeps the batches whose metadata has every one of these key/value pairs;
         ``created_after`` and ``created_before`` bound the creation time (both exclusive).
         Paging by (creation_time, id) rather than by offset keeps pages stable while batches are
-        added: a new batch sorts before every page already read.
+        added: a new batch sorts before every page already read. Batches marked for deletion
+        are left out unless ``include_deleting``.
         """
         with self.session() as s:
             q = select(Batch).where(Batch.sealed.is_(True))
+            if not include_deleting:
+                q = q.where(Batch.deleting_since.is_(None))
             if service_ids is not None:
                 q = q.where(Batch.service_id.in_(service_ids))
             if states:
@@ -392,12 +396,34 @@ class Store:
             s.execute(delete(Chunk).where(Chunk.batch_id == batch_id))
             s.execute(delete(Batch).where(Batch.id == batch_id))
 
+    def mark_deleting(self, batch_id: str) -> bool:
+        """Record that the batch is to be deleted; False when it is gone or was marked already
+        (by a delete that came first)."""
+        with self.session() as s:
+            res = s.execute(
+                update(Batch)
+                .where(Batch.id == batch_id, Batch.deleting_since.is_(None))
+                .values(deleting_since=utcnow())
+            )
+            return res.rowcount == 1  # type: ignore[attr-defined]
+
+    def batches_being_deleted(self) -> list[Batch]:
+        """Batches marked for deletion and not removed yet, the longest waiting first."""
+        with self.session() as s:
+            q = select(Batch).where(Batch.deleting_since.is_not(None))
+            return list(s.scalars(q.order_by(Batch.deleting_since, Batch.id)))
+
     def batches_in_states(
         self, states: Sequence[BatchState], *, sealed: bool | None = True
     ) -> list[Batch]:
-        """Batches in these states, highest priority first, first come first within one."""
+        """Batches in these states, highest priority first, first come first within one.
+
+        Batches marked for deletion are left out: nothing is done with them but their removal.
+        """
         with self.session() as s:
-            q = select(Batch).where(Batch.state.in_([st.value for st in states]))
+            q = select(Batch).where(
+                Batch.state.in_([st.value for st in states]), Batch.deleting_since.is_(None)
+            )
             if sealed is not None:
                 q = q.where(Batch.sealed.is_(sealed))
             q = q.order_by(Batch.priority.desc(), Batch.creation_time, Batch.id)

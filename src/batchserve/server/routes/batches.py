@@ -358,11 +358,17 @@ def terminate_batch(
 @router.delete(
     "/v1/batches/{batch_id}",
     status_code=204,
-    summary="Delete a batch and its data (cancels it first)",
+    summary="Delete a batch and its data (stops it first)",
+    responses={
+        204: {"description": "The batch, its records, results and files are gone"},
+        202: {
+            "description": "The batch is gone; its workers are being stopped and its data removed"
+        },
+    },
 )
 def delete_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> Response:
-    engine.batches.delete(who, batch_id)
-    return Response(status_code=204)
+    removed = engine.batches.delete(who, batch_id)
+    return Response(status_code=204 if removed else 202)
 
 
 #: Media types of the streamed result formats.
