@@ -4,6 +4,8 @@ concurrent pollers all get right answers, and token or role changes apply to the
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from typing import Any
 
@@ -11,6 +13,7 @@ import httpx
 import pytest
 from tests.e2e.conftest import ADMIN_PASSWORD
 
+from batchserve.errors import NotFoundError
 from batchserve.server.schemas import BatchPublic
 
 pytestmark = pytest.mark.e2e
@@ -90,8 +93,9 @@ def running_batch(client, unique_name):  # type: ignore[no-untyped-def]
     )
     batch = svc.batch({"x": [float(i) for i in range(200)]}, parallel_count=2).start()
     yield batch
-    if not batch.refresh().state.is_final:
-        batch.cancel()
+    with contextlib.suppress(NotFoundError):  # deleted by the test
+        if not batch.refresh().state.is_final:
+            batch.cancel()
 
 
 def test_the_status_of_a_running_batch_follows_its_progress(admin, running_batch):  # type: ignore[no-untyped-def]
@@ -172,3 +176,21 @@ def test_a_long_poll_answers_with_the_finished_batch(admin, running_batch):  # t
             pytest.fail(f"the batch did not complete; last state {body['state']}")
     assert body["completed_item_count"] == 200
     assert body["end_time"] is not None
+
+
+def test_a_long_poll_answers_once_the_batch_is_cancelled_or_deleted(admin, running_batch):  # type: ignore[no-untyped-def]
+    path = f"/v1/batches/{running_batch.execution_id}"
+    answers: list[httpx.Response] = []
+
+    def long_poll() -> None:
+        answers.append(admin.get(path, params={"wait": 60}))
+
+    waiting = threading.Thread(target=long_poll)
+    waiting.start()
+    running_batch.cancel()
+    waiting.join(timeout=120)
+    assert not waiting.is_alive(), "the long poll did not answer after the cancel"
+    assert answers[0].json()["state"] == "cancelled"  # it holds on through 'cancelling'
+    assert admin.get(path, params={"wait": 60}).json()["state"] == "cancelled"  # final: at once
+    running_batch.delete()
+    assert admin.get(path, params={"wait": 60}).status_code == 404

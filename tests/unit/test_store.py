@@ -667,3 +667,32 @@ def test_a_chunk_state_change_the_table_forbids_is_refused(store, service, owner
         store.set_chunk(chunk.id, expect_state=ChunkState.SUCCEEDED, state=ChunkState.RUNNING.value)
     with pytest.raises(ValueError, match="expect_state"):
         store.set_chunk(chunk.id, state=ChunkState.FAILED.value)
+
+
+# --- ends of batches -------------------------------------------------------------------------
+
+
+def test_the_store_tells_of_a_batch_that_ends_once_it_is_committed(store, service, owner):
+    told: list[tuple[str, str | None]] = []
+    store.on_end = lambda batch_id: told.append((batch_id, state_of(store, batch_id)))
+    batch = add_batch(store, service, owner, chunks=[4])
+    store.transition(batch.id, BatchState.PENDING)
+    store.transition(batch.id, BatchState.RUNNING)
+    assert told == []  # not final: no long poll is woken
+    store.transition(batch.id, BatchState.COMPLETED)
+    assert told == [(batch.id, "completed")]  # the listener already reads the new state
+
+
+def test_the_store_tells_of_a_batch_that_is_removed(store, service, owner):
+    told: list[str] = []
+    store.on_end = told.append
+    batch = add_batch(store, service, owner, chunks=[4])
+    store.transition(batch.id, BatchState.CANCELLED, only_from=[BatchState.PENDING])  # lost race
+    assert told == []
+    store.delete_batch(batch.id)
+    assert told == [batch.id]
+
+
+def state_of(store, batch_id):
+    batch = store.get_batch(batch_id)
+    return None if batch is None else batch.state

@@ -14,6 +14,7 @@ from batchserve.engine.scheduler import CancelBatch, Scheduler, Wake, remove_bat
 from batchserve.engine.services import ServiceOps
 from batchserve.settings import Settings
 from batchserve.states import BatchState, ChunkState
+from batchserve.engine.endings import Endings
 from batchserve.store import Store, upgrade
 from batchserve.store.models import utcnow
 
@@ -26,6 +27,8 @@ class Engine:
         settings.home.mkdir(parents=True, exist_ok=True)
         upgrade(settings.db_url)
         self.store = Store(settings.db_url)
+        self.endings = Endings()
+        self.store.on_end = self.endings.ended
         self.blobs = LocalBlobStore(settings.blobs_dir)
         self.accounts = Accounts(
             self.store, settings.access_token_lifetime, settings.refresh_token_lifetime

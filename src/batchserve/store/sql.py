@@ -8,7 +8,7 @@ which consults the one state table in :mod:`batchserve.states`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -127,6 +127,8 @@ class Store:
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._sqlite = self.engine.dialect.name == "sqlite"
+        # Told the id of a batch, once committed, that ended (reached a final state) or is gone.
+        self.on_end: Callable[[str], None] | None = None
 
     @property
     def reads_are_local(self) -> bool:
@@ -389,12 +391,16 @@ class Store:
             batch.revision += 1
             for k, v in fields.items():
                 setattr(batch, k, v)
-            return batch
+        if wanted.is_final and self.on_end is not None:
+            self.on_end(batch_id)
+        return batch
 
     def delete_batch(self, batch_id: str) -> None:
         with self.session() as s:
             s.execute(delete(Chunk).where(Chunk.batch_id == batch_id))
             s.execute(delete(Batch).where(Batch.id == batch_id))
+        if self.on_end is not None:
+            self.on_end(batch_id)
 
     def mark_deleting(self, batch_id: str) -> bool:
         """Record that the batch is to be deleted; False when it is gone or was marked already

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from datetime import UTC, datetime
@@ -30,7 +31,7 @@ from batchserve.server.upload import blocking_body
 from batchserve.states import BatchState
 from batchserve.store.models import Batch
 
-LONG_POLL_STEP = 0.05  # seconds between looks at a batch a long poll waits for
+LONG_POLL_STEP = 1.0  # seconds between looks at a batch a long poll waits for
 
 router = APIRouter(tags=["batches"])
 
@@ -284,12 +285,22 @@ async def get_batch(
             return status()
         return await anyio.to_thread.run_sync(status)
 
-    final, body = await look()
+    if not wait:
+        return Response((await look())[1], media_type="application/json")
+    # A long poll wakes as soon as this process ends the batch, and looks again every
+    # LONG_POLL_STEP anyway, for changes made by another process sharing the store.
     deadline = time.monotonic() + wait
-    while not final and time.monotonic() < deadline:
-        await asyncio.sleep(LONG_POLL_STEP)
-        final, body = await look()
-    return Response(body, media_type="application/json")
+    while True:
+        ended = engine.endings.expect(batch_id)
+        try:
+            final, body = await look()
+            left = deadline - time.monotonic()
+            if final or left <= 0:
+                return Response(body, media_type="application/json")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended, min(left, LONG_POLL_STEP))
+        finally:
+            engine.endings.forget(batch_id, ended)
 
 
 @router.post("/v1/batches/{batch_id}/start", response_model=BatchPublic, summary="Start a batch")
