@@ -8,13 +8,13 @@ import logging
 from batchserve.blobs import BlobNotFound, LocalBlobStore
 from batchserve.engine.auth import Accounts
 from batchserve.engine.batches import BatchOps
+from batchserve.engine.endings import Endings
 from batchserve.engine.executors import ProcessExecutor
 from batchserve.engine.results import read_results
 from batchserve.engine.scheduler import CancelBatch, Scheduler, Wake, remove_batch
 from batchserve.engine.services import ServiceOps
 from batchserve.settings import Settings
 from batchserve.states import BatchState, ChunkState
-from batchserve.engine.endings import Endings
 from batchserve.store import Store, upgrade
 from batchserve.store.models import utcnow
 
