@@ -5,12 +5,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _default_home() -> Path:
     return Path(os.path.expanduser("~")) / ".batchserve"
+
+
+def with_driver(url: str) -> str:
+    """A database URL that names its driver: a plain PostgreSQL URL gets psycopg 3, the driver
+    batchserve installs (SQLAlchemy's default for ``postgresql://`` is psycopg2, and it does not
+    know ``postgres://`` at all). Other URLs, and URLs that name a driver, are kept as given."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url.removeprefix(scheme)
+    return url
 
 
 class Settings(BaseSettings):
@@ -22,7 +32,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
-    database_url: str | None = None  # default: SQLite in the data directory
+    # Default: SQLite in the data directory. PostgreSQL: postgresql://user:password@host/db.
+    database_url: str | None = None
     admin_password: str | None = None  # set the admin password instead of generating one
     access_token_lifetime: int = 3600  # seconds, as ML Server
     refresh_token_lifetime: int = 336 * 3600  # seconds of inactivity, as ML Server
@@ -33,6 +44,11 @@ class Settings(BaseSettings):
     target_chunk_seconds: float = Field(0.5, gt=0)
     max_worker_loss_retries: int = 3  # a chunk whose worker dies is retried this many times
     progress_interval: float = 0.25  # seconds between progress reports from a worker
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_driver(cls, url: str | None) -> str | None:
+        return with_driver(url) if url else None
 
     @property
     def db_url(self) -> str:

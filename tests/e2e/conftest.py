@@ -34,6 +34,7 @@ class ServerProcess:
     home: Path
     port: int = field(default_factory=free_port)
     workers: int = 2
+    database_url: str | None = None  # None: SQLite in the data directory
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
 
@@ -47,6 +48,9 @@ class ServerProcess:
         """Start (again) on the data directory; ``admin_password`` None lets it generate one."""
         env = dict(os.environ, BATCHSERVE_HOME=str(self.home))
         env.pop("BATCHSERVE_ADMIN_PASSWORD", None)
+        env.pop("BATCHSERVE_DATABASE_URL", None)
+        if self.database_url is not None:
+            env["BATCHSERVE_DATABASE_URL"] = self.database_url
         if admin_password is not None:
             env["BATCHSERVE_ADMIN_PASSWORD"] = admin_password
         self.log = self.home.parent / f"{self.home.name}-server.log"

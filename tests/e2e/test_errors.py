@@ -72,6 +72,30 @@ def test_unknown_service_batch_and_index_are_not_found_errors(client, divider): 
         resp.execution(7)
 
 
+def test_a_nul_character_in_a_name_looked_up_is_not_found(client, divider):  # type: ignore[no-untyped-def]
+    with pytest.raises(errors.NotFoundError):
+        client.get_service(divider.name, version="v1\x00")
+    with pytest.raises(errors.NotFoundError):
+        divider.get_batch("0" * 31 + "\x00").results()
+    with pytest.raises(errors.AuthenticationError):
+        Client(client.url, username="admin\x00", password="whatever")
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"display_name": "night\x00ly"}, "display_name holds a NUL character"),
+        ({"metadata": {"team": "ri\x00sk"}}, "metadata value of 'team' holds a NUL character"),
+        ({"max_wall_clock_time": float("inf")}, "max_wall_clock_time must be a number"),
+    ],
+)
+def test_options_the_store_cannot_keep_are_refused_with_a_clear_message(  # type: ignore[no-untyped-def]
+    divider, options, named
+):
+    with pytest.raises(errors.BadRequestError, match=named):
+        divider.batch([{"a": 1.0, "b": 2.0}], **options).start()
+
+
 def test_publishing_an_existing_version_again_is_a_conflict(client, divider):  # type: ignore[no-untyped-def]
     with pytest.raises(errors.ConflictError):
         client.publish_service(

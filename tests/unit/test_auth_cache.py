@@ -4,20 +4,14 @@ takes effect on the very next request, however recently the token was used."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from batchserve.engine.auth import Accounts
 from batchserve.engine.errors import Unauthorized
-from batchserve.store import Store, upgrade
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    url = f"sqlite:///{tmp_path / 'meta.db'}"
-    upgrade(url)
-    return Store(url)
+from batchserve.store import Store
 
 
 @pytest.fixture
@@ -114,14 +108,19 @@ class RevokedWhileRead(Store):
         return found
 
 
-def test_a_token_read_before_a_revoke_committed_is_not_kept(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'meta.db'}"
-    upgrade(url)
-    store = RevokedWhileRead(url)
-    accounts = Accounts(store, access_lifetime=3600, refresh_lifetime=7200)
+@pytest.fixture
+def revoking(store: Store) -> Iterator[RevokedWhileRead]:
+    """Such a store on the test's database."""
+    found = RevokedWhileRead(store.url)
+    yield found
+    found.close()
+
+
+def test_a_token_read_before_a_revoke_committed_is_not_kept(revoking: RevokedWhileRead):
+    accounts = Accounts(revoking, access_lifetime=3600, refresh_lifetime=7200)
     accounts.add_user("cy", "cy-password", "reader")
     pair = accounts.login("cy", "cy-password")
-    store.during_lookup.append(lambda: accounts.revoke(pair.refresh_token))
+    revoking.during_lookup.append(lambda: accounts.revoke(pair.refresh_token))
     # This lookup read the token as valid just before the revoke: it may answer, but not cache.
     accounts.authenticate(pair.access_token)
     assert accounts.cached(pair.access_token) is None

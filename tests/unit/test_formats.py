@@ -22,18 +22,8 @@ from batchserve.engine.ingest import JSONL
 from batchserve.engine.results import ResultWriter, flatten, read_results, row_to_json
 from batchserve.engine.scheduler import Scheduler, result_key
 from batchserve.errors import UsageError
-from batchserve.store import Store, upgrade
 
 OUTPUTS = {"sq": "int"}
-
-
-@pytest.fixture
-def store(tmp_path):
-    url = f"sqlite:///{tmp_path / 'meta.db'}"
-    upgrade(url)
-    store = Store(url)
-    yield store
-    store.close()
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """The one-statement reads behind status polling and request-response calls give what the
-general reads give, on a SQLite file brought up by its migrations."""
+general reads give, on every store backend brought up by its migrations."""
 
 from __future__ import annotations
 
@@ -7,17 +7,8 @@ import pytest
 from sqlalchemy import inspect
 
 from batchserve.states import ChunkState
-from batchserve.store import BatchCounts, Store, upgrade
+from batchserve.store import BatchCounts, Store
 from batchserve.store.models import Batch, Chunk, Service
-
-
-@pytest.fixture
-def store(tmp_path):  # type: ignore[no-untyped-def]
-    url = f"sqlite:///{tmp_path / 'meta.db'}"
-    upgrade(url)
-    store = Store(url)
-    yield store
-    store.close()
 
 
 @pytest.fixture

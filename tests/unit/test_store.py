@@ -1,4 +1,4 @@
-"""The metadata store (batchserve.store) on a SQLite file brought up by its migrations."""
+"""The metadata store (batchserve.store) on every backend, brought up by its migrations."""
 
 from __future__ import annotations
 
@@ -131,6 +131,17 @@ def test_times_come_back_timezone_aware_in_utc(store, owner):
 def test_a_naive_time_is_refused(store, owner):
     with pytest.raises(StatementError, match="naive datetime"):
         store.add_tokens(owner.id, "p", [("access", "a1", datetime(2030, 1, 1))])
+
+
+def test_lookups_by_text_holding_a_nul_character_find_nothing(store, service, owner):
+    batch = add_batch(store, service, owner)
+    assert store.get_user("ann\x00") is None
+    assert store.get_batch(batch.id + "\x00") is None
+    assert store.batch_status(batch.id + "\x00") is None
+    assert store.get_service("mtService\x00", "v1") is None
+    assert store.find_service("mtService", "v1\x00") is None
+    assert store.list_services("mtService\x00") == []
+    assert store.list_batches(metadata={"team\x00": "risk"}) == []
 
 
 def test_deleting_a_user_deletes_their_tokens(store):
@@ -321,6 +332,26 @@ def test_updating_an_unknown_batch_returns_none(store):
 def test_options_are_stored_as_json(store, service, owner):
     batch = add_batch(store, service, owner)
     assert store.get_batch(batch.id).options == {"outputs": {"y": "int"}}
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [(float("nan"), "nan"), (float("inf"), "inf"), ("a\x00b", "a NUL character")],
+)
+def test_options_no_backend_can_read_back_are_refused(store, service, owner, value, problem):
+    batch = add_batch(store, service, owner)
+    with pytest.raises(StatementError, match=f"JSON value holding {problem}"):
+        store.update_batch(batch.id, options={"metadata": {"team": value}})
+    assert store.get_batch(batch.id).options == {"outputs": {"y": "int"}}
+
+
+def test_a_nul_character_in_an_error_message_becomes_a_replacement_character(store, service, owner):
+    batch = add_batch(store, service, owner, chunks=[4])
+    chunk = store.claim_chunk(batch.id, result_key)
+    store.set_chunk(chunk.id, error="bad byte \x00 in the input")
+    store.transition(batch.id, BatchState.FAILED, error="chunk 0: bad byte \x00")
+    assert store.get_chunk(chunk.id).error == "bad byte \ufffd in the input"
+    assert store.get_batch(batch.id).error == "chunk 0: bad byte \ufffd"
 
 
 def test_deleting_a_batch_deletes_its_chunks(store, service, owner):
@@ -657,6 +688,12 @@ def test_chunks_covering_gives_the_chunks_holding_any_index_in_the_range(
 ):
     batch = add_batch(store, service, owner, chunks=[4, 4, 2])  # 0-3, 4-7, 8-9
     assert [c.seq for c in store.chunks_covering(batch.id, start, stop)] == seqs
+
+
+def test_chunks_covering_takes_indexes_past_32_bits(store, service, owner):
+    batch = add_batch(store, service, owner, chunks=[4, 4, 2])
+    assert [c.seq for c in store.chunks_covering(batch.id, 5, 2**40)] == [1, 2]
+    assert store.chunks_covering(batch.id, 2**40, 2**40 + 10) == []
 
 
 def test_a_chunk_state_change_the_table_forbids_is_refused(store, service, owner):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from tests.conftest import throwaway_database
 from tests.unit.test_store import add_batch, add_service
 
 from batchserve.states import BatchState
@@ -68,3 +71,10 @@ def test_two_updates_with_the_same_etag_do_not_both_apply(store):
         refused = [o for o in outcomes if isinstance(o, RevisionMismatch)]
         assert len(refused) == 1, outcomes
         assert store.get_batch(batch.id).revision == batch.revision + 1
+
+
+def test_servers_started_together_on_a_new_postgresql_database_migrate_it_once(postgres_server):
+    migrate = "import sys; from batchserve.store import upgrade; upgrade(sys.argv[1])"
+    with throwaway_database(postgres_server) as url:
+        servers = [subprocess.Popen([sys.executable, "-c", migrate, url]) for _ in range(2)]
+        assert [p.wait(timeout=120) for p in servers] == [0, 0]

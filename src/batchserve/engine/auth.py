@@ -19,7 +19,14 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from batchserve.engine.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from batchserve.engine.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    check_text,
+)
 from batchserve.store import AlreadyExists, Store
 from batchserve.store.models import User
 
@@ -153,6 +160,7 @@ class Accounts:
             raise BadRequest(f"Unknown role {role!r}; use one of {', '.join(ROLES)}.")
         if not username or not password:
             raise BadRequest("A user needs a non-empty username and password.")
+        check_text(username, "The username", max_length=200)
         try:
             return self.store.add_user(username, _hasher.hash(password), role)
         except AlreadyExists:

@@ -26,6 +26,7 @@ from batchserve.engine.errors import (
     NotFound,
     PreconditionFailed,
     UnsupportedMediaType,
+    check_text,
 )
 from batchserve.engine.ingest import (
     FORMATS,
@@ -184,6 +185,8 @@ class BatchOps:
             raise UnsupportedMediaType(str(unsupported(content_type)))
         if id_column is not None and not id_column.strip():
             raise BadRequest("id_column must name a column of the records; it is empty.")
+        if id_column is not None:
+            check_text(id_column, "id_column")
         if not service.inputs:
             raise BadRequest(
                 f"Service {service.name} {service.version} declares no inputs, so "
@@ -215,6 +218,8 @@ class BatchOps:
         display_name = opts.pop("display_name", None)
         if not -1000 <= priority <= 1000:
             raise BadRequest("priority must be from -1000 to 1000.")
+        if display_name is not None:
+            check_text(display_name, "display_name", max_length=1024)
         _check_constraints(opts)
         if opts.get("depends_on"):
             opts["depends_on"] = self._dependencies(who, opts["depends_on"])
@@ -336,6 +341,7 @@ class BatchOps:
         return moved
 
     def cancel(self, who: Principal, batch_id: str, reason: str = "UserTerminate") -> Batch:
+        check_text(reason, "The reason", max_length=200)
         batch = self.get(who, batch_id)
         if batch.state == BatchState.CREATED.value:
             self.store.finish_pending_chunks(batch_id, ChunkState.CANCELLED, "cancelled")
@@ -683,9 +689,9 @@ class BatchOps:
 
 
 def _check_constraints(options: dict[str, Any]) -> None:
-    """Check a batch's limits; a clear 400 for a wrong one."""
+    """Check a batch's limits and texts; a clear 400 for a wrong one."""
     wall = options.get("max_wall_clock_time")
-    if wall is not None and not (isinstance(wall, (int, float)) and wall > 0):
+    if wall is not None and not (_seconds(wall) and wall > 0):
         raise BadRequest("max_wall_clock_time must be a number of seconds greater than 0.")
     retries = options.get("max_task_retry_count")
     if retries is not None and not (isinstance(retries, int) and retries >= -1):
@@ -694,8 +700,17 @@ def _check_constraints(options: dict[str, Any]) -> None:
             "retries of a failed record, -1 for no limit."
         )
     timeout = options.get("task_timeout")
-    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+    if timeout is not None and not (_seconds(timeout) and timeout > 0):
         raise BadRequest("task_timeout must be a number of seconds greater than 0.")
+    for what in ("metadata", "environment"):
+        for key, value in (options.get(what) or {}).items():
+            check_text(key, f"The {what} key {key!r}")
+            check_text(value, f"The {what} value of {key!r}")
+
+
+def _seconds(value: Any) -> bool:
+    """A finite number: an infinite limit is no limit (leave it out), and JSON cannot hold it."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 #: The formats the whole result set can be streamed in (``GET .../results?format=``).

@@ -48,3 +48,16 @@ class Unavailable(EngineError):
 
 class UnsupportedMediaType(EngineError):
     code = "unsupported_media_type"
+
+
+def check_text(value: str, what: str, max_length: int | None = None) -> str:
+    """``value``, if the store can keep it as given on every backend; else a clear 400.
+
+    PostgreSQL's text cannot hold a NUL character, and it refuses text longer than its column
+    where SQLite would keep it all.
+    """
+    if "\x00" in value:
+        raise BadRequest(f"{what} holds a NUL character (\\x00); leave it out.")
+    if max_length is not None and len(value) > max_length:
+        raise BadRequest(f"{what} is {len(value)} characters long; at most {max_length} fit.")
+    return value

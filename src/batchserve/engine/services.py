@@ -9,7 +9,14 @@ from typing import Any
 
 from batchserve.blobs import BlobStore
 from batchserve.engine.auth import Principal
-from batchserve.engine.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
+from batchserve.engine.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unavailable,
+    check_text,
+)
 from batchserve.engine.scheduler import Scheduler, service_spec
 from batchserve.schema import SchemaError, normalize_schema
 from batchserve.states import BatchState
@@ -33,7 +40,7 @@ def _check_name(value: str, what: str) -> str:
 
 def _check_artifacts(names: list[str]) -> list[str]:
     for a in names:
-        if not isinstance(a, str) or not a or "/" in a or "\\" in a or a in (".", ".."):
+        if not isinstance(a, str) or not a or a in (".", "..") or any(c in a for c in "/\\\x00"):
             raise BadRequest(f"Artifact name {a!r} is not a plain file name.")
     return list(names)
 
@@ -41,7 +48,7 @@ def _check_artifacts(names: list[str]) -> list[str]:
 def _check_alias(alias: str) -> str:
     if not alias.isidentifier():
         raise BadRequest(f"The alias {alias!r} must be a Python identifier.")
-    return alias
+    return check_text(alias, "The alias", max_length=200)
 
 
 def _check_bundle_kind(kind: str) -> str:
@@ -100,6 +107,7 @@ class ServiceOps:
         ins, outs = schemas["inputs"], schemas["outputs"]
         names = _check_artifacts(list(artifacts or []))
         alias = _check_alias(alias or "consume")
+        check_text(description or "", "The description")
         if self.store.get_service(name, version) is not None:
             raise Conflict(
                 f"Service {name} version {version} exists already; publish a new version instead."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +28,8 @@ def utcnow() -> datetime:
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone)."""
+    """Timezone-aware UTC datetimes on every backend: SQLite keeps no zone, and PostgreSQL
+    gives its times in the session's zone (the server's ``TimeZone`` setting), not in UTC."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -38,9 +40,51 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC) if value is not None else None
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class JSONValue(TypeDecorator[Any]):
+    """JSON that every backend keeps alike. PostgreSQL's ``json`` refuses NaN and Infinity
+    (SQLite stores them, then its JSON functions fail on them), and it stores a NUL character
+    (``\\u0000``) but then fails every read into the document, a metadata filter over all
+    batches included; so such values are refused everywhere."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        problem = _unstorable(value)
+        if problem is not None:
+            raise ValueError(f"a JSON value holding {problem} given to the store")
         return value
+
+
+def _unstorable(value: Any) -> str | None:
+    """What in a JSON value PostgreSQL cannot keep, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, str):
+        return "a NUL character" if "\x00" in value else None
+    items: list[Any] = []
+    if isinstance(value, dict):
+        items = [*value.keys(), *value.values()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    return next((p for p in map(_unstorable, items) if p is not None), None)
+
+
+class ErrorText(TypeDecorator[str]):
+    """An error message, which may quote anything an exception said. PostgreSQL's text cannot
+    hold a NUL character: one becomes U+FFFD (the replacement character) on every backend,
+    rather than failing the write of the error there."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        return value.replace("\x00", "\ufffd") if value is not None else None
 
 
 class Base(DeclarativeBase):
@@ -84,13 +128,13 @@ class Service(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     alias: Mapped[str] = mapped_column(String(200))
     mode: Mapped[str] = mapped_column(String(20), default="row")  # row | vectorized
-    inputs: Mapped[dict[str, str]] = mapped_column(JSON)
-    outputs: Mapped[dict[str, str]] = mapped_column(JSON)
-    artifacts: Mapped[list[str]] = mapped_column(JSON)
+    inputs: Mapped[dict[str, str]] = mapped_column(JSONValue)
+    outputs: Mapped[dict[str, str]] = mapped_column(JSONValue)
+    artifacts: Mapped[list[str]] = mapped_column(JSONValue)
     bundle_key: Mapped[str] = mapped_column(String(500))
     bundle_kind: Mapped[str] = mapped_column(String(20))  # callable | code
     runtime: Mapped[str] = mapped_column(String(20), default="python")
-    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # face-specific fields
+    extra: Mapped[dict[str, Any]] = mapped_column(JSONValue, default=dict)  # face-specific fields
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Seconds one record takes, measured over finished chunks (a moving average); sizes chunks.
@@ -116,7 +160,7 @@ class Batch(Base):
     start_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     end_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     termination_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(ErrorText, nullable=True)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     parallel_count: Mapped[int] = mapped_column(Integer, default=10)
     chunk_size: Mapped[int] = mapped_column(Integer)
@@ -124,7 +168,7 @@ class Batch(Base):
     sealed: Mapped[bool] = mapped_column(Boolean, default=False)  # every record is uploaded
     display_name: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     # Options, plus a copy of the service's schemas so results stay readable on their own.
-    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    options: Mapped[dict[str, Any]] = mapped_column(JSONValue, default=dict)
     # When a delete was asked for. From then on the batch is gone for users; its rows and files
     # are removed once none of its workers runs (by the scheduler, or at start after a crash).
     deleting_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
@@ -152,7 +196,7 @@ class Chunk(Base):
     cancelled: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(ErrorText, nullable=True)
     # Since when the chunk waits for a worker (set when its batch starts and when it is requeued).
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Statistics, summed over the chunk's tries.

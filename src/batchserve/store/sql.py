@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Engine,
     Select,
@@ -121,6 +122,13 @@ def _in_memory(url: str) -> bool:
     return url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
 
 
+def _storable(*texts: str | None) -> bool:
+    """Whether text can be in the store: PostgreSQL's text holds no NUL character, so no row
+    has one, and a lookup by such text finds nothing here (as it does on SQLite) rather than
+    failing in the driver."""
+    return not any(t is not None and "\x00" in t for t in texts)
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -163,6 +171,8 @@ class Store:
         return user
 
     def get_user(self, username: str) -> User | None:
+        if not _storable(username):
+            return None
         with self.session() as s:
             return s.scalar(select(User).where(User.username == username))
 
@@ -228,6 +238,8 @@ class Store:
 
     def get_service(self, name: str, version: str | None) -> Service | None:
         """One version, or the newest when ``version`` is None or ``latest``."""
+        if not _storable(name, version):
+            return None
         with self.session() as s:
             q = select(Service).where(Service.name == name)
             if version in (None, "latest"):
@@ -239,6 +251,8 @@ class Store:
     def find_service(self, name: str, version: str | None) -> Service | None:
         """What :meth:`get_service` returns, read the cheap way for request-response calls:
         a prebuilt statement on a plain connection, no ORM session."""
+        if not _storable(name, version):
+            return None
         newest = version in (None, "latest")
         with self.engine.connect() as conn:
             row = conn.execute(
@@ -253,6 +267,8 @@ class Store:
             return s.get(Service, service_id)
 
     def list_services(self, name: str | None = None) -> list[Service]:
+        if not _storable(name):
+            return []
         with self.session() as s:
             q = select(Service).order_by(Service.created_at, Service.id)
             if name is not None:
@@ -284,6 +300,8 @@ class Store:
         return batch
 
     def get_batch(self, batch_id: str) -> Batch | None:
+        if not _storable(batch_id):
+            return None
         with self.session() as s:
             return s.get(Batch, batch_id)
 
@@ -309,6 +327,8 @@ class Store:
         added: a new batch sorts before every page already read. Batches marked for deletion
         are left out unless ``include_deleting``.
         """
+        if not _storable(*(metadata or {}).keys(), *(metadata or {}).values()):
+            return []
         with self.session() as s:
             q = select(Batch).where(Batch.sealed.is_(True))
             if not include_deleting:
@@ -448,6 +468,8 @@ class Store:
         running it), where ``get_batch`` + ``batch_counts`` + ``get_user_by_id`` took three
         transactions.
         """
+        if not _storable(batch_id):
+            return None
         with self.engine.connect() as conn:
             row = conn.execute(_batch_status_query(), {"batch_id": batch_id}).first()
         if row is None:
@@ -542,13 +564,16 @@ class Store:
 
     def chunks_covering(self, batch_id: str, start: int, stop: int) -> list[Chunk]:
         """Chunks holding any index in ``[start, stop)``, in order."""
+        # The bounds are compared as 64-bit numbers: a range past the last record may reach
+        # beyond the 32-bit index columns, which PostgreSQL would refuse to compare as such.
+        first, end = literal(start, BigInteger), literal(stop, BigInteger)
         with self.session() as s:
             q = (
                 select(Chunk)
                 .where(
                     Chunk.batch_id == batch_id,
-                    Chunk.start_index < stop,
-                    Chunk.start_index + Chunk.count > start,
+                    Chunk.start_index < end,
+                    Chunk.start_index + Chunk.count > first,
                 )
                 .order_by(Chunk.seq)
             )

@@ -1,0 +1,44 @@
+"""Server settings: the database URL names the driver batchserve installs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from batchserve.settings import Settings
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        (
+            "postgresql://ann:pw@db.example:5432/batchserve",
+            "postgresql+psycopg://ann:pw@db.example:5432/batchserve",
+        ),
+        ("postgres://ann@db.example/batchserve", "postgresql+psycopg://ann@db.example/batchserve"),
+        (
+            "postgresql+psycopg://ann@db.example/batchserve",
+            "postgresql+psycopg://ann@db.example/batchserve",
+        ),
+        (
+            "postgresql+psycopg2://ann@db.example/batchserve",
+            "postgresql+psycopg2://ann@db.example/batchserve",
+        ),
+        ("sqlite:////var/lib/batchserve/meta.db", "sqlite:////var/lib/batchserve/meta.db"),
+    ],
+)
+def test_a_plain_postgresql_url_uses_psycopg_3(given: str, used: str):
+    assert Settings(database_url=given).db_url == used
+
+
+def test_the_database_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("BATCHSERVE_DATABASE_URL", "postgres://ann@db.example/batchserve")
+    assert Settings().db_url == "postgresql+psycopg://ann@db.example/batchserve"
+
+
+def test_without_a_database_url_the_store_is_sqlite_in_the_data_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.delenv("BATCHSERVE_DATABASE_URL", raising=False)
+    assert Settings(home=tmp_path).db_url == f"sqlite:///{tmp_path / 'batchserve.db'}"
