@@ -7,6 +7,9 @@ three meet the same load on a shared machine):
 
 - **serial**: one after another in this process: the work itself, with nothing around it.
 - **multiprocessing.Pool(P)**: what P plain processes get on this machine at this moment.
+- **P processes, one share each**: P forked processes each run 1/P of the calls with nothing
+  passed between them: the most P processes can do here. On a virtual machine whose cores are
+  shared, P processes at once each run slower than one alone, and this shows by how much.
 - **batchserve**: a real ``batchserve serve --workers P``, ``svc.batch(records, parallel_count=P)``,
   ``start()``, ``wait()``, ``to_pandas()`` — the wall time of the whole batch as a user sees it.
 
@@ -67,6 +70,26 @@ def make_service(rounds: int):  # type: ignore[no-untyped-def]
     return burn
 
 
+def run_share(rounds: int, share: range) -> None:
+    for x in share:
+        spin(x, rounds)
+
+
+def shares(rounds: int, n: int, parallel: int) -> float:
+    """Wall time of `parallel` processes each running every `parallel`-th of the n calls."""
+    context = multiprocessing.get_context("fork")
+    workers = [
+        context.Process(target=run_share, args=(rounds, range(i, n, parallel)))
+        for i in range(parallel)
+    ]
+    start = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return time.perf_counter() - start
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Parallel efficiency of a CPU-bound service.")
     parser.add_argument("--records", type=int, default=400, help="records per run")
@@ -79,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = calibrate(args.ms)
     burn = make_service(rounds)
     records = {"x": list(range(n))}
-    serial_s = serial_cpu = batch_s = batch_cpu = pool_s = float("inf")
+    serial_s = serial_cpu = batch_s = batch_cpu = pool_s = shares_s = float("inf")
     median_ms = 0.0
     with (
         tempfile.TemporaryDirectory(prefix="batchserve-bench-") as tmp,
@@ -105,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 with multiprocessing.Pool(args.parallel) as pool:
                     pool.map(functools.partial(spin, rounds=rounds), range(n), chunksize=1)
                 pool_s = min(pool_s, time.perf_counter() - start)
+                shares_s = min(shares_s, shares(rounds, n, args.parallel))
 
                 start, cpu = time.perf_counter(), cpu_seconds(server.pid)
                 batch = svc.batch(records, parallel_count=args.parallel).start()
@@ -117,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                     batch_s = elapsed
                     median_ms = float(results["duration_ms"].median())
                 print(
-                    f"  serial {serial_s:.2f} s; pool {pool_s:.2f} s; "
+                    f"  serial {serial_s:.2f} s; pool {pool_s:.2f} s; shares {shares_s:.2f} s; "
                     f"batchserve run {elapsed:.2f} s (load average {os.getloadavg()[0]:.1f})",
                     flush=True,
                 )
@@ -141,6 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{pool_s:.2f} s (efficiency {ideal_s / pool_s:.0%})", "", "",
     )  # fmt: skip
     table.add("batchserve wall time / Pool wall time", f"{batch_s / pool_s:.2f}", "", "")
+    table.add(
+        f"{args.parallel} processes, one share of the calls each, wall time",
+        f"{shares_s:.2f} s (efficiency {ideal_s / shares_s:.0%})", "", "",
+    )  # fmt: skip
+    table.add(
+        f"batchserve efficiency against what {args.parallel} processes get here",
+        f"{shares_s / batch_s:.0%}", "", "",
+    )  # fmt: skip
     table.add(
         "CPU seconds: serial / batchserve server and workers",
         f"{serial_cpu:.2f} / {batch_cpu:.2f} ({serial_cpu / batch_cpu:.0%})", "", "",

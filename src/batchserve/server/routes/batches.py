@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from batchserve.engine.batches import BatchPage
 from batchserve.engine.errors import BadRequest
 from batchserve.engine.ingest import ARROW_STREAM, CSV, FORMATS, JSONL, PARQUET, TSV
-from batchserve.server.deps import EngineDep, PrincipalDep
+from batchserve.server.deps import EngineDep, PrincipalDep, caller
 from batchserve.server.schemas import (
     ArtifactList,
     BatchList,
@@ -257,11 +257,15 @@ def _utc(when: datetime | None) -> datetime | None:
     return when.replace(tzinfo=UTC)
 
 
-@router.get("/v1/batches/{batch_id}", response_model=BatchPublic, summary="One batch")
+@router.get(
+    "/v1/batches/{batch_id}",
+    response_model=BatchPublic,
+    summary="One batch",
+    openapi_extra={"security": [{"HTTPBearer": []}]},
+)
 async def get_batch(
     batch_id: str,
-    engine: EngineDep,
-    who: PrincipalDep,
+    request: Request,
     wait: float = Query(
         0,
         ge=0,
@@ -275,6 +279,8 @@ async def get_batch(
     # the answer against response_model). A local SQLite read takes less time than a hop to a
     # worker thread and back, and under many pollers those hops queue for the GIL: it runs
     # on the event loop. A database across a network is read from a worker thread.
+    engine, who = await caller(request)
+
     def status() -> tuple[bool, bytes]:
         batch, counts, created_by = engine.batches.status(who, batch_id)
         answer = BatchPublic.of(batch, counts, created_by)
