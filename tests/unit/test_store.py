@@ -733,3 +733,12 @@ def test_the_store_tells_of_a_batch_that_is_removed(store, service, owner):
 def state_of(store, batch_id):
     batch = store.get_batch(batch_id)
     return None if batch is None else batch.state
+
+
+def test_record_counts_and_positions_past_two_to_the_31st_are_kept(store, service, owner):
+    batch = add_batch(store, service, owner, sealed=False)
+    first = 3_000_000_000
+    store.add_chunk(batch.id, 0, first, 4, f"batches/{batch.id}/inputs/000000.arrow")
+    store.update_batch(batch.id, sealed=True, total_count=first + 4)
+    assert store.get_batch(batch.id).total_count == first + 4
+    assert [c.start_index for c in store.chunks(batch.id)] == [first]

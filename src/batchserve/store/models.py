@@ -164,7 +164,7 @@ class Batch(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     parallel_count: Mapped[int] = mapped_column(Integer, default=10)
     chunk_size: Mapped[int] = mapped_column(Integer)
-    total_count: Mapped[int] = mapped_column(Integer, default=0)
+    total_count: Mapped[int] = mapped_column(BigInteger, default=0)
     sealed: Mapped[bool] = mapped_column(Boolean, default=False)  # every record is uploaded
     display_name: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     # Options, plus a copy of the service's schemas so results stay readable on their own.
@@ -184,7 +184,7 @@ class Chunk(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
     seq: Mapped[int] = mapped_column(Integer)
-    start_index: Mapped[int] = mapped_column(Integer)
+    start_index: Mapped[int] = mapped_column(BigInteger)
     count: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(20))
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # tries started, retries included
