@@ -69,6 +69,21 @@ def test_has_pending_chunks(store, service, owner):
     assert not store.has_pending_chunks(batch.id)
 
 
+def test_a_batch_has_unfinished_chunks_while_one_is_pending_or_running(store, service, owner):
+    batch = add_batch(store, service, owner, chunks=[4, 4])
+    other = add_batch(store, service, owner, chunks=[4])
+    first = store.claim_chunk(batch.id, lambda c: "k")
+    assert store.has_unfinished_chunks(batch.id)  # one running, one pending
+    second = store.claim_chunk(batch.id, lambda c: "k")
+    done = {"state": ChunkState.SUCCEEDED.value, "succeeded": 4}
+    store.set_chunk(first.id, expect_state=ChunkState.RUNNING, **done)
+    assert store.has_unfinished_chunks(batch.id)  # one running
+    store.set_chunk(second.id, expect_state=ChunkState.RUNNING, **done)
+    assert not store.has_unfinished_chunks(batch.id)
+    assert store.has_unfinished_chunks(other.id)  # the other batch's chunk is its own
+    assert not store.has_unfinished_chunks("no-such-batch")
+
+
 def test_a_service_s_record_time_is_a_moving_average(store, service):
     assert store.get_service_by_id(service.id).record_seconds is None
     store.observe_record_seconds(service.id, 0.010)

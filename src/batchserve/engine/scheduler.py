@@ -533,8 +533,7 @@ class Scheduler:
         batch = self.store.get_batch(batch_id)
         if batch is None or not batch.sealed:
             return
-        counts = self.store.batch_counts(batch_id)
-        if counts.chunks_final == counts.chunks:
+        if not self.store.has_unfinished_chunks(batch_id):
             if batch.state == BatchState.CANCELLING.value:
                 self.store.transition(batch_id, BatchState.CANCELLED, end_time=utcnow())
             elif batch.state in (BatchState.PENDING.value, BatchState.RUNNING.value):

@@ -464,8 +464,8 @@ class Store:
             return list(s.scalars(q))
 
     def batch_counts(self, batch_id: str) -> BatchCounts:
-        with self.session() as s:
-            row = s.execute(select(*_count_columns()).where(Chunk.batch_id == batch_id)).one()
+        with self.engine.connect() as conn:
+            row = conn.execute(_counts_query(), {"batch_id": batch_id}).one()
         return _counts_of(row)
 
     def batch_status(self, batch_id: str) -> tuple[Batch, BatchCounts, str | None] | None:
@@ -561,6 +561,12 @@ class Store:
                 Chunk.batch_id == batch_id, Chunk.state == ChunkState.PENDING.value
             )
             return s.scalar(q.limit(1)) is not None
+
+    def has_unfinished_chunks(self, batch_id: str) -> bool:
+        """True while a chunk of the batch is pending or running: one look in the index, where
+        counting every chunk's state grows with the batch."""
+        with self.engine.connect() as conn:
+            return conn.execute(_unfinished_query(), {"batch_id": batch_id}).first() is not None
 
     def get_chunk(self, chunk_id: int) -> Chunk | None:
         with self.session() as s:
@@ -714,6 +720,21 @@ def _batch_manager() -> Any:
 @functools.cache
 def _batch_keys() -> tuple[str, ...]:
     return tuple(c.key for c in Batch.__table__.columns)
+
+
+@functools.cache
+def _counts_query() -> Select[Any]:
+    return select(*_count_columns()).where(Chunk.batch_id == bindparam("batch_id"))
+
+
+@functools.cache
+def _unfinished_query() -> Select[Any]:
+    unfinished = [ChunkState.PENDING.value, ChunkState.RUNNING.value]
+    return (
+        select(Chunk.id)
+        .where(Chunk.batch_id == bindparam("batch_id"), Chunk.state.in_(unfinished))
+        .limit(1)
+    )
 
 
 @functools.cache
