@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import math
 import time
@@ -737,10 +738,10 @@ def _csv_stream(tables: Iterator[pa.Table], schema: pa.Schema, format: str) -> I
     delimiter = "\t" if format == "tsv" else ","
 
     def text(table: pa.Table, header: bool = False) -> bytes:
-        sink = pa.BufferOutputStream()
+        sink = io.BytesIO()
         options = pacsv.WriteOptions(include_header=header, delimiter=delimiter)
         pacsv.write_csv(table, sink, write_options=options)
-        return sink.getvalue().to_pybytes()
+        return sink.getvalue()
 
     yield text(schema.empty_table(), header=True)
     with ThreadPoolExecutor(CSV_THREADS, thread_name_prefix="batchserve-csv") as pool:
