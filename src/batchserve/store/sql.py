@@ -20,6 +20,7 @@ from sqlalchemy import (
     Engine,
     Select,
     bindparam,
+    case,
     create_engine,
     delete,
     event,
@@ -503,13 +504,12 @@ class Store:
             )
 
     def observe_record_seconds(self, service_id: int, seconds: float, weight: float = 0.3) -> None:
-        """Fold one chunk's seconds per record into the service's moving average."""
-        with self.session(locked=True) as s:
-            service = s.get(Service, service_id, with_for_update=True)
-            if service is None:
-                return
-            old = service.record_seconds
-            service.record_seconds = seconds if old is None else old + weight * (seconds - old)
+        """Fold one chunk's seconds per record into the service's moving average, in one
+        statement: the old value is read and replaced where it lies, so no lock is needed."""
+        old = Service.record_seconds
+        new = case((old.is_(None), seconds), else_=old + weight * (seconds - old))
+        with self.session() as s:
+            s.execute(update(Service).where(Service.id == service_id).values(record_seconds=new))
 
     # --- chunks -----------------------------------------------------------------------------
 
