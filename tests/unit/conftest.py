@@ -11,7 +11,9 @@ from collections.abc import Iterator
 import pytest
 from tests.conftest import empty_tables
 
+from batchserve.engine.auth import Principal
 from batchserve.store import Store, upgrade
+from batchserve.store.models import Service
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -25,3 +27,26 @@ def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[Store]:  # type:
         empty_tables(store.engine)
     yield store
     store.close()
+
+
+@pytest.fixture
+def who(store: Store) -> Principal:
+    """The owner, as the engine sees a caller."""
+    user = store.add_user("ann", "hash-of-ann", "owner")
+    return Principal(id=user.id, username="ann", role="owner")
+
+
+@pytest.fixture
+def squares(store: Store, who: Principal) -> Service:
+    """A row-mode service ``n -> sq`` (its bundle is never loaded by these tests)."""
+    return store.add_service(
+        name="squares",
+        version="v1",
+        alias="square",
+        inputs={"n": "int"},
+        outputs={"sq": "int"},
+        artifacts=[],
+        bundle_key="services/squares/v1/bundle.pkl",
+        bundle_kind="callable",
+        owner_id=who.id,
+    )

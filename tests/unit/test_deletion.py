@@ -13,7 +13,6 @@ import pytest
 
 from batchserve.blobs import LocalBlobStore
 from batchserve.engine import batches as batch_ops
-from batchserve.engine.auth import Principal
 from batchserve.engine.batches import BatchOps
 from batchserve.engine.errors import Conflict, NotFound
 from batchserve.engine.ingest import JSONL
@@ -93,24 +92,8 @@ def ops(store, scheduler):
 
 
 @pytest.fixture
-def who(store):
-    user = store.add_user("ann", "hash-of-ann", "owner")
-    return Principal(id=user.id, username="ann", role="owner")
-
-
-@pytest.fixture
-def service(store, who):
-    return store.add_service(
-        name="squares",
-        version="v1",
-        alias="square",
-        inputs={"n": "int"},
-        outputs={"sq": "int"},
-        artifacts=[],
-        bundle_key="services/squares/v1/bundle.pkl",
-        bundle_kind="callable",
-        owner_id=who.id,
-    )
+def service(squares):
+    return squares
 
 
 def records(n: int) -> io.BytesIO:

@@ -15,7 +15,6 @@ import pytest
 
 from batchserve import Client
 from batchserve.blobs import LocalBlobStore
-from batchserve.engine.auth import Principal
 from batchserve.engine.batches import RESULT_FORMATS, BatchOps, json_lines
 from batchserve.engine.errors import BadRequest, UnsupportedMediaType
 from batchserve.engine.ingest import JSONL
@@ -33,24 +32,8 @@ def ops(store, tmp_path):
 
 
 @pytest.fixture
-def who(store):
-    user = store.add_user("ann", "hash-of-ann", "owner")
-    return Principal(id=user.id, username="ann", role="owner")
-
-
-@pytest.fixture
-def service(store, who):
-    return store.add_service(
-        name="squares",
-        version="v1",
-        alias="square",
-        inputs={"n": "int"},
-        outputs=OUTPUTS,
-        artifacts=[],
-        bundle_key="services/squares/v1/bundle.pkl",
-        bundle_kind="callable",
-        owner_id=who.id,
-    )
+def service(squares):
+    return squares
 
 
 def jsonl(rows) -> io.BytesIO:
