@@ -311,8 +311,9 @@ class Store:
     def get_batch(self, batch_id: str) -> Batch | None:
         if not _storable(batch_id):
             return None
-        with self.session() as s:
-            return s.get(Batch, batch_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(_batch_query(), {"batch_id": batch_id}).first()
+        return None if row is None else _detached_batch(row)
 
     def list_batches(
         self,
@@ -455,14 +456,14 @@ class Store:
 
         Batches marked for deletion are left out: nothing is done with them but their removal.
         """
-        with self.session() as s:
-            q = select(Batch).where(
-                Batch.state.in_([st.value for st in states]), Batch.deleting_since.is_(None)
-            )
-            if sealed is not None:
-                q = q.where(Batch.sealed.is_(sealed))
-            q = q.order_by(Batch.priority.desc(), Batch.creation_time, Batch.id)
-            return list(s.scalars(q))
+        q = select(*Batch.__table__.columns).where(
+            Batch.state.in_([st.value for st in states]), Batch.deleting_since.is_(None)
+        )
+        if sealed is not None:
+            q = q.where(Batch.sealed.is_(sealed))
+        q = q.order_by(Batch.priority.desc(), Batch.creation_time, Batch.id)
+        with self.engine.connect() as conn:
+            return [_detached_batch(row) for row in conn.execute(q)]
 
     def batch_counts(self, batch_id: str) -> BatchCounts:
         with self.engine.connect() as conn:
@@ -487,12 +488,7 @@ class Store:
         if row is None:
             return None
         columns = Batch.__table__.columns
-        # A detached Batch made as the ORM's own loader makes one: the values go straight into
-        # its __dict__. Batch(**values) would send every value through attribute events, which
-        # cost more than the read.
-        batch = _batch_manager().new_instance()
-        batch.__dict__.update(zip(_batch_keys(), row, strict=False))
-        return batch, _counts_of(row[len(columns) + 1 :]), row[len(columns)]
+        return _detached_batch(row), _counts_of(row[len(columns) + 1 :]), row[len(columns)]
 
     def mark_queued(self, batch_id: str) -> None:
         """The batch was started: its pending chunks wait for workers from now on."""
@@ -612,13 +608,16 @@ class Store:
             if expect_state is None:
                 raise ValueError("changing a chunk's state needs expect_state")
             check_chunk_transition(expect_state, fields["state"])
-        with self.session() as s:
-            q = update(Chunk).where(Chunk.id == chunk_id)
-            if expect_state is not None:
-                q = q.where(Chunk.state == expect_state.value)
-            if expect_key is not None:
-                q = q.where(Chunk.result_key == expect_key)
-            return s.execute(q.values(**fields)).rowcount == 1  # type: ignore[attr-defined]
+        q = update(Chunk).where(Chunk.id == chunk_id)
+        if expect_state is not None:
+            q = q.where(Chunk.state == expect_state.value)
+        if expect_key is not None:
+            q = q.where(Chunk.result_key == expect_key)
+        # Run on a connection, not a session: a plain table update. The scheduler sets chunks
+        # after every worker message, and a session would look for copies of the row it holds
+        # none of.
+        with self.engine.begin() as conn:
+            return conn.execute(q.values(**fields)).rowcount == 1
 
     def requeue_running_chunks(self) -> int:
         """At start-up: chunks left running by a previous process go back to pending."""
@@ -720,6 +719,21 @@ def _batch_manager() -> Any:
 @functools.cache
 def _batch_keys() -> tuple[str, ...]:
     return tuple(c.key for c in Batch.__table__.columns)
+
+
+def _detached_batch(row: Sequence[Any]) -> Batch:
+    """A detached Batch from a row that starts with the batch's columns, made as the ORM's own
+    loader makes one: the values go straight into its __dict__. Read through a session, or
+    made with Batch(**values), every value would pass through attribute events, which cost
+    more than the read: the scheduler reads batches after every worker message."""
+    batch = _batch_manager().new_instance()
+    batch.__dict__.update(zip(_batch_keys(), row, strict=False))
+    return batch
+
+
+@functools.cache
+def _batch_query() -> Select[Any]:
+    return select(*Batch.__table__.columns).where(Batch.id == bindparam("batch_id"))
 
 
 @functools.cache
