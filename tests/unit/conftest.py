@@ -13,7 +13,7 @@ from tests.conftest import empty_tables
 
 from batchserve.engine.auth import Principal
 from batchserve.store import Store, upgrade
-from batchserve.store.models import Service
+from batchserve.store.models import Service, User
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -30,10 +30,15 @@ def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[Store]:  # type:
 
 
 @pytest.fixture
-def who(store: Store) -> Principal:
+def owner(store: Store) -> User:
+    """The user who owns the store's services and batches."""
+    return store.add_user("ann", "hash-of-ann", "owner")
+
+
+@pytest.fixture
+def who(owner: User) -> Principal:
     """The owner, as the engine sees a caller."""
-    user = store.add_user("ann", "hash-of-ann", "owner")
-    return Principal(id=user.id, username="ann", role="owner")
+    return Principal(id=owner.id, username=owner.username, role=owner.role)
 
 
 @pytest.fixture

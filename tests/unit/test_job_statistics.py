@@ -13,11 +13,6 @@ from batchserve.store.models import Chunk
 
 
 @pytest.fixture
-def owner(store):
-    return store.add_user("ann", "hash-of-ann", "owner")
-
-
-@pytest.fixture
 def service(store, owner):
     return add_service(store, owner, "svc", "v1")
 

@@ -11,11 +11,6 @@ from batchserve.store import BatchCounts, Store
 from batchserve.store.models import Batch, Chunk, Service
 
 
-@pytest.fixture
-def owner(store):  # type: ignore[no-untyped-def]
-    return store.add_user("ann", "hash-of-ann", "owner")
-
-
 def add_service(store: Store, owner_id: int, version: str) -> Service:
     return store.add_service(
         name="mtService",

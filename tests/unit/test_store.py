@@ -15,11 +15,6 @@ _ids = itertools.count()
 
 
 @pytest.fixture
-def owner(store):
-    return store.add_user("ann", "hash-of-ann", "owner")
-
-
-@pytest.fixture
 def service(store, owner):
     return add_service(store, owner, "mtService", "v1")
 

@@ -205,20 +205,11 @@ class Runtime:
         try:
             with _environment(task.environment), limits:
                 progress = Progress(writer, report, progress_interval)
-                if spec.mode == "vectorized":
-                    succeeded, failed = run_frames(
-                        task,
-                        table,
-                        lambda: self.service(spec),
-                        writer,
-                        limits,
-                        progress,
-                        FLUSH_INTERVAL,
-                    )
-                elif spec.artifacts:
+                if spec.artifacts and spec.mode != "vectorized":
                     succeeded, failed = self._run_records(task, table, writer, limits, progress)
                 else:
-                    succeeded, failed = run_rows(
+                    run = run_frames if spec.mode == "vectorized" else run_rows
+                    succeeded, failed = run(
                         task,
                         table,
                         lambda: self.service(spec),

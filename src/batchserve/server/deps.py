@@ -12,6 +12,11 @@ from batchserve.engine.auth import Principal
 from batchserve.engine.core import Engine
 from batchserve.engine.errors import Unauthorized
 
+NO_TOKEN = (
+    "This route needs a bearer token: log in with POST /login and send "
+    "'Authorization: Bearer <access_token>'."
+)
+
 _bearer = HTTPBearer(auto_error=False, description="The access_token from POST /login")
 
 
@@ -30,10 +35,7 @@ async def get_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Unauthorized(
-            "This route needs a bearer token: log in with POST /login and send "
-            "'Authorization: Bearer <access_token>'."
-        )
+        raise Unauthorized(NO_TOKEN)
     return await principal_of(engine, credentials.credentials)
 
 
@@ -50,10 +52,7 @@ async def caller(request: Request) -> tuple[Engine, Principal]:
     engine: Engine = request.app.state.engine
     scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise Unauthorized(
-            "This route needs a bearer token: log in with POST /login and send "
-            "'Authorization: Bearer <access_token>'."
-        )
+        raise Unauthorized(NO_TOKEN)
     return engine, await principal_of(engine, token.strip())
 
 
