@@ -552,17 +552,17 @@ class Store:
             return chunk
 
     def has_pending_chunks(self, batch_id: str) -> bool:
-        with self.session() as s:
-            q = select(Chunk.id).where(
-                Chunk.batch_id == batch_id, Chunk.state == ChunkState.PENDING.value
-            )
-            return s.scalar(q.limit(1)) is not None
+        return self._has_chunks(batch_id, (ChunkState.PENDING,))
 
     def has_unfinished_chunks(self, batch_id: str) -> bool:
         """True while a chunk of the batch is pending or running: one look in the index, where
         counting every chunk's state grows with the batch."""
+        return self._has_chunks(batch_id, (ChunkState.PENDING, ChunkState.RUNNING))
+
+    def _has_chunks(self, batch_id: str, states: tuple[ChunkState, ...]) -> bool:
         with self.engine.connect() as conn:
-            return conn.execute(_unfinished_query(), {"batch_id": batch_id}).first() is not None
+            found = conn.execute(_chunk_in_states_query(states), {"batch_id": batch_id})
+            return found.first() is not None
 
     def get_chunk(self, chunk_id: int) -> Chunk | None:
         with self.session() as s:
@@ -742,11 +742,12 @@ def _counts_query() -> Select[Any]:
 
 
 @functools.cache
-def _unfinished_query() -> Select[Any]:
-    unfinished = [ChunkState.PENDING.value, ChunkState.RUNNING.value]
+def _chunk_in_states_query(states: tuple[ChunkState, ...]) -> Select[Any]:
     return (
         select(Chunk.id)
-        .where(Chunk.batch_id == bindparam("batch_id"), Chunk.state.in_(unfinished))
+        .where(
+            Chunk.batch_id == bindparam("batch_id"), Chunk.state.in_([st.value for st in states])
+        )
         .limit(1)
     )
 
