@@ -38,9 +38,10 @@ class Settings(BaseSettings):
     access_token_lifetime: int = 3600  # seconds, as ML Server
     refresh_token_lifetime: int = 336 * 3600  # seconds of inactivity, as ML Server
     max_upload_bytes: int = 20 * 1024**3
-    default_chunk_size: int = 1000  # records per chunk when neither count nor speed is known
-    max_chunk_size: int = 100_000
-    # Chunks are sized to take about this long, once a service's time per record is measured.
+    # Chunks are cut as they are handed out, from what the service's chunks cost (see
+    # batchserve.engine.costs): at most this many records, and, while much of a batch is left,
+    # at most about this many seconds of work.
+    max_chunk_size: int = Field(1_000_000, ge=1)
     target_chunk_seconds: float = Field(0.5, gt=0)
     max_worker_loss_retries: int = 3  # a chunk whose worker dies is retried this many times
     progress_interval: float = 0.25  # seconds between progress reports from a worker

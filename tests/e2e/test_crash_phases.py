@@ -219,8 +219,8 @@ def server(fresh_server: ServerProcess) -> ServerProcess:
 
 def test_a_kill_during_a_streamed_upload_leaves_no_half_made_batch(server):  # type: ignore[no-untyped-def]
     publish(server)
-    # Several of the parser's 1 MiB blocks arrive at once, so chunk files exist before the kill;
-    # the rest trickles in until the server is gone (or two minutes pass).
+    # Several of the parser's blocks arrive at once, so a part file is being written before the
+    # kill; the rest trickles in until the server is gone (or two minutes pass).
     data = csv(1_000_000)
     killed = threading.Event()
 
@@ -250,7 +250,8 @@ def test_a_kill_during_a_streamed_upload_leaves_no_half_made_batch(server):  # t
     uploader = threading.Thread(target=upload)
     uploader.start()
     inputs = server.home / "blobs" / "batches"
-    wait_for("the upload's first chunk files", lambda: list(inputs.glob("*/inputs/*.arrow")))
+    # The first part is being written (under a temporary name until it is complete).
+    wait_for("the upload's first part file", lambda: list(inputs.glob("*/inputs/*")))
     partial = next(inputs.iterdir()).name
     assert db_rows(server, "SELECT id, sealed FROM batches") == [(partial, 0)]
     with session(server) as http:
@@ -286,7 +287,8 @@ def test_a_created_batch_survives_a_kill_and_runs_once_started(server):  # type:
         info = batch(http, batch_id)
         assert info["state"] == "created"
         assert info["metadata"] == {"phase": "created"}
-        assert (info["total_item_count"], info["chunk_count"]) == (30, 6)
+        # Its records wait in the upload's parts: chunks are cut only as they are handed out.
+        assert (info["total_item_count"], info["chunk_count"]) == (30, 0)
         http.post(f"/v1/batches/{batch_id}/start").raise_for_status()
         info = assert_one_result_per_record(http, batch_id, 30)
         assert info["state"] == "completed"
@@ -456,8 +458,8 @@ def test_a_batch_killed_while_being_deleted_is_gone_after_the_restart(server):  
             )
             # The scheduler is still stopping the batch's workers: nothing of it is removed yet.
             assert db_rows(
-                server, f"SELECT count(*) FROM chunks WHERE batch_id = '{batch_id}'"
-            ) == [(10,)]
+                server, f"SELECT count(*) > 0 FROM chunks WHERE batch_id = '{batch_id}'"
+            ) == [(1,)]
             assert list((folder / batch_id).glob("results/*"))
             server.kill()
             deleting.join(timeout=60)

@@ -88,7 +88,7 @@ def scheduler(store, tmp_path, workers):
 
 @pytest.fixture
 def ops(store, scheduler):
-    return BatchOps(store, scheduler.blobs, scheduler, default_chunk_size=4, max_chunk_size=100)
+    return BatchOps(store, scheduler.blobs, scheduler)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from batchserve.blobs import LocalBlobStore
 from batchserve.engine.batches import RESULT_FORMATS, BatchOps, json_lines
 from batchserve.engine.errors import BadRequest, UnsupportedMediaType
 from batchserve.engine.ingest import JSONL
+from batchserve.engine.inputs import PartRef, read_range
 from batchserve.engine.results import ResultWriter, flatten, read_results, row_to_json
 from batchserve.engine.scheduler import Scheduler, result_key
 from batchserve.errors import UsageError
@@ -28,7 +29,7 @@ OUTPUTS = {"sq": "int"}
 @pytest.fixture
 def ops(store, tmp_path):
     blobs = LocalBlobStore(tmp_path / "blobs")
-    return BatchOps(store, blobs, Scheduler(store, blobs), default_chunk_size=4, max_chunk_size=100)
+    return BatchOps(store, blobs, Scheduler(store, blobs))
 
 
 @pytest.fixture
@@ -44,11 +45,11 @@ def run_chunks(ops, batch, how_many=None):
     """Play a worker: claim chunks and write a result for each of their records."""
     done = 0
     while how_many is None or done < how_many:
-        chunk = ops.store.claim_chunk(batch.id, result_key)
+        chunk = ops.store.claim_chunk(batch.id, result_key, lambda remaining: 4)
         if chunk is None:
             break
-        with ops.blobs.open_read(chunk.input_key) as f:
-            inputs = pa.ipc.open_file(f).read_all()
+        parts = [PartRef(p.key, p.start_index, p.count) for p in ops.store.parts(batch.id)]
+        inputs, _ = read_range(ops.blobs, parts, chunk.start_index, chunk.count)
         writer = ResultWriter(ops.blobs.open_write(chunk.result_key), OUTPUTS)
         # Written in reverse order: the results must still come out in index order.
         for offset in reversed(range(chunk.count)):

@@ -19,8 +19,10 @@ import pytest
 
 from batchserve.blobs import LocalBlobStore
 from batchserve.engine import frames as frames_module
+from batchserve.engine import rows as rows_module
 from batchserve.engine import runtime as runtime_module
 from batchserve.engine.bundles import BundleError, frame_outputs
+from batchserve.engine.inputs import PartRef
 from batchserve.engine.results import STATUS_FAILED, STATUS_SUCCEEDED, read_results
 from batchserve.engine.runtime import MAX_CONSOLE_CHARS, Runtime, artifact_key
 from batchserve.engine.tasks import ChunkTask, ConsumeTask, ServiceSpec
@@ -38,6 +40,7 @@ def start_in_tmp_path(tmp_path, monkeypatch):
 @pytest.fixture
 def every_record_flushed_and_reported(monkeypatch):
     monkeypatch.setattr(runtime_module, "FLUSH_INTERVAL", 0)
+    monkeypatch.setattr(rows_module, "MAX_BLOCK", 1)  # records run in blocks of one
 
 
 @pytest.fixture
@@ -111,7 +114,8 @@ def chunk_task(
         start_index=start_index,
         count=count,
         attempt=attempt,
-        input_key=input_key,
+        # One part holding exactly the chunk's records.
+        parts=(PartRef(input_key, start_index, count),),
         result_key=result_key,
         service=spec,
         environment=environment or {},
@@ -1951,13 +1955,21 @@ def test_a_finished_chunk_reports_its_statistics(runtime, publish, blobs, mode):
         "cpu_system",
         "bytes_in",
         "bytes_out",
+        "run_seconds",
+        "records_seconds",
+        "load_seconds",
     }
     assert counts_of(result) == {"succeeded": 100, "failed": 0}
+    # The records' time is part of the task's time, and the first task loaded the service.
+    assert 0 < result["records_seconds"] <= result["run_seconds"]
+    assert result["load_seconds"] > 0
     assert result["retried"] == result["timed_out"] == 0
     assert result["cpu_user"] > 0
     assert result["cpu_system"] >= 0
-    assert result["bytes_in"] == blobs.size(key)
+    assert result["bytes_in"] == pa.table({"x": list(range(100))}).nbytes  # the range's data
     assert result["bytes_out"] == blobs.size(task.result_key)
+    again = runtime.run_chunk(chunk_task(spec, key, count=100), lambda s, f: None)
+    assert again["load_seconds"] == 0
 
 
 def test_a_vectorized_record_is_tried_until_it_succeeds_with_unlimited_retries(

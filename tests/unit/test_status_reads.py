@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import inspect
+from tests.unit.test_store import add_chunks
 
 from batchserve.states import ChunkState
 from batchserve.store import BatchCounts, Store
@@ -35,11 +36,8 @@ def add_batch(store: Store, service: Service, batch_id: str, chunks: list[int]) 
         display_name="nightly",
         options={"outputs": {"answer": "float"}, "metadata": {"team": "risk"}},
     )
-    start = 0
-    for seq, count in enumerate(chunks):
-        store.add_chunk(batch_id, seq, start, count, f"batches/{batch_id}/inputs/{seq:06d}")
-        start += count
-    store.update_batch(batch_id, sealed=True, total_count=start)
+    store.update_batch(batch_id, sealed=True, total_count=sum(chunks))
+    add_chunks(store, batch_id, chunks)
     found = store.get_batch(batch_id)
     assert found is not None
     return found

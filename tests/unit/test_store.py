@@ -10,6 +10,7 @@ from sqlalchemy.exc import StatementError
 
 from batchserve.states import BatchState, ChunkState, InvalidTransition
 from batchserve.store import AlreadyExists, BatchCounts
+from batchserve.store.models import Batch, Chunk
 
 _ids = itertools.count()
 
@@ -47,11 +48,28 @@ def add_batch(store, service, owner, *, sealed=True, priority=0, chunks=(), **fi
     )
     start = 0
     for seq, count in enumerate(chunks):
-        store.add_chunk(batch_id, seq, start, count, f"batches/{batch_id}/inputs/{seq:06d}.arrow")
+        key = f"batches/{batch_id}/inputs/{seq:06d}.arrow"
+        store.add_part(batch_id, seq, start, count, 16 * count, key)
         start += count
     if sealed:
         store.update_batch(batch_id, sealed=True, total_count=start)
+        add_chunks(store, batch_id, chunks)
     return store.get_batch(batch_id)
+
+
+def add_chunks(store, batch_id, sizes, first=0):
+    """Chunks of these sizes cut from the batch's records (from index ``first``), as the
+    scheduler would cut them, each waiting for a worker."""
+    start = first
+    with store.session() as s:
+        seq = len(store.chunks(batch_id))
+        for count in sizes:
+            s.add(
+                Chunk(batch_id=batch_id, seq=seq, start_index=start, count=count, state="pending")
+            )
+            seq += 1
+            start += count
+        s.get(Batch, batch_id).claimed = start
 
 
 def result_key(chunk):
@@ -521,12 +539,84 @@ def test_batches_marked_for_deletion_are_left_out_of_the_states_scheduled(store,
 
 
 def test_chunks_are_claimed_in_order(store, service, owner):
-    batch = add_batch(store, service, owner, sealed=False)
-    for seq in (2, 0, 1):
-        store.add_chunk(batch.id, seq, seq * 4, 4, f"in/{seq}")
+    batch = add_batch(store, service, owner, chunks=[4, 4, 4])
     claimed = [store.claim_chunk(batch.id, result_key).seq for _ in range(3)]
     assert claimed == [0, 1, 2]
     assert store.claim_chunk(batch.id, result_key) is None
+
+
+def test_a_new_chunk_is_cut_from_the_first_unclaimed_records_at_the_size_asked(
+    store, service, owner
+):
+    batch = add_batch(store, service, owner, chunks=[])
+    store.update_batch(batch.id, total_count=10)
+    asked = []
+
+    def size_for(remaining):
+        asked.append(remaining)
+        return 4
+
+    cut = [store.claim_chunk(batch.id, result_key, size_for) for _ in range(4)]
+    assert [(c.seq, c.start_index, c.count) for c in cut[:3]] == [(0, 0, 4), (1, 4, 4), (2, 8, 2)]
+    assert cut[3] is None
+    assert asked == [10, 6, 2]
+    assert all(c.state == "running" and c.attempts == 1 for c in cut[:3])
+    assert store.get_batch(batch.id).claimed == 10
+    assert store.get_batch(batch.id).run_start_time is not None
+
+
+def test_without_a_size_a_chunk_takes_every_unclaimed_record(store, service, owner):
+    batch = add_batch(store, service, owner, chunks=[])
+    store.update_batch(batch.id, total_count=7)
+    chunk = store.claim_chunk(batch.id, result_key)
+    assert (chunk.start_index, chunk.count) == (0, 7)
+    assert store.claim_chunk(batch.id, result_key) is None
+
+
+def test_a_chunk_put_back_is_claimed_whole_before_a_new_one_is_cut(store, service, owner):
+    batch = add_batch(store, service, owner, chunks=[])
+    store.update_batch(batch.id, total_count=10)
+    first = store.claim_chunk(batch.id, result_key, lambda remaining: 3)
+    assert store.requeue_running_chunks() == 1
+    again = store.claim_chunk(batch.id, result_key, lambda remaining: 5)
+    assert (again.id, again.start_index, again.count, again.attempts) == (first.id, 0, 3, 2)
+    fresh = store.claim_chunk(batch.id, result_key, lambda remaining: 5)
+    assert (fresh.start_index, fresh.count) == (3, 5)
+
+
+def test_nothing_is_cut_from_a_batch_whose_upload_is_not_finished(store, service, owner):
+    batch = add_batch(store, service, owner, sealed=False)
+    store.update_batch(batch.id, total_count=10)
+    assert store.claim_chunk(batch.id, result_key, lambda remaining: 4) is None
+
+
+def test_unclaimed_records_wait_and_are_unfinished(store, service, owner):
+    batch = add_batch(store, service, owner, chunks=[])
+    store.update_batch(batch.id, total_count=6)
+    assert store.has_waiting_records(batch.id)
+    assert store.has_unfinished_records(batch.id)
+    chunk = store.claim_chunk(batch.id, result_key)
+    assert not store.has_waiting_records(batch.id)
+    assert store.has_unfinished_records(batch.id)  # running
+    store.set_chunk(chunk.id, expect_state=ChunkState.RUNNING, state="succeeded", succeeded=6)
+    assert not store.has_unfinished_records(batch.id)
+    assert not store.has_unfinished_records("no-such-batch")
+
+
+def test_a_batch_s_parts_are_listed_in_record_order(store, service, owner):
+    batch = add_batch(store, service, owner, chunks=[3, 5, 2])
+    parts = store.parts(batch.id)
+    assert [(p.seq, p.start_index, p.count) for p in parts] == [(0, 0, 3), (1, 3, 5), (2, 8, 2)]
+    store.delete_batch(batch.id)
+    assert store.parts(batch.id) == []
+
+
+def test_a_service_keeps_the_costs_measured_for_it(store, service):
+    assert store.get_service_by_id(service.id).record_seconds is None
+    store.observe_costs(service.id, chunk=0.004, call=0.001, record=2e-6)
+    kept = store.get_service_by_id(service.id)
+    assert (kept.chunk_seconds, kept.call_seconds, kept.record_seconds) == (0.004, 0.001, 2e-6)
+    store.observe_costs(10_000, chunk=1.0, call=0.0, record=1.0)  # an unknown service: ignored
 
 
 def test_claiming_a_chunk_makes_it_running_with_one_more_attempt_and_its_result_key(
@@ -614,6 +704,7 @@ def test_batch_counts_add_up_the_chunks(store, service, owner):
     assert counts == BatchCounts(
         succeeded=4, failed=1, cancelled=6, chunks=4, chunks_final=3, chunks_running=1
     )
+    assert counts.run_seconds == 0.0
     assert counts.completed == 5
 
 
@@ -634,6 +725,22 @@ def test_finishing_pending_chunks_as_cancelled_counts_their_records_cancelled(
     assert [c.count for c in chunks[1:]] == [c.cancelled for c in chunks[1:]]
     assert all(c.error == "cancelled by ann" and c.finished_at is not None for c in chunks[1:])
     assert store.get_chunk(running.id).error is None
+
+
+def test_finishing_pending_chunks_cuts_the_unclaimed_rest_in_the_same_state(store, service, owner):
+    batch = add_batch(store, service, owner, chunks=[])
+    store.update_batch(batch.id, total_count=10)
+    running = store.claim_chunk(batch.id, result_key, lambda remaining: 3)
+    store.finish_pending_chunks(batch.id, ChunkState.CANCELLED, "cancelled by ann")
+    chunks = store.chunks(batch.id)
+    assert [(c.start_index, c.count, c.state) for c in chunks] == [
+        (0, 3, "running"),
+        (3, 7, "cancelled"),
+    ]
+    assert chunks[1].cancelled == 7 and chunks[1].error == "cancelled by ann"
+    assert store.get_batch(batch.id).claimed == 10
+    assert store.claim_chunk(batch.id, result_key, lambda remaining: 3) is None
+    assert store.get_chunk(running.id).state == "running"
 
 
 def test_finishing_pending_chunks_as_failed_counts_their_records_failed(store, service, owner):
@@ -733,7 +840,8 @@ def state_of(store, batch_id):
 def test_record_counts_and_positions_past_two_to_the_31st_are_kept(store, service, owner):
     batch = add_batch(store, service, owner, sealed=False)
     first = 3_000_000_000
-    store.add_chunk(batch.id, 0, first, 4, f"batches/{batch.id}/inputs/000000.arrow")
+    store.add_part(batch.id, 0, first, 4, 64, f"batches/{batch.id}/inputs/000000.arrow")
     store.update_batch(batch.id, sealed=True, total_count=first + 4)
+    add_chunks(store, batch.id, [4], first=first)
     assert store.get_batch(batch.id).total_count == first + 4
     assert [c.start_index for c in store.chunks(batch.id)] == [first]

@@ -7,7 +7,10 @@ store's URL and open their own instance, so an implementation must be rebuildabl
 
 from __future__ import annotations
 
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class BlobNotFound(KeyError):
@@ -20,6 +23,11 @@ class BlobStore(Protocol):
 
     def open_read(self, key: str) -> BinaryIO:
         """A readable binary file; raises :class:`BlobNotFound`."""
+        ...
+
+    def open_input_file(self, key: str) -> pa.NativeFile:
+        """A random-access pyarrow file, for reading parts of columnar files (an upload part's
+        record batches) without reading them whole; raises :class:`BlobNotFound`."""
         ...
 
     def open_write(self, key: str) -> BinaryIO:

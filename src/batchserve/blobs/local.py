@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO
 
+import pyarrow as pa
+
 from batchserve.blobs.base import BlobNotFound
 
 
@@ -66,6 +68,14 @@ class LocalBlobStore:
     def open_read(self, key: str) -> BinaryIO:
         try:
             return open(self.path(key), "rb")
+        except FileNotFoundError:
+            raise BlobNotFound(key) from None
+
+    def open_input_file(self, key: str) -> pa.NativeFile:
+        # Mapped: a worker reading a range of a part touches only the pages it uses, and its
+        # columns are the page cache's memory, not copies.
+        try:
+            return pa.memory_map(str(self.path(key)))
         except FileNotFoundError:
             raise BlobNotFound(key) from None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -212,18 +212,23 @@ class Batch:
         self.data = yield from _ops.update_batch(self._require_id(), changes, if_match)
         return self
 
-    def export_results(self, path: str | os.PathLike[str]) -> str:
+    def export_results(
+        self, path: str | os.PathLike[str], columns: Sequence[str] | None = None
+    ) -> str:
         """Write the batch's finished results to ``path``: one row per record with its index,
         id (when the batch has an ``id_column``), status, outputs and error, in index order.
 
         The format is the extension's: ``.csv``, ``.tsv``, ``.jsonl``, ``.parquet``, ``.arrow``
-        (Arrow IPC file) or ``.arrows`` (Arrow IPC stream). The results are streamed from the
-        server into the file, never all held in memory. Returns the path.
+        (Arrow IPC file) or ``.arrows`` (Arrow IPC stream). ``columns`` keeps only these result
+        columns, in this order: ``index``, ``id``, ``status``, the outputs by name, ``error``,
+        ``error_type``, ``console_output``, ``attempts``, ``duration_ms`` (an output named like
+        one of these is ``output_<name>``). The results are streamed from the server into the
+        file, never all held in memory. Returns the path.
         """
-        return self._runner.run(self._export_results(Path(path)))
+        return self._runner.run(self._export_results(Path(path), columns))
 
-    def _export_results(self, path: Path) -> Op[str]:
-        return (yield from export_results(self._require_id(), path))
+    def _export_results(self, path: Path, columns: Sequence[str] | None) -> Op[str]:
+        return (yield from export_results(self._require_id(), path, columns))
 
     def iter_results(self, page_size: int = _ops.RESULTS_PAGE_SIZE) -> Iterator[ServiceResponse]:
         """The finished records' results in index order, read from the server ``page_size`` at a

@@ -71,6 +71,13 @@ class JobStatistics:
     wait_time: timedelta
     read_bytes: int
     write_bytes: int
+    #: Where the batch's time went, in seconds (None: not known, or not yet): receiving and
+    #: storing its records; from start until its first records ran; its workers' time on its
+    #: chunks, summed over workers; the last download of all its results as one file.
+    ingest_seconds: float | None = None
+    queue_seconds: float | None = None
+    run_seconds: float = 0.0
+    export_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -187,5 +194,9 @@ def job_info(info: dict[str, Any], base_url: str) -> BatchJobInfo:
             wait_time=timedelta(seconds=stats.get("wait_seconds") or 0.0),
             read_bytes=int(stats.get("read_bytes") or 0),
             write_bytes=int(stats.get("write_bytes") or 0),
+            ingest_seconds=stats.get("ingest_seconds"),
+            queue_seconds=stats.get("queue_seconds"),
+            run_seconds=float(stats.get("run_seconds") or 0.0),
+            export_seconds=stats.get("export_seconds"),
         ),
     )

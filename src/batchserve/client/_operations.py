@@ -90,7 +90,7 @@ def read_task_info(data: dict[str, Any]) -> Op[BatchTaskInfo]:
     errors = BatchTaskErrorsInfo(message=data.get("error"))
     if int(data.get("failed_item_count") or 0) > 0:
         content = yield from _ops.results_arrow(str(data["id"]))
-        errors = errors_info(data.get("error"), _failed_rows(content), int(data["chunk_size"]))
+        errors = errors_info(data.get("error"), _failed_rows(content), data.get("chunk_size"))
     return task_info(data, errors)
 
 

@@ -225,14 +225,20 @@ def results_arrow(execution_id: str) -> Op[bytes]:
     return resp.content
 
 
-def download_results(execution_id: str, format: str, target: Path) -> Op[Path]:
+def download_results(
+    execution_id: str, format: str, target: Path, columns: list[str] | None = None
+) -> Op[Path]:
     """Stream every finished result, in ``format`` (``csv``, ``tsv``, ``jsonl``, ``parquet``,
-    ``arrow``), into ``target``; a failed download leaves no file behind."""
+    ``arrow``), into ``target``, with only ``columns`` if given; a failed download leaves no
+    file behind."""
     partial = target.with_name(target.name + ".part")
+    params = {"format": format}
+    if columns is not None:
+        params["columns"] = ",".join(columns)
     with open(partial, "wb") as out:
         try:
             path = f"/v1/batches/{q(execution_id)}/results"
-            yield from call(Request("GET", path, params={"format": format}, sink=out.write))
+            yield from call(Request("GET", path, params=params, sink=out.write))
         except BaseException:
             out.close()
             partial.unlink(missing_ok=True)

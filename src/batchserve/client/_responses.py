@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import operator
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -216,16 +217,17 @@ class BatchResponse:
         table = yield from self._table()
         return table.to_pandas()
 
-    def export(self, path: str | os.PathLike[str]) -> str:
+    def export(self, path: str | os.PathLike[str], columns: Sequence[str] | None = None) -> str:
         """Write the finished results to ``path``, in the format its extension names: ``.csv``,
         ``.tsv``, ``.jsonl`` (JSON Lines), ``.parquet``, ``.arrow`` (an Arrow IPC file) or
-        ``.arrows`` (an Arrow IPC stream). The results are streamed from the server into the file,
-        never all held in memory. Returns the path."""
-        return self._runner.run(self._export(Path(path)))
+        ``.arrows`` (an Arrow IPC stream); with ``columns``, only these result columns, in this
+        order (see :meth:`Batch.export_results`). The results are streamed from the server into
+        the file, never all held in memory. Returns the path."""
+        return self._runner.run(self._export(Path(path), columns))
 
-    def _export(self, path: Path) -> Op[str]:
+    def _export(self, path: Path, columns: Sequence[str] | None) -> Op[str]:
         self._check_results_shown()
-        return (yield from export_results(self.execution_id, path))
+        return (yield from export_results(self.execution_id, path, columns))
 
     def _table(self) -> Op[Any]:
         """The finished results as an Arrow table, columns in a stable order."""
@@ -263,8 +265,10 @@ class BatchResponse:
         )
 
 
-def export_results(execution_id: str, path: Path) -> Op[str]:
-    """Stream a batch's finished results into ``path``, in the format of its extension."""
+def export_results(execution_id: str, path: Path, columns: Sequence[str] | None = None) -> Op[str]:
+    """Stream a batch's finished results into ``path``, in the format of its extension, with
+    only ``columns`` if given."""
+    wanted = _columns(columns)
     suffix = path.suffix.lower()
     format = EXPORT_FORMATS.get(suffix)
     if format is None:
@@ -275,17 +279,30 @@ def export_results(execution_id: str, path: Path) -> Op[str]:
     if not path.parent.is_dir():
         raise UsageError(f"The folder '{path.parent}' does not exist; create it first.")
     if suffix != ".arrow":
-        yield from _ops.download_results(execution_id, format, path)
+        yield from _ops.download_results(execution_id, format, path, wanted)
         return str(path)
     # The server streams Arrow; an .arrow file is the IPC file layout, rewritten record batch by
     # record batch.
     stream = path.with_name(path.name + ".arrows")
     try:
-        yield from _ops.download_results(execution_id, format, stream)
+        yield from _ops.download_results(execution_id, format, stream, wanted)
         _stream_to_file(stream, path)
     finally:
         stream.unlink(missing_ok=True)
     return str(path)
+
+
+def _columns(columns: Sequence[str] | None) -> list[str] | None:
+    if columns is None:
+        return None
+    if isinstance(columns, str) or not all(isinstance(c, str) and c for c in columns):
+        raise UsageError(
+            f"columns must be a list of result column names, like ['index', 'answer'], not "
+            f"{columns!r}."
+        )
+    if not columns:
+        raise UsageError("columns names no result column; leave it out to export every column.")
+    return list(columns)
 
 
 def _stream_to_file(stream: Path, target: Path) -> None:

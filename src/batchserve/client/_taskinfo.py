@@ -193,25 +193,32 @@ CHUNK_FAILED = "ChunkFailed"
 
 
 def errors_info(
-    message: str | None, failed: Iterable[Mapping[str, Any]], chunk_size: int
+    message: str | None, failed: Iterable[Mapping[str, Any]], chunk_size: int | None = None
 ) -> BatchTaskErrorsInfo:
     """The errors of a batch from its error message and its failed records, in index order
     (mappings with ``index``, ``error`` and ``error_type``).
 
-    Records of a failed chunk are reported once, as that chunk's error, not line by line.
+    Records of a failed chunk are reported once, as that chunk's error, not line by line. A
+    chunk is numbered by its records when the batch asked for a fixed ``chunk_size``; else
+    (chunks cut to measure) the failed chunks are numbered in order, from 0.
     """
     lines: list[LineErrorInfo] = []
     chunks: list[ChunkErrorInfo] = []
-    size = max(1, chunk_size)
+    size = max(1, chunk_size) if chunk_size else None
     for row in failed:
         index, text = int(row["index"]), str(row.get("error") or "failed")
         if row.get("error_type") != CHUNK_FAILED:
             lines.append(LineErrorInfo(index, text, row.get("error_type")))
             continue
-        number = index // size
         last = chunks[-1] if chunks else None
-        if last is not None and last.chunk_number == number:
-            chunks[-1] = ChunkErrorInfo(number, last.first_index, index, last.message)
+        if size is not None:
+            same = last is not None and last.chunk_number == index // size
+            number = index // size
+        else:  # one run of records failed with one message is one chunk
+            same = last is not None and last.last_index == index - 1 and last.message == text
+            number = len(chunks)
+        if same and last is not None:
+            chunks[-1] = ChunkErrorInfo(last.chunk_number, last.first_index, index, last.message)
         else:
             chunks.append(ChunkErrorInfo(number, index, index, text))
     return BatchTaskErrorsInfo(tuple(lines), tuple(chunks), message)

@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from batchserve.blobs import BlobNotFound, BlobStore
+from batchserve.blobs import BlobNotFound, BlobStore, keys
 from batchserve.engine.auth import Principal
 from batchserve.engine.errors import (
     BadRequest,
@@ -39,13 +41,14 @@ from batchserve.engine.ingest import (
     ingest,
     unsupported,
 )
+from batchserve.engine.inputs import PartRef, read_range
 from batchserve.engine.results import (
     cancelled_rows,
     failed_rows,
     flatten,
+    iter_results,
     read_results,
 )
-from batchserve.engine.runtime import artifact_key
 from batchserve.engine.scheduler import (
     CancelBatch,
     DeleteBatch,
@@ -58,39 +61,6 @@ from batchserve.schema import SchemaError
 from batchserve.states import BatchState, ChunkState, InvalidTransition, states_allowing
 from batchserve.store import BatchCounts, RevisionMismatch, Store
 from batchserve.store.models import Batch, Chunk, Service, utcnow
-
-#: Chunks per parallel slot when the record count is known: more, smaller chunks even out the
-#: last round at a few milliseconds per chunk.
-CHUNKS_PER_SLOT = 4
-
-
-def choose_chunk_size(
-    record_count: int | None,
-    parallel_count: int,
-    default: int,
-    maximum: int,
-    record_seconds: float | None = None,
-    target_seconds: float = 0.5,
-) -> int:
-    """Records per chunk: chunks of about ``target_seconds`` when the service's time per record
-    has been measured, and enough chunks to keep every parallel slot busy (``CHUNKS_PER_SLOT``
-    each) when the record count is known; ``default`` when neither is known.
-
-    With a known count, the number of chunks is made a multiple of ``parallel_count``, so that
-    the last round of chunks does not leave slots idle.
-    """
-    slots = max(parallel_count, 1)
-    sizes = []
-    if record_seconds:
-        sizes.append(math.ceil(target_seconds / record_seconds))
-    if record_count:
-        sizes.append(math.ceil(record_count / (CHUNKS_PER_SLOT * slots)))
-    size = max(1, min(maximum, min(sizes) if sizes else default))
-    if record_count and size < record_count:
-        chunks = math.ceil(math.ceil(record_count / size) / slots) * slots
-        size = max(1, math.ceil(record_count / chunks))
-    return size
-
 
 DISABLE_MODES = ("requeue", "terminate", "wait")
 MOVE_TRIES = 5  # a user's state change raced by the scheduler is tried again this many times
@@ -144,22 +114,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 class BatchOps:
-    def __init__(
-        self,
-        store: Store,
-        blobs: BlobStore,
-        scheduler: Scheduler,
-        *,
-        default_chunk_size: int,
-        max_chunk_size: int,
-        target_chunk_seconds: float = 0.5,
-    ) -> None:
+    def __init__(self, store: Store, blobs: BlobStore, scheduler: Scheduler) -> None:
         self.store = store
         self.blobs = blobs
         self.scheduler = scheduler
-        self.default_chunk_size = default_chunk_size
-        self.max_chunk_size = max_chunk_size
-        self.target_chunk_seconds = target_chunk_seconds
 
     # --- create and control -----------------------------------------------------------------
 
@@ -178,12 +136,15 @@ class BatchOps:
         id_column: str | None = None,
         spool_dir: Path | None = None,
     ) -> Batch:
-        """Stream records into chunk files and create the batch (started unless ``start``).
+        """Stream records into upload parts and create the batch (started unless ``start``).
 
-        ``id_column`` names a column of the records whose values are carried into the results
-        as each record's ``id``; ``spool_dir`` holds the temporary copy of a Parquet or Arrow
-        file upload while it is read.
+        ``chunk_size`` fixes the records per chunk; without it, chunks are cut as they are handed
+        out, from what the service's chunks cost. ``record_count`` is the count the client
+        announced (not needed: the upload tells it). ``id_column`` names a column of the records
+        whose values are carried into the results as each record's ``id``; ``spool_dir`` holds
+        the temporary copy of a Parquet or Arrow file upload while it is read.
         """
+        began = time.perf_counter()
         if content_type not in FORMATS:
             raise UnsupportedMediaType(str(unsupported(content_type)))
         if id_column is not None and not id_column.strip():
@@ -199,22 +160,6 @@ class BatchOps:
             raise BadRequest("parallel_count must be at least 1.")
         if chunk_size is not None and chunk_size < 1:
             raise BadRequest("chunk_size must be at least 1.")
-
-        def size_for(count: int | None) -> int:
-            return choose_chunk_size(
-                count,
-                parallel_count,
-                self.default_chunk_size,
-                self.max_chunk_size,
-                service.record_seconds,
-                self.target_chunk_seconds,
-            )
-
-        # Without a count from the client, a file format that knows its own (Parquet) sizes them.
-        sizing: int | Callable[[int | None], int] = chunk_size or (
-            size_for(record_count) if record_count else size_for
-        )
-        size = sizing if isinstance(sizing, int) else size_for(None)
         batch_id = uuid.uuid4().hex
         opts = dict(options or {})
         priority = int(opts.pop("priority", 0) or 0)
@@ -238,15 +183,11 @@ class BatchOps:
             service_id=service.id,
             owner_id=who.id,
             parallel_count=parallel_count,
-            chunk_size=size,
+            chunk_size=chunk_size or 0,
             options=opts,
             priority=priority,
             display_name=display_name,
         )
-
-        def on_chunk(seq: int, start_index: int, count: int, key: str) -> None:
-            self.store.add_chunk(batch_id, seq, start_index, count, key)
-
         try:
             done = ingest(
                 source,
@@ -254,9 +195,8 @@ class BatchOps:
                 batch_id=batch_id,
                 service=f"{service.name} {service.version}",
                 inputs=service.inputs,
-                chunk_size=sizing,
                 blobs=self.blobs,
-                on_chunk=on_chunk,
+                on_part=functools.partial(self.store.add_part, batch_id),
                 id_column=id_column,
                 spool_dir=spool_dir,
             )
@@ -272,8 +212,8 @@ class BatchOps:
             batch_id,
             total_count=done.records,
             sealed=True,
-            chunk_size=done.chunk_size,
             options=opts,
+            ingest_seconds=time.perf_counter() - began,
         )
         assert batch is not None
         return self.start(who, batch_id) if start else batch
@@ -547,66 +487,114 @@ class BatchOps:
 
     # --- results ----------------------------------------------------------------------------
 
-    def _chunk_rows(self, batch: Batch, chunk: Chunk) -> pa.Table | None:
-        """The result rows of a chunk that exist now: final ones, or a running chunk's so far."""
+    def _parts(self, batch: Batch) -> list[PartRef]:
+        return [PartRef(p.key, p.start_index, p.count) for p in self.store.parts(batch.id)]
+
+    def _chunk_tables(
+        self,
+        batch: Batch,
+        chunk: Chunk,
+        parts: list[PartRef],
+        lo: int | None = None,
+        hi: int | None = None,
+    ) -> Iterator[pa.Table]:
+        """The result rows of a chunk that exist now (final ones, or a running chunk's so far)
+        in index order, as tables of at most ``RESULT_SLICE_ROWS`` rows; with ``lo`` and ``hi``,
+        those of records in ``[lo, hi)`` at least (rows outside may come along).
+
+        Records of a cancelled or failed chunk without a result of their own get one made up
+        (cancelled, or failed with the chunk's error), a slice at a time: the unclaimed rest of
+        a stopped batch is one such chunk, of any size.
+        """
         outputs = batch.options.get("outputs", {})
+        first, end = chunk.start_index, chunk.start_index + chunk.count
+        if lo is not None:
+            first = max(first, lo)
+        if hi is not None:
+            end = min(end, hi)
+        stopped = chunk.state in (ChunkState.CANCELLED.value, ChunkState.FAILED.value)
         if chunk.state == ChunkState.PENDING.value or chunk.result_key is None:
+            if not stopped:
+                return
             table = None
+        elif not stopped:  # finished, or running: its result file as it is now, a piece at a time
+            yield from self._with_ids(batch, self._result_file(chunk.result_key), parts)
+            return
         else:
             try:
                 with self.blobs.open_read(chunk.result_key) as f:
                     table = read_results(f, outputs)
             except BlobNotFound:
                 table = None
-        if chunk.state in (ChunkState.CANCELLED.value, ChunkState.FAILED.value):
-            done = set(table.column("index").to_pylist()) if table is not None else set()
-            missing = [
-                i
-                for i in range(chunk.start_index, chunk.start_index + chunk.count)
-                if i not in done
-            ]
-            if missing:
-                filler = (
-                    cancelled_rows(missing, outputs, chunk.error or "cancelled")
-                    if chunk.state == ChunkState.CANCELLED.value
-                    else failed_rows(
-                        missing,
-                        outputs,
-                        chunk.error or "the chunk failed",
-                        "ChunkFailed",
-                        chunk.attempts,
-                    )
-                )
-                table = filler if table is None else pa.concat_tables([table, filler])
-        if table is None:
-            return None
-        table = table.sort_by("index")
-        if batch.options.get("id_column"):
-            table = table.add_column(1, "id", self._chunk_ids(batch, chunk, table))
-        return table
+            if table is not None and table.num_rows > 1:
+                table = _in_order(table)
 
-    def _chunk_ids(self, batch: Batch, chunk: Chunk, rows: pa.Table) -> pa.ChunkedArray:
-        """The record ids of ``rows`` (results of ``chunk``), from the chunk's input file."""
-        id_type = _id_type(batch)
+        def made_up(indexes: np.ndarray) -> pa.Table:
+            if chunk.state == ChunkState.CANCELLED.value:
+                return cancelled_rows(indexes, outputs, chunk.error or "cancelled")
+            return failed_rows(
+                indexes, outputs, chunk.error or "the chunk failed", "ChunkFailed", chunk.attempts
+            )
+
+        if table is None or not table.num_rows:
+            for start in range(first, end, RESULT_SLICE_ROWS):
+                stop = min(start + RESULT_SLICE_ROWS, end)
+                yield from self._with_ids(batch, [made_up(np.arange(start, stop))], parts)
+            return
+        # A chunk stopped as it ran: its finished records and the rest, made up.
+        done = table.column("index").to_numpy()
+        missing = np.setdiff1d(np.arange(first, end, dtype=np.int64), done, assume_unique=True)
+        if len(missing):
+            table = pa.concat_tables([table, made_up(missing)]).sort_by("index")
+        yield from self._with_ids(batch, [table], parts)
+
+    def _result_file(self, key: str) -> Iterator[pa.Table]:
+        """The rows of a result file, a record batch at a time, in index order. (A worker
+        writes records in order, a batch at each flush; rows within a batch are put in order
+        should they not be.)"""
         try:
-            with self.blobs.open_read(chunk.input_key) as f:
-                ids = pa.ipc.open_file(f).read_all().column(ID_FIELD)
-        except (BlobNotFound, KeyError):
+            f = self.blobs.open_read(key)
+        except BlobNotFound:
+            return
+        with f:
+            for rb in iter_results(f):
+                if rb.num_rows:
+                    yield _in_order(pa.Table.from_batches([rb]))
+
+    def _with_ids(
+        self, batch: Batch, tables: Iterable[pa.Table], parts: list[PartRef]
+    ) -> Iterator[pa.Table]:
+        """``tables`` in slices of at most ``RESULT_SLICE_ROWS`` rows, each with its records'
+        ids when the batch has an id column."""
+        for table in tables:
+            for start in range(0, table.num_rows, RESULT_SLICE_ROWS):
+                piece = table.slice(start, RESULT_SLICE_ROWS)
+                if batch.options.get("id_column"):
+                    piece = piece.add_column(1, "id", self._ids(batch, piece, parts))
+                yield piece
+
+    def _ids(self, batch: Batch, rows: pa.Table, parts: list[PartRef]) -> pa.ChunkedArray:
+        """The record ids of ``rows`` (results in index order), read from the upload parts."""
+        id_type = _id_type(batch)
+        index = rows.column("index")
+        first = index[0].as_py()
+        count = index[len(index) - 1].as_py() - first + 1
+        try:
+            ids = read_range(self.blobs, parts, first, count)[0].column(ID_FIELD)
+        except (BlobNotFound, KeyError, LookupError):
             return pa.chunked_array([pa.nulls(rows.num_rows, id_type)])
-        positions = pc.subtract(rows.column("index"), chunk.start_index)
-        return ids.take(positions).cast(id_type)
+        return ids.take(pc.subtract(index, first)).cast(id_type)
 
     def results(self, batch: Batch, start: int, limit: int) -> list[dict[str, Any]]:
         """Records with a final result whose index is in ``[start, start + limit)``."""
         stop = start + limit
         rows: list[dict[str, Any]] = []
+        parts = self._parts(batch) if batch.options.get("id_column") else []
         for chunk in self.store.chunks_covering(batch.id, start, stop):
-            table = self._chunk_rows(batch, chunk)
-            if table is None:
-                continue
-            for row in table.to_pylist():
-                if start <= row["index"] < stop:
-                    rows.append(row)
+            for table in self._chunk_tables(batch, chunk, parts, start, stop):
+                index = table.column("index")
+                keep = pc.and_(pc.greater_equal(index, start), pc.less(index, stop))
+                rows.extend(table.filter(keep).to_pylist())
         rows.sort(key=lambda r: r["index"])
         return rows
 
@@ -625,30 +613,45 @@ class BatchOps:
             )
         return rows[0]
 
-    def results_schema(self, batch: Batch) -> pa.Schema:
-        """The columns of the streamed results: index, [id,] status, outputs, error, ..."""
+    def results_schema(self, batch: Batch, columns: list[str] | None = None) -> pa.Schema:
+        """The columns of the streamed results: index, [id,] status, outputs, error, ...; or
+        only ``columns`` of them, in that order."""
         table = read_results(b"", batch.options.get("outputs", {}))
         if batch.options.get("id_column"):
             table = table.add_column(1, "id", pa.nulls(0, _id_type(batch)))
-        return flatten(table).schema
+        return _select(flatten(table), columns).schema
 
-    def results_tables(self, batch: Batch) -> Iterator[pa.Table]:
-        """Every finished result, flattened, in index order, one chunk at a time."""
+    def results_tables(self, batch: Batch, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """Every finished result, flattened, in index order, a slice of a chunk at a time."""
+        parts = self._parts(batch) if batch.options.get("id_column") else []
         for chunk in self.store.chunks(batch.id):
-            table = self._chunk_rows(batch, chunk)
-            if table is not None and table.num_rows:
-                yield flatten(table)
+            for table in self._chunk_tables(batch, chunk, parts):
+                yield _select(flatten(table), columns)
 
-    def results_stream(self, batch: Batch, format: str) -> Iterator[bytes]:
+    def results_stream(
+        self, batch: Batch, format: str, columns: list[str] | None = None
+    ) -> Iterator[bytes]:
         """Every finished result as one file of ``format`` (see :data:`RESULT_FORMATS`),
-        produced chunk by chunk: only one chunk's results are in memory at a time."""
+        produced a slice of a chunk at a time: only a few slices are in memory at once.
+
+        ``columns`` keeps only these result columns, in this order (``index``, ``id``,
+        ``status``, each output by name, ``error``, ``error_type``, ``console_output``,
+        ``attempts``, ``duration_ms``). The time a whole export takes is kept as the batch's
+        ``export_seconds``.
+        """
         if format not in RESULT_FORMATS:
             raise BadRequest(
                 f"Unknown results format {format!r}; use one of {', '.join(RESULT_FORMATS)}."
             )
-        schema = self.results_schema(batch)
+        schema = self.results_schema(batch, columns)  # a bad column is refused before streaming
+        return self._timed(batch.id, self._stream(batch, format, schema, columns))
+
+    def _stream(
+        self, batch: Batch, format: str, schema: pa.Schema, columns: list[str] | None
+    ) -> Iterator[bytes]:
+        tables = self.results_tables(batch, columns)
         if format in ("csv", "tsv"):
-            yield from _csv_stream(self.results_tables(batch), schema, format)
+            yield from _csv_stream(tables, schema, format)
             return
         sink = _Drain()
         writer: Any
@@ -659,7 +662,7 @@ class BatchOps:
         else:
             writer = None
         yield sink.take()
-        for table in self.results_tables(batch):
+        for table in tables:
             if writer is None:
                 sink.write(json_lines(table))
             else:
@@ -668,6 +671,12 @@ class BatchOps:
         if writer is not None:
             writer.close()
         yield sink.take()
+
+    def _timed(self, batch_id: str, pieces: Iterator[bytes]) -> Iterator[bytes]:
+        """``pieces``, and once all were taken, their time kept as the batch's export time."""
+        began = time.perf_counter()
+        yield from pieces
+        self.store.set_batch_times(batch_id, export_seconds=time.perf_counter() - began)
 
     def results_arrow(self, batch: Batch) -> Iterator[bytes]:
         """Every finished result as one Arrow IPC stream, in index order, chunk by chunk."""
@@ -686,7 +695,7 @@ class BatchOps:
                 f"(its artifacts: {listed})."
             )
         try:
-            return self.blobs.read_bytes(artifact_key(batch.id, index, name))
+            return self.blobs.read_bytes(keys.artifact_key(batch.id, index, name))
         except BlobNotFound:
             raise NotFound(f"The artifact {name!r} of record {index} is gone.") from None
 
@@ -718,6 +727,30 @@ def _seconds(value: Any) -> bool:
 
 #: The formats the whole result set can be streamed in (``GET .../results?format=``).
 RESULT_FORMATS = ("arrow", "parquet", "csv", "tsv", "jsonl")
+#: Results are read and converted at most this many rows at a time.
+RESULT_SLICE_ROWS = 1 << 17
+
+
+def _in_order(table: pa.Table) -> pa.Table:
+    """``table`` sorted by record index, unless it is already (as a worker writes it)."""
+    index = table.column("index").to_numpy()
+    return table if (index[1:] > index[:-1]).all() else table.sort_by("index")
+
+
+def _select(table: pa.Table, columns: list[str] | None) -> pa.Table:
+    """``table`` with only ``columns`` (None: all), refused with a clear 400 when one is not a
+    result column."""
+    if columns is None:
+        return table
+    unknown = [c for c in columns if c not in table.column_names]
+    if unknown or not columns:
+        raise BadRequest(
+            f"Unknown result column(s) {', '.join(repr(c) for c in unknown)}; the results of this "
+            f"batch have the columns {', '.join(table.column_names)}."
+            if unknown
+            else "columns names no result column; leave it out to get every column."
+        )
+    return table.select(columns)
 
 
 def _id_type(batch: Batch) -> pa.DataType:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from batchserve.blobs import BlobNotFound, LocalBlobStore
+from batchserve.blobs import BlobNotFound, LocalBlobStore, keys
 from batchserve.engine.auth import Accounts
 from batchserve.engine.batches import BatchOps
 from batchserve.engine.endings import Endings
@@ -33,16 +33,15 @@ class Engine:
         self.accounts = Accounts(
             self.store, settings.access_token_lifetime, settings.refresh_token_lifetime
         )
-        self.scheduler = Scheduler(self.store, self.blobs, settings.max_worker_loss_retries)
-        self.services = ServiceOps(self.store, self.blobs, self.scheduler)
-        self.batches = BatchOps(
+        self.scheduler = Scheduler(
             self.store,
             self.blobs,
-            self.scheduler,
-            default_chunk_size=settings.default_chunk_size,
-            max_chunk_size=settings.max_chunk_size,
+            settings.max_worker_loss_retries,
             target_chunk_seconds=settings.target_chunk_seconds,
+            max_chunk_size=settings.max_chunk_size,
         )
+        self.services = ServiceOps(self.store, self.blobs, self.scheduler)
+        self.batches = BatchOps(self.store, self.blobs, self.scheduler)
         self.executor = ProcessExecutor(
             settings.workers, self.blobs.url, self.scheduler.post, settings.progress_interval
         )
@@ -81,13 +80,13 @@ class Engine:
         """Remove the files of batches that no longer exist: deleting a service removes its
         batches' rows first and their files after, so a crash in between leaves files nothing
         refers to."""
-        folder = self.blobs.path("batches")
+        folder = self.blobs.path(keys.BATCHES)
         if not folder.is_dir():
             return
         for entry in folder.iterdir():
             if entry.is_dir() and self.store.get_batch(entry.name) is None:
                 log.warning("removing the files of batch %s, which no longer exists", entry.name)
-                self.blobs.delete_prefix(f"batches/{entry.name}")
+                self.blobs.delete_prefix(keys.batch_prefix(entry.name))
 
     def _settle_stopping_chunks(self) -> None:
         """End the running chunks of batches that were being cancelled as the cancel would have:

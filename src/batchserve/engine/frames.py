@@ -288,24 +288,31 @@ def run_frames(
     limits: TryLimits,
     progress: Progress,
     flush_interval: float,
-) -> tuple[int, int]:
-    """Run a chunk of a vectorized service; returns (succeeded, failed).
+) -> tuple[int, int, float]:
+    """Run a chunk of a vectorized service; returns (succeeded, failed, seconds spent on its
+    records: building the frame, the calls, checking their outputs).
 
     ``load`` gives the loaded service (or raises :class:`BundleError`: every record fails).
     After each call, the records with results are written when ``flush_interval`` seconds
     passed since the last write, and their counts passed to ``progress``.
     """
     spec = task.service
-    frame, good, bad = input_frame(table, spec.inputs)
-    results = _FrameResults(task, table.num_rows, good, bad)
+    service: LoadedService | None = None
+    error: BundleError | None = None
     try:
         service = load()
     except BundleError as exc:
+        error = exc
+    began = time.perf_counter()
+    frame, good, bad = input_frame(table, spec.inputs)
+    results = _FrameResults(task, table.num_rows, good, bad)
+    if service is None:
+        assert error is not None
         if len(good):
             nulls = [pa.nulls(len(good), ARROW_TYPES[t]) for t in spec.outputs.values()]
-            results.finished(len(good), nulls, dict.fromkeys(range(len(good)), exc), "", 0.0, 1)
+            results.finished(len(good), nulls, dict.fromkeys(range(len(good)), error), "", 0.0, 1)
         results.write(writer)
-        return results.succeeded, results.failed
+        return results.succeeded, results.failed, 0.0
     call = limits.limit(service.call_frame)
     outputs = list(spec.outputs.items())
     clock = time.perf_counter
@@ -356,4 +363,4 @@ def run_frames(
     if len(good):
         attempt(0, len(good))
     results.write(writer)
-    return results.succeeded, results.failed
+    return results.succeeded, results.failed, time.perf_counter() - began

@@ -1,10 +1,16 @@
-"""Record uploads: parse a stream of records and cut it into columnar chunk files as it arrives.
+"""Record uploads: parse a stream of records and write it into large columnar parts as it arrives.
 
-Only the declared input columns (and the record id column, when the batch names one) are kept.
-At most one chunk (plus one parsed block) is in memory at a time, whatever the size of the upload.
-CSV, TSV, JSON Lines and Arrow IPC streams are parsed as they arrive; Parquet and Arrow IPC files
-keep their index at the end, so they are first spooled to a temporary file (bounded by the upload
-limit) and then read row group by row group, or record batch by record batch.
+Parts are the data plane's unit, cut for storage and reading (Arrow IPC files of up to
+``PART_BYTES``), never for scheduling: the scheduler hands out record ranges over them later, of
+whatever size suits the service, so the upload runs at parse and disk speed whatever the
+service's history. Only the declared input columns (and the record id column, when the batch
+names one) are kept. A few parsed blocks are in memory at a time, whatever the size of the upload.
+
+CSV and TSV are cut into blocks of whole lines and parsed on two threads, numbers straight to
+their declared types; JSON Lines and Arrow IPC streams are parsed as they arrive; Parquet and
+Arrow IPC files keep their index at the end, so they are first spooled to a temporary file
+(bounded by the upload limit) and then read row group by row group, or record batch by record
+batch.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import io
 import json
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -25,7 +33,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from batchserve.blobs import BlobStore
+from batchserve.blobs import BlobStore, keys
 from batchserve.schema import ARROW_TYPES, SchemaError, check_columns, conform_column
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
@@ -42,6 +50,14 @@ FORMATS = (ARROW_STREAM, ARROW_FILE, CSV, TSV, JSONL, NDJSON, PARQUET)
 ID_FIELD = "batchserve:id"
 
 _BLOCK_BYTES = 1 << 20
+#: A part is closed once it holds this many bytes of Arrow data.
+PART_BYTES = 128 << 20
+#: Record batches smaller than this are joined before they are written, so that a part is not
+#: made of thousands of tiny batches (an upload of many small Arrow batches, say).
+_MIN_BATCH_ROWS = 16_384
+#: CSV is parsed in blocks of whole lines of about this size, on this many threads.
+_CSV_BLOCK_BYTES = 4 << 20
+_CSV_THREADS = 2
 
 
 class UnsupportedFormat(SchemaError):
@@ -53,10 +69,6 @@ def unsupported(content_type: str) -> UnsupportedFormat:
         f"Unsupported records format {content_type!r}; send the records with a Content-Type of "
         f"one of {', '.join(FORMATS)}."
     )
-
-
-def input_key(batch_id: str, seq: int) -> str:
-    return f"batches/{batch_id}/inputs/{seq:06d}.arrow"
 
 
 def encode_type(data_type: pa.DataType) -> str:
@@ -74,7 +86,7 @@ class Ingested:
     """What an upload became."""
 
     records: int
-    chunk_size: int
+    parts: int
     #: The type of the record id column (None when the batch has none).
     id_type: pa.DataType | None = None
 
@@ -151,20 +163,11 @@ class _Reader:
         buffered = _buffered(self.source)
         # Check the header first, then read only the wanted columns: other columns are never
         # parsed, so their values cannot fail the upload.
-        self.check(_csv_header(buffered, delimiter))
-        # Inputs are read as text and cast per chunk: a bad value then fails only its record. Ids
-        # stay text, as written (a leading zero is part of an id).
-        reader = pacsv.open_csv(
-            buffered,
-            read_options=pacsv.ReadOptions(block_size=_BLOCK_BYTES),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter),
-            convert_options=pacsv.ConvertOptions(
-                column_types={name: pa.string() for name in self.wanted},
-                include_columns=self.wanted,
-                strings_can_be_null=True,
-            ),
-        )
-        yield from reader
+        header = _csv_header(buffered, delimiter)
+        self.check(header)
+        yield from _CsvBlocks(
+            buffered, header, delimiter, self.inputs, self.wanted, self.id_column
+        ).batches()
 
     def _parquet(self, path: Path) -> Iterator[pa.RecordBatch]:
         if path.stat().st_size == 0:
@@ -188,6 +191,99 @@ class _Reader:
             )
             for i in range(reader.num_record_batches):
                 yield reader.get_batch(i).select(self.wanted)
+
+
+class _CsvBlocks:
+    """A CSV/TSV upload cut into blocks of whole lines, each parsed on its own by pyarrow, two at
+    a time on threads (pyarrow parses without the GIL), in order.
+
+    Integer and float inputs are parsed straight to their declared types. A block in which one
+    of them does not parse is parsed again with those columns as text, which the upload keeps as
+    text so that only the records with a bad value fail, each naming its value (see
+    :func:`~batchserve.schema.conform_column`). Like pyarrow's own CSV readers by default, the
+    cut assumes no line break inside a quoted value.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        header: list[str],
+        delimiter: str,
+        inputs: dict[str, str],
+        wanted: list[str],
+        id_column: str | None,
+    ) -> None:
+        self.source = source
+        self.header = header
+        self.parse_options = pacsv.ParseOptions(delimiter=delimiter)
+        # (An input that is the id column too is read as text: the id keeps it as written.)
+        typed = {
+            n: ARROW_TYPES[t] for n, t in inputs.items() if t in ("int", "float") and n != id_column
+        }
+        # Ids stay text, as written (a leading zero is part of an id).
+        text = {name: pa.string() for name in wanted}
+        self.typed = pacsv.ConvertOptions(
+            column_types={**text, **typed}, include_columns=wanted, strings_can_be_null=True
+        )
+        self.as_text = pacsv.ConvertOptions(
+            column_types=text, include_columns=wanted, strings_can_be_null=True
+        )
+        self.read_options = pacsv.ReadOptions(column_names=header, use_threads=False)
+
+    def _pieces(self) -> Iterator[bytes]:
+        """The body after the header line, as it arrives: each read returns what one read of
+        the body gives, so a slow upload is parsed as far as it has come."""
+        self.source.readline()  # the header, read by _csv_header already
+        while True:
+            piece = self.source.read1(_CSV_BLOCK_BYTES)
+            if not piece:
+                return
+            yield piece
+
+    def _parse(self, block: bytes) -> pa.Table:
+        try:
+            return self._read(block, self.typed)
+        except pa.ArrowInvalid as exc:
+            if "conversion error" not in str(exc).lower():
+                raise  # not a value: the file itself is malformed
+            return self._read(block, self.as_text)
+
+    def _read(self, block: bytes, convert: pacsv.ConvertOptions) -> pa.Table:
+        return pacsv.read_csv(
+            pa.py_buffer(block),
+            read_options=self.read_options,
+            parse_options=self.parse_options,
+            convert_options=convert,
+        )
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        with ThreadPoolExecutor(_CSV_THREADS, thread_name_prefix="batchserve-csv-in") as pool:
+            pending: deque[Future[pa.Table]] = deque()
+            parts: list[bytes] = []  # the start of the next block
+            size = 0
+            try:
+                for piece in self._pieces():
+                    parts.append(piece)
+                    size += len(piece)
+                    if size >= _CSV_BLOCK_BYTES:
+                        data = b"".join(parts)
+                        cut = data.rfind(b"\n") + 1
+                        if cut:  # else one line longer than a block: read on to its end
+                            pending.append(pool.submit(self._parse, data[:cut]))
+                            parts, size = [data[cut:]], len(data) - cut
+                        else:
+                            parts = [data]
+                    # Blocks parsed so far are written at once, and at most a few wait.
+                    while pending and (pending[0].done() or len(pending) > _CSV_THREADS):
+                        yield from pending.popleft().result().to_batches()
+                rest = b"".join(parts)
+                if rest.strip():
+                    pending.append(pool.submit(self._parse, rest))
+                while pending:
+                    yield from pending.popleft().result().to_batches()
+            finally:  # an upload cut short: drop the blocks not parsed yet
+                for future in pending:
+                    future.cancel()
 
 
 class _JsonLines:
@@ -362,19 +458,17 @@ def ingest(
     batch_id: str,
     service: str,
     inputs: dict[str, str],
-    chunk_size: int | Callable[[int | None], int],
     blobs: BlobStore,
-    on_chunk: Callable[[int, int, int, str], None],
+    on_part: Callable[[int, int, int, int, str], None],
     id_column: str | None = None,
     spool_dir: Path | None = None,
+    part_bytes: int = PART_BYTES,
 ) -> Ingested:
-    """Write the chunk files of an upload.
+    """Write the parts of an upload.
 
-    ``chunk_size`` is a number of records, or a function choosing it from the record count when
-    the upload tells it cheaply (a Parquet or Arrow file), else from None. ``on_chunk(seq,
-    start_index, count, key)`` is called after each chunk file is written. ``spool_dir`` holds
-    the temporary copy of a Parquet or Arrow file upload while it is read. Raises
-    :class:`~batchserve.schema.SchemaError` with a clear message on bad records
+    ``on_part(seq, start_index, count, bytes, key)`` is called after each part file is written.
+    ``spool_dir`` holds the temporary copy of a Parquet or Arrow file upload while it is read.
+    Raises :class:`~batchserve.schema.SchemaError` with a clear message on bad records
     (:class:`UnsupportedFormat` for an unknown content type).
     """
     if content_type not in FORMATS:
@@ -388,84 +482,146 @@ def ingest(
         return path
 
     try:
-        return _cut(reader.batches(spool), reader, batch_id, chunk_size, blobs, on_chunk)
+        parts = _Parts(reader, batch_id, blobs, on_part, part_bytes)
+        return parts.write(reader.batches(spool))
     finally:
         for cleanup in cleanups:
             cleanup()
 
 
-def _cut(
-    batches: Iterator[pa.RecordBatch],
-    reader: _Reader,
-    batch_id: str,
-    chunk_size: int | Callable[[int | None], int],
-    blobs: BlobStore,
-    on_chunk: Callable[[int, int, int, str], None],
-) -> Ingested:
-    inputs = reader.inputs
-    names = list(inputs)
-    id_column = reader.id_column
-    buffered: list[pa.RecordBatch] = []
-    buffered_rows = 0
-    total = 0
-    seq = 0
-    checked = False
-    size = chunk_size if isinstance(chunk_size, int) else 0
-    id_type: pa.DataType | None = None
+class _Parts:
+    """Writes an upload's record batches into part files, conformed to the declared types."""
 
-    def write(table: pa.Table) -> None:
-        nonlocal seq, total, id_type
-        columns = [conform_column(table.column(n), inputs[n]) for n in names]
-        column_names = list(names)
+    def __init__(
+        self,
+        reader: _Reader,
+        batch_id: str,
+        blobs: BlobStore,
+        on_part: Callable[[int, int, int, int, str], None],
+        part_bytes: int,
+    ) -> None:
+        self.reader = reader
+        self.batch_id = batch_id
+        self.blobs = blobs
+        self.on_part = on_part
+        self.part_bytes = part_bytes
+        self.names = list(reader.inputs)
+        self.id_type: pa.DataType | None = None
+        self.total = 0  # records written
+        self.seq = 0
+        self._open: tuple[Any, Any, pa.Schema] | None = None  # file, writer, schema
+        self._part_start = 0
+        self._small: list[pa.RecordBatch] = []  # small batches waiting to be joined
+
+    def write(self, batches: Iterator[pa.RecordBatch]) -> Ingested:
+        reader = self.reader
+        checked = False
+        try:
+            for rb in batches:
+                if not checked:
+                    reader.check(rb.schema.names)
+                    id_column = reader.id_column
+                    if id_column is not None and pa.types.is_nested(
+                        rb.schema.field(id_column).type
+                    ):
+                        raise SchemaError(
+                            f"The id column {id_column!r} holds {rb.schema.field(id_column).type} "
+                            "values; record ids must be single values (text, numbers, dates)."
+                        )
+                    checked = True
+                if rb.num_rows == 0:
+                    continue
+                self._add(self._conform(rb.select(reader.wanted)))
+            if not checked and self.names:
+                raise SchemaError("The upload holds no records.")
+            self._flush_small()
+            self._close_part()
+        except BaseException:
+            self._abort_part()
+            raise
+        return Ingested(records=self.total, parts=self.seq, id_type=self.id_type)
+
+    def _conform(self, rb: pa.RecordBatch) -> pa.RecordBatch:
+        inputs = self.reader.inputs
+        columns = [conform_column(rb.column(n), inputs[n]) for n in self.names]
+        names = list(self.names)
+        id_column = self.reader.id_column
         if id_column is not None:
-            ids = table.column(id_column)
-            if id_type is None or pa.types.is_null(id_type):
-                id_type = ids.type
-            elif ids.type != id_type:
+            ids = rb.column(id_column)
+            if self.id_type is None or pa.types.is_null(self.id_type):
+                self.id_type = ids.type
+            elif ids.type != self.id_type:
                 try:
-                    ids = ids.cast(id_type)
+                    ids = ids.cast(self.id_type)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
                     raise SchemaError(
-                        f"The id column {id_column!r} holds values of different types ({id_type} "
-                        f"in the first records, {ids.type} from record {total} on); give every "
-                        "record an id of one type."
+                        f"The id column {id_column!r} holds values of different types "
+                        f"({self.id_type} in the first records, {ids.type} from record "
+                        f"{self.total + self._small_rows()} on); give every record an id of one "
+                        "type."
                     ) from None
             columns.append(ids)
-            column_names.append(ID_FIELD)
-        chunk = pa.table(columns, names=column_names)
-        key = input_key(batch_id, seq)
-        with blobs.open_write(key) as f, pa.ipc.new_file(f, chunk.schema) as w:
-            w.write_table(chunk)
-        on_chunk(seq, total, chunk.num_rows, key)
-        seq += 1
-        total += chunk.num_rows
+            names.append(ID_FIELD)
+        return pa.RecordBatch.from_arrays(columns, names=names)
 
-    for rb in batches:
-        if not checked:
-            reader.check(rb.schema.names)
-            if id_column is not None and pa.types.is_nested(rb.schema.field(id_column).type):
-                raise SchemaError(
-                    f"The id column {id_column!r} holds {rb.schema.field(id_column).type} "
-                    "values; record ids must be single values (text, numbers, dates)."
-                )
-            checked = True
-            if not size:
-                assert callable(chunk_size)
-                size = chunk_size(reader.record_count)
-        if rb.num_rows == 0:
-            continue
-        buffered.append(rb.select(reader.wanted))
-        buffered_rows += rb.num_rows
-        while buffered_rows >= size:
-            table = pa.Table.from_batches(buffered)
-            write(table.slice(0, size))
-            rest = table.slice(size)
-            buffered = rest.to_batches()
-            buffered_rows = rest.num_rows
-    if not checked and names:
-        raise SchemaError("The upload holds no records.")
-    if buffered_rows:
-        write(pa.Table.from_batches(buffered))
-    if not size and callable(chunk_size):
-        size = chunk_size(reader.record_count)
-    return Ingested(records=total, chunk_size=size, id_type=id_type)
+    def _small_rows(self) -> int:
+        return sum(b.num_rows for b in self._small)
+
+    def _add(self, rb: pa.RecordBatch) -> None:
+        if self._small and self._small[0].schema != rb.schema:
+            self._flush_small()
+        if rb.num_rows >= _MIN_BATCH_ROWS and not self._small:
+            self._write(rb)
+            return
+        self._small.append(rb)
+        if self._small_rows() >= _MIN_BATCH_ROWS:
+            self._flush_small()
+
+    def _flush_small(self) -> None:
+        if not self._small:
+            return
+        small, self._small = self._small, []
+        joined = pa.Table.from_batches(small).combine_chunks()
+        for rb in joined.to_batches():
+            self._write(rb)
+
+    def _write(self, rb: pa.RecordBatch) -> None:
+        # A batch of other column types (a column kept as text for a bad value) starts a part
+        # of its own: a part has one schema.
+        if self._open is not None and self._open[2] != rb.schema:
+            self._close_part()
+        if self._open is None:
+            key = keys.part_key(self.batch_id, self.seq)
+            sink = self.blobs.open_write(key)
+            self._open = (sink, pa.ipc.new_file(sink, rb.schema), rb.schema)
+            self._part_start = self.total
+            self._part_bytes = 0
+        self._open[1].write_batch(rb)
+        self.total += rb.num_rows
+        self._part_bytes += rb.nbytes
+        if self._part_bytes >= self.part_bytes:
+            self._close_part()
+
+    def _close_part(self) -> None:
+        if self._open is None:
+            return
+        sink, writer, _ = self._open
+        self._open = None
+        writer.close()
+        sink.close()
+        key = keys.part_key(self.batch_id, self.seq)
+        self.on_part(
+            self.seq, self._part_start, self.total - self._part_start, self._part_bytes, key
+        )
+        self.seq += 1
+
+    def _abort_part(self) -> None:
+        if self._open is None:
+            return
+        sink = self._open[0]
+        self._open = None
+        abort = getattr(sink, "abort", None)
+        if abort is not None:
+            abort()
+        else:
+            sink.close()

@@ -8,7 +8,7 @@ keeps every record written before the kill.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -16,6 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchserve.schema import ARROW_TYPES
+
+#: A result file's record batches hold at most this many rows.
+RESULT_BATCH_ROWS = 1 << 16
 
 STATUS_SUCCEEDED = "succeeded"
 STATUS_FAILED = "failed"
@@ -110,7 +113,10 @@ class ResultWriter:
             if struct.num_fields
             else pa.array([None if p in failures else {} for p in range(count)], struct),
         ]
-        self._writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self.schema))
+        batch = pa.RecordBatch.from_arrays(columns, schema=self.schema)
+        # In record batches of a bounded size, which readers take one at a time.
+        for start in range(0, count, RESULT_BATCH_ROWS):
+            self._writer.write_batch(batch.slice(start, RESULT_BATCH_ROWS))
 
     def _write_rows(self) -> None:
         if self._rows:
@@ -159,6 +165,21 @@ class _CountingSink:
         self._inner.close()
 
 
+def iter_results(source: BinaryIO) -> Iterator[pa.RecordBatch]:
+    """The complete record batches of a result stream, one at a time, even of a stream still
+    being written or cut off (its last, incomplete message is left out)."""
+    try:
+        reader = pa.ipc.open_stream(source)
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            yield batch
+    except (pa.ArrowInvalid, OSError, EOFError):
+        return  # a stream cut off mid-message: what was complete has been given
+
+
 def read_results(data: BinaryIO | bytes, outputs: dict[str, str] | None) -> pa.Table:
     """Every complete record batch of a result stream, even one still being written or cut off.
 
@@ -180,21 +201,11 @@ def read_results(data: BinaryIO | bytes, outputs: dict[str, str] | None) -> pa.T
     return pa.Table.from_batches(batches, schema=schema or result_schema({}))
 
 
-def cancelled_rows(indexes: list[int], outputs: dict[str, str], message: str) -> pa.Table:
+def cancelled_rows(
+    indexes: Sequence[int] | np.ndarray, outputs: dict[str, str], message: str
+) -> pa.Table:
     """Result rows for records that never ran because the batch was stopped."""
-    return pa.Table.from_pylist(
-        [
-            {
-                "index": i,
-                "status": STATUS_CANCELLED,
-                "error": message,
-                "artifacts": [],
-                "attempts": 0,
-            }
-            for i in indexes
-        ],
-        schema=result_schema(outputs),
-    )
+    return _rows_without_outputs(indexes, outputs, STATUS_CANCELLED, message, None, 0)
 
 
 def failed_row(
@@ -213,12 +224,43 @@ def failed_row(
 
 
 def failed_rows(
-    indexes: list[int], outputs: dict[str, str], message: str, error_type: str, attempts: int
+    indexes: Sequence[int] | np.ndarray,
+    outputs: dict[str, str],
+    message: str,
+    error_type: str,
+    attempts: int,
 ) -> pa.Table:
-    return pa.Table.from_pylist(
-        [failed_row(i, message, error_type, attempts) for i in indexes],
-        schema=result_schema(outputs),
-    )
+    """Result rows for records that failed without running (their chunk failed as a whole)."""
+    return _rows_without_outputs(indexes, outputs, STATUS_FAILED, message, error_type, attempts)
+
+
+def _rows_without_outputs(
+    indexes: Sequence[int] | np.ndarray,
+    outputs: dict[str, str],
+    status: str,
+    message: str,
+    error_type: str | None,
+    attempts: int,
+) -> pa.Table:
+    """Rows of one status and message, built as columns (a stopped batch may have millions)."""
+    schema = result_schema(outputs)
+    index = pa.array(np.asarray(indexes, dtype=np.int64))
+    count = len(index)
+    struct = schema.field("outputs").type
+    columns = [
+        index,
+        pa.repeat(status, count),
+        pa.repeat(message, count),
+        pa.repeat(error_type, count) if error_type is not None else pa.nulls(count, pa.string()),
+        pa.nulls(count, pa.string()),
+        pa.ListArray.from_arrays(
+            pa.array(np.zeros(count + 1, dtype=np.int32)), pa.array([], pa.string())
+        ),
+        pa.nulls(count, pa.float64()),
+        pa.array(np.full(count, attempts, dtype=np.int32)),
+        pa.nulls(count, struct),
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def row_to_json(row: dict[str, Any]) -> dict[str, Any]:

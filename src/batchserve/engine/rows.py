@@ -1,12 +1,20 @@
 """Row mode's chunk loop: every record of a chunk, with as little work per record as can be.
 
 With a cheap function, batchserve's own work per record is most of the cost of a batch, so
-:func:`run_rows` does per record only what a record needs: the call, a type test of the
-output, a clock reading. The chunk's columns are read as Python lists once; the function is
-called with positional arguments where its signature allows; an output of the exact declared
-type passes as it is (others go through :func:`~batchserve.schema.coerce`); one stdout for the
-whole chunk keeps what each record prints; results are written as columns at each flush. The
-rare record that fails, prints or has a bad input takes slower paths.
+:func:`run_rows` does per record only what a record needs: the call. Records run in blocks,
+each block one ``list.extend(map(function, *columns))``, a loop in C that keeps the outputs of
+the records before one that raises, so that record alone takes the slow path (its retries and
+its error) and the block goes on after it. The chunk's columns are read as Python lists once;
+the function is called with positional arguments where its signature allows; a block's outputs
+of the exact declared type pass with one test over the block (others go through
+:func:`~batchserve.schema.coerce`); one stdout for the whole chunk keeps what each record
+prints; results are written as columns at each flush.
+
+Blocks grow from one record to ``MAX_BLOCK`` while a block takes less than ``BLOCK_SECONDS``, and
+shrink when one takes longer. A record's ``duration_ms`` is its block's time over its records:
+records slower than about ``BLOCK_SECONDS`` run in blocks of one and are timed one by one;
+faster ones are timed in blocks, where a clock reading per record would cost more than the
+record.
 
 Services with artifacts need a working directory per record and run record by record instead
 (:meth:`batchserve.engine.runtime.Runtime.run_record`), with the same results.
@@ -15,7 +23,6 @@ Services with artifacts need a working directory per record and run record by re
 from __future__ import annotations
 
 import io
-import itertools
 import sys
 import time
 from collections.abc import Callable
@@ -177,25 +184,25 @@ class _RowResults:
         self.task = task
         self.single = single_output
         self.first = 0  # chunk offset of the first record held
-        self.started = 0.0  # perf_counter() when the first record held started
         self.outputs: list[Any] = []  # per record: its output's value, or a tuple of them
-        self.ends: list[float] = []  # per record: perf_counter() when it ended
+        self.block: list[Any] = []  # the outputs of the block running now
+        self.blocks: list[tuple[int, float]] = []  # per block held: (records, seconds)
         self.failures: dict[int, tuple[str, str]] = {}  # by chunk offset
         self.retries: dict[int, int] = {}  # tries after the first, by chunk offset
         self.succeeded = self.failed = 0  # of the records written
 
     def running(self) -> int:
         """The chunk offset of the record running now (the loop keeps no counter)."""
-        return self.first + len(self.ends)
+        return self.first + len(self.outputs) + len(self.block)
 
     def write(self, writer: ResultWriter, consoles: dict[int, str]) -> None:
-        count = len(self.ends)
+        count = len(self.outputs)
         if not count:
             return
         first = self.first
-        # A record's duration is the time from the end of the one before it: one clock
-        # reading per record.
-        durations = np.diff(np.array(self.ends), prepend=self.started) * 1000.0
+        counts = np.array([n for n, _ in self.blocks], dtype=np.int64)
+        seconds = np.array([t for _, t in self.blocks], dtype=np.float64)
+        durations = np.repeat(seconds * 1000.0 / counts, counts)
         columns = (
             [self.outputs] if self.single else [list(c) for c in zip(*self.outputs, strict=True)]
         )
@@ -211,10 +218,8 @@ class _RowResults:
         self.failed += len(self.failures)
         self.succeeded += count - len(self.failures)
         self.first += count
-        self.started = self.ends[-1]
-        # Cleared in place: the loop holds their bound append methods.
-        self.outputs.clear()
-        self.ends.clear()
+        self.outputs = []
+        self.blocks.clear()
         self.failures.clear()
         self.retries.clear()
 
@@ -259,6 +264,12 @@ class Progress:
             self._last = now
 
 
+#: Records run in blocks of at most this many ...
+MAX_BLOCK = 4096
+#: ... taking about this long: slower records run one by one.
+BLOCK_SECONDS = 0.002
+
+
 def run_rows(
     task: ChunkTask,
     table: pa.Table,
@@ -267,8 +278,9 @@ def run_rows(
     limits: TryLimits,
     progress: Progress,
     flush_interval: float,
-) -> tuple[int, int]:
-    """Run every record of a chunk of a row-mode service; returns (succeeded, failed).
+) -> tuple[int, int, float]:
+    """Run every record of a chunk of a row-mode service; returns (succeeded, failed, seconds
+    from the first record's start to the last one's end).
 
     ``load`` gives the loaded service (or raises :class:`BundleError`: every record fails).
     Results are written every ``flush_interval`` seconds and the counts passed to
@@ -285,39 +297,98 @@ def run_rows(
             writer.add(
                 failed_row(task.start_index + offset, *describe_failure(error), task.attempt, "")
             )
-        return 0, count
+        return 0, count, 0.0
     check = _OutputCheck(service, spec.outputs)
     results = _RowResults(task, check.single)
     call, order = service.row_function(list(spec.inputs))
     call = limits.limit(call)
     if bad:
         call = _refusing_bad_inputs(call, bad, results)
-    rows = zip(*(columns[n] for n in order), strict=True) if order else itertools.repeat((), count)
-    exact_type, further = check.exact_type, check.further
-    add_output, add_end = results.outputs.append, results.ends.append
+    values = [columns[n] for n in order]
     console = _Console(results)
     clock = time.perf_counter
     stdout, sys.stdout = sys.stdout, console
+    size = 1
     try:
-        results.started = last_flush = clock()
-        for row in rows:
-            try:
-                value = call(*row)
-                if type(value) is not exact_type or (further is not None and not further(value)):
-                    value = check(value)
-            except (Exception, TaskTimeout) as exc:
-                value = _try_again(call, row, check, limits, exc, results, console, progress)
-            add_output(value)
+        began = last_flush = clock()
+        start = 0
+        while start < count:
+            end = min(start + size, count)
+            block = results.block = []
+            started = clock()
+            _run_block(call, values, start, end, block, check, limits, results, console, progress)
             now = clock()
-            add_end(now)
+            _check_block(block, start, check, results)
+            results.outputs += block
+            results.block = []
+            results.blocks.append((end - start, now - started))
+            elapsed = now - started
+            if elapsed < BLOCK_SECONDS / 2 and size < MAX_BLOCK:
+                size = min(size * 4, MAX_BLOCK)
+            elif elapsed > BLOCK_SECONDS * 2 and size > 1:
+                size = max(size // 4, 1)
+            start = end
             if now - last_flush >= flush_interval:
                 results.write(writer, console.take())
                 progress.flushed(results.succeeded, results.failed)
                 last_flush = now
+        ran = clock() - began
     finally:
         sys.stdout = stdout
     results.write(writer, console.take())
-    return results.succeeded, results.failed
+    return results.succeeded, results.failed, ran
+
+
+def _run_block(
+    call: Callable[..., Any],
+    values: list[list[Any]],
+    start: int,
+    end: int,
+    block: list[Any],
+    check: _OutputCheck,
+    limits: TryLimits,
+    results: _RowResults,
+    console: _Console,
+    progress: Progress,
+) -> None:
+    """Run records ``[start, end)`` into ``block``: one output each, a failed record's being
+    ``check.null`` (its error in ``results.failures``)."""
+    at = start
+    while at < end:
+        try:
+            if values:
+                block.extend(map(call, *(column[at:end] for column in values)))
+            else:
+                block.extend(call() for _ in range(end - at))
+            return
+        except (Exception, TaskTimeout) as exc:
+            failed = start + len(block)  # the outputs of the records before it are kept
+            row = tuple(column[failed] for column in values)
+            block.append(_try_again(call, row, check, limits, exc, results, console, progress))
+            at = failed + 1
+
+
+def _check_block(block: list[Any], start: int, check: _OutputCheck, results: _RowResults) -> None:
+    """Check a block's outputs against the declared outputs, in place: one test over the block
+    when every output has the exact declared type; else each one, failing a record whose
+    output does not fit."""
+    exact_type, further = check.exact_type, check.further
+    first = results.first + len(results.outputs)  # chunk offset of the block's first record
+    failures = results.failures
+    # (A failed record's output is None, never of an output type: its block takes the long way.)
+    if check.single and further is None and set(map(type, block)) == {exact_type}:
+        return
+    for position, value in enumerate(block):
+        offset = first + position
+        if offset in failures:
+            continue
+        if check.single and type(value) is exact_type and (further is None or further(value)):
+            continue
+        try:
+            block[position] = check(value)
+        except SchemaError as exc:
+            block[position] = check.null
+            failures[offset] = describe_failure(exc)
 
 
 def _try_again(

@@ -1,8 +1,9 @@
 """The service runtime, inside a worker process: run records, write results and artifacts.
 
 This module is what worker processes import; it never touches the metadata store. A chunk's
-inputs come from its Arrow file in the blob store; its results go to a result stream file and
-its artifacts under the batch's folder; the scheduler only hears counts and statistics.
+inputs are a range of records read from the upload parts in the blob store; its results go to a
+result stream file and its artifacts under the batch's folder; the scheduler only hears counts
+and statistics.
 
 Row mode has two paths with the same results: a service without artifacts runs a chunk in one
 tight loop (:mod:`batchserve.engine.rows`); one with artifacts needs a working directory per
@@ -26,13 +27,21 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from batchserve.blobs import BlobNotFound, BlobStore
+from batchserve.blobs import BlobNotFound, BlobStore, keys
 from batchserve.engine import bundles
 from batchserve.engine.frames import run_frames
-from batchserve.engine.results import STATUS_SUCCEEDED, ResultWriter, failed_row
-from batchserve.engine.rows import MAX_CONSOLE_CHARS, Progress, console_text, run_rows
+from batchserve.engine.inputs import read_range
+from batchserve.engine.results import STATUS_SUCCEEDED, ResultWriter, failed_row, read_results
+from batchserve.engine.rows import (
+    MAX_CONSOLE_CHARS,
+    Progress,
+    console_text,
+    input_columns,
+    run_rows,
+)
 from batchserve.engine.tasks import ChunkTask, ConsumeTask, ServiceSpec
 from batchserve.engine.tries import TaskTimeout, TryLimits, describe_failure
 from batchserve.schema import ARROW_TYPES, SchemaError, coerce, coerce_record
@@ -42,8 +51,7 @@ __all__ = ["FLUSH_INTERVAL", "MAX_CONSOLE_CHARS", "Runtime", "TaskTimeout", "art
 FLUSH_INTERVAL = 0.02  # seconds of finished records a stopped chunk may lose at most
 
 
-def artifact_key(batch_id: str, index: int, name: str) -> str:
-    return f"batches/{batch_id}/artifacts/{index}/{name}"
+artifact_key = keys.artifact_key
 
 
 @contextlib.contextmanager
@@ -61,6 +69,32 @@ def _environment(variables: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def warm_up() -> None:
+    """Pay the first-use costs of the chunk path (lazy imports, pyarrow's compute kernels, the
+    IPC readers and writers) when a worker starts, rather than in its first chunk, where they
+    would be taken for the cost of that chunk's records."""
+    table = pa.table({"x": [1.0, 2.0], "s": ["a", None]})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    part = pa.ipc.open_file(sink.getvalue())
+    batch = pa.Table.from_batches([part.get_batch(0).slice(0, 2)])
+    input_columns(batch, {"x": "float", "s": "str"})
+    out = io.BytesIO()
+    writer = ResultWriter(out, {"y": "float"})
+    writer.add_columns(
+        0,
+        [[1.0, None]],
+        np.array([0.5, 0.5]),
+        1,
+        failures={1: ("failed", "ValueError")},
+        consoles={0: "printed"},
+        retries={0: 1},
+    )
+    writer.flush()
+    read_results(out.getvalue(), {"y": "float"})
+
+
 class Runtime:
     """Loads services (once per process each) and runs records for one worker process."""
 
@@ -70,10 +104,12 @@ class Runtime:
         self._cache_size = cache_size
         self.scratch = scratch or tempfile.mkdtemp(prefix="batchserve-worker-")
         os.makedirs(self.scratch, exist_ok=True)
+        self.load_seconds = 0.0  # spent loading services, in all
 
     def service(self, spec: ServiceSpec) -> bundles.LoadedService:
         """The loaded service; init runs on first use. A failed load is remembered and re-raised."""
         if spec.key not in self._cache:
+            began = time.perf_counter()
             try:
                 data = self.blobs.read_bytes(spec.bundle_key)
                 self._cache[spec.key] = bundles.load(data, spec.outputs)
@@ -83,6 +119,7 @@ class Runtime:
                 )
             except bundles.BundleError as exc:
                 self._cache[spec.key] = exc
+            self.load_seconds += time.perf_counter() - began
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         self._cache.move_to_end(spec.key)
@@ -195,21 +232,22 @@ class Runtime:
         counts of flushed records go to ``report`` every ``progress_interval`` seconds.
         """
         spec = task.service
+        began = time.perf_counter()
+        loaded = self.load_seconds
         usage = resource.getrusage(resource.RUSAGE_SELF)
         what = "call" if spec.mode == "vectorized" else "record"
         limits = TryLimits(task.max_task_retry_count, task.task_timeout, what)
-        # Read whole, then parsed: Arrow reading a Python file object costs more than the read.
-        data = self.blobs.read_bytes(task.input_key)
-        table = pa.ipc.open_file(pa.py_buffer(data)).read_all()
+        table, bytes_in = read_range(self.blobs, task.parts, task.start_index, task.count)
         writer = ResultWriter(self.blobs.open_append_stream(task.result_key), spec.outputs)
         try:
             with _environment(task.environment), limits:
                 progress = Progress(writer, report, progress_interval)
+                running = time.perf_counter()
                 if spec.artifacts and spec.mode != "vectorized":
-                    succeeded, failed = self._run_records(task, table, writer, limits, progress)
+                    succeeded, failed, _ = self._run_records(task, table, writer, limits, progress)
                 else:
                     run = run_frames if spec.mode == "vectorized" else run_rows
-                    succeeded, failed = run(
+                    succeeded, failed, _ = run(
                         task,
                         table,
                         lambda: self.service(spec),
@@ -218,9 +256,13 @@ class Runtime:
                         progress,
                         FLUSH_INTERVAL,
                     )
+                # What the records took: reading their columns, the calls, their results
+                # (the set-up around them is a few microseconds).
+                running = time.perf_counter() - running
         finally:
             writer.close()
         spent = resource.getrusage(resource.RUSAGE_SELF)
+        load = self.load_seconds - loaded
         return {
             "succeeded": succeeded,
             "failed": failed,
@@ -229,8 +271,11 @@ class Runtime:
             # getrusage rather than os.times(): the same figures, in microseconds, not ticks
             "cpu_user": spent.ru_utime - usage.ru_utime,
             "cpu_system": spent.ru_stime - usage.ru_stime,
-            "bytes_in": len(data),
+            "bytes_in": bytes_in,
             "bytes_out": writer.bytes_written,
+            "run_seconds": time.perf_counter() - began - load,
+            "records_seconds": max(running - load, 0.0),
+            "load_seconds": load,
         }
 
     def _run_records(
@@ -240,8 +285,9 @@ class Runtime:
         writer: ResultWriter,
         limits: TryLimits,
         progress: Progress,
-    ) -> tuple[int, int]:
-        """Row mode with artifacts: records one by one, each in its own working directory."""
+    ) -> tuple[int, int, float]:
+        """Row mode with artifacts: records one by one, each in its own working directory.
+        Returns (succeeded, failed, seconds running them)."""
         spec = task.service
         columns = [c for c in spec.inputs if c in table.column_names]
         checked = frozenset(
@@ -256,7 +302,7 @@ class Runtime:
             self.blobs.write_bytes(artifact_key(task.batch_id, index, name), data)
 
         succeeded = failed = 0
-        last_flush = time.perf_counter()
+        began = last_flush = time.perf_counter()
         for offset, values in enumerate(records):
             row = self.run_record(
                 spec,
@@ -277,7 +323,7 @@ class Runtime:
             if now - last_flush >= FLUSH_INTERVAL:
                 progress.flushed(succeeded, failed)
                 last_flush = now
-        return succeeded, failed
+        return succeeded, failed, time.perf_counter() - began
 
     def run_consume(self, task: ConsumeTask) -> dict[str, Any]:
         files: dict[str, str] = {}

@@ -18,6 +18,7 @@ stopped the batch's workers, so that none of them writes a file after the remova
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -28,8 +29,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from batchserve.blobs import BlobNotFound, BlobStore
+from batchserve.blobs import BlobNotFound, BlobStore, keys
+from batchserve.engine.costs import CostEstimate, Costs, range_size
 from batchserve.engine.executors.base import Executor
+from batchserve.engine.inputs import PartRef
 from batchserve.engine.results import read_results
 from batchserve.engine.tasks import (
     ChunkTask,
@@ -92,6 +95,9 @@ class _Running:
     # Seconds of silence after which the worker is presumed stuck past its task_timeout.
     stuck_after: float | None = None
     preemptible: bool = False  # its batch allows a higher priority to requeue it
+    expected_end: float = 0.0  # time.monotonic() when it should finish, by the cost estimate
+    costs_key: tuple[int, str] | None = None  # whose cost estimate it updates (service, bundle)
+    claim_seconds: float = 0.0  # the scheduler's time claiming and sending it
 
 
 def service_spec(service: Service) -> ServiceSpec:
@@ -106,13 +112,13 @@ def service_spec(service: Service) -> ServiceSpec:
 
 
 def result_key(chunk: Chunk) -> str:
-    return f"batches/{chunk.batch_id}/results/{chunk.seq:06d}.a{chunk.attempts}.arrows"
+    return keys.result_key(chunk.batch_id, chunk.seq, chunk.attempts)
 
 
 def remove_batch(store: Store, blobs: BlobStore, batch_id: str) -> None:
     """Remove a batch's files, then its rows: once its row is gone, nothing of it is left. (A
     crash in between leaves the row, and the removal is done again at start.)"""
-    blobs.delete_prefix(f"batches/{batch_id}")
+    blobs.delete_prefix(keys.batch_prefix(batch_id))
     store.delete_batch(batch_id)
 
 
@@ -123,10 +129,25 @@ TICK_SECONDS = 0.25  # how often limits are checked when no event comes
 
 
 class Scheduler:
-    def __init__(self, store: Store, blobs: BlobStore, max_worker_loss_retries: int = 3) -> None:
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        max_worker_loss_retries: int = 3,
+        *,
+        target_chunk_seconds: float = 0.5,
+        max_chunk_size: int = 1_000_000,
+    ) -> None:
         self.store = store
         self.blobs = blobs
         self.max_worker_loss_retries = max_worker_loss_retries
+        self.target_chunk_seconds = target_chunk_seconds
+        self.max_chunk_size = max_chunk_size
+        # What chunks cost each service (by id and bundle), as measured here and kept in the
+        # store for the next start; the upload parts of the batches being run (never changed
+        # once a batch is sealed).
+        self._costs: dict[tuple[int, str], CostEstimate] = {}
+        self._parts: dict[str, tuple[PartRef, ...]] = {}
         self.executor: Executor | None = None
         self._events: queue.Queue[object] = queue.Queue()
         self._running: dict[str, _Running] = {}
@@ -252,6 +273,7 @@ class Scheduler:
             self._record(run, result)
 
     def _record(self, run: _Running, result: dict[str, Any]) -> None:
+        began = time.monotonic()
         if "error" in result:
             self._settle_from_file(run, ChunkState.FAILED, result["error"])
         else:
@@ -264,9 +286,12 @@ class Scheduler:
                 failed=result["failed"],
                 **_statistics(result),
             )
-            if run.count:
-                seconds = run.last_seen - run.started
-                self.store.observe_record_seconds(run.service_id, seconds / run.count)
+            # The chunk's fixed cost: the scheduler's claim and bookkeeping, and what its worker
+            # spent on it besides its records (and a first load of the service).
+            running = float(result.get("records_seconds") or 0.0)
+            worker = float(result.get("run_seconds") or 0.0)
+            fixed = run.claim_seconds + max(worker - running, 0.0)
+            self._observe(run, running, fixed + (time.monotonic() - began))
         if not self._apply_failure_policy(run.batch_id):
             self._maybe_complete(run.batch_id)
         self._maybe_paused(run.batch_id)
@@ -533,7 +558,7 @@ class Scheduler:
         batch = self.store.get_batch(batch_id)
         if batch is None or not batch.sealed:
             return
-        if not self.store.has_unfinished_chunks(batch_id):
+        if not self.store.has_unfinished_records(batch_id):
             if batch.state == BatchState.CANCELLING.value:
                 self.store.transition(batch_id, BatchState.CANCELLED, end_time=utcnow())
             elif batch.state in (BatchState.PENDING.value, BatchState.RUNNING.value):
@@ -554,6 +579,9 @@ class Scheduler:
         if executor.free_slots() == 0 and not any(r.preemptible for r in self._running.values()):
             return  # nothing could start now, nor be preempted: no need to read the batches
         batches = self.store.batches_in_states([BatchState.PENDING, BatchState.RUNNING])
+        live = {b.id for b in batches} | {r.batch_id for r in self._running.values()}
+        for gone in self._parts.keys() - live:
+            del self._parts[gone]
         runnable = [b for b in batches if self._dependencies_met(b)]
         for batch in runnable:
             if executor.free_slots() == 0:
@@ -597,7 +625,7 @@ class Scheduler:
         victims.sort()
         for batch in runnable:
             wanted = batch.parallel_count - self._per_batch[batch.id]
-            if wanted <= 0 or not self.store.has_pending_chunks(batch.id):
+            if wanted <= 0 or not self.store.has_waiting_records(batch.id):
                 continue
             while wanted > 0 and victims and victims[0][0] < batch.priority:
                 _, _, task_id = victims.pop(0)
@@ -611,11 +639,14 @@ class Scheduler:
         options = batch.options
         timeout = options.get("task_timeout")
         while executor.free_slots() > 0 and self._per_batch[batch.id] < batch.parallel_count:
-            chunk = self.store.claim_chunk(batch.id, result_key)
+            spec = spec or self._spec(batch.service_id)
+            costs = self._estimate(batch.service_id, spec).costs()
+            now = time.monotonic()
+            size_for = functools.partial(self._range_size, batch, spec.mode, costs, now)
+            chunk = self.store.claim_chunk(batch.id, result_key, size_for)
             if chunk is None:
                 break
             claimed_any = True
-            spec = spec or self._spec(batch.service_id)
             task = ChunkTask(
                 task_id=uuid.uuid4().hex,
                 batch_id=batch.id,
@@ -623,14 +654,13 @@ class Scheduler:
                 start_index=chunk.start_index,
                 count=chunk.count,
                 attempt=chunk.attempts,
-                input_key=chunk.input_key,
+                parts=self._parts_of(batch.id, chunk.start_index, chunk.count),
                 result_key=chunk.result_key or "",
                 service=spec,
                 environment=dict(options.get("environment") or {}),
                 max_task_retry_count=int(options.get("max_task_retry_count") or 0),
                 task_timeout=timeout,
             )
-            now = time.monotonic()
             self._running[task.task_id] = _Running(
                 batch.id,
                 chunk.id,
@@ -645,9 +675,12 @@ class Scheduler:
                 if timeout and spec.mode != "vectorized"
                 else None,
                 preemptible=bool(options.get("allow_preemption")),
+                expected_end=now + (costs.seconds(chunk.count) if costs else 0.0),
+                costs_key=(batch.service_id, spec.bundle_key),
             )
             self._per_batch[batch.id] += 1
             executor.submit(task)
+            self._running[task.task_id].claim_seconds = time.monotonic() - now
         if claimed_any and batch.state == BatchState.PENDING.value:
             self.store.transition(
                 batch.id,
@@ -657,6 +690,71 @@ class Scheduler:
             )
         elif not claimed_any and self._per_batch[batch.id] == 0:
             self._maybe_complete(batch.id)
+
+    def _range_size(
+        self, batch: Batch, mode: str, costs: Costs | None, now: float, remaining: int
+    ) -> int:
+        """How many of a batch's ``remaining`` unclaimed records its next chunk takes: the size
+        asked for, else as :func:`~batchserve.engine.costs.range_size` says from the service's
+        costs and the batch's running chunks."""
+        if batch.chunk_size:
+            return int(batch.chunk_size)
+        assert self.executor is not None
+        busy = sum(
+            max(0.0, r.expected_end - now) for r in self._running.values() if r.batch_id == batch.id
+        )
+        return range_size(
+            remaining,
+            min(batch.parallel_count, self.executor.capacity()),
+            costs,
+            busy,
+            mode=mode,
+            target_seconds=self.target_chunk_seconds,
+            maximum=self.max_chunk_size,
+        )
+
+    def _parts_of(self, batch_id: str, start: int, count: int) -> tuple[PartRef, ...]:
+        """The upload parts holding a chunk's records (a sealed batch's parts never change)."""
+        parts = self._parts.get(batch_id)
+        if parts is None:
+            parts = tuple(
+                PartRef(p.key, p.start_index, p.count) for p in self.store.parts(batch_id)
+            )
+            self._parts[batch_id] = parts
+        stop = start + count
+        return tuple(p for p in parts if p.start_index < stop and p.start_index + p.count > start)
+
+    def _estimate(self, service_id: int, spec: ServiceSpec) -> CostEstimate:
+        """The running cost estimate of a service, started from what the store kept."""
+        key = (service_id, spec.bundle_key)
+        estimate = self._costs.get(key)
+        if estimate is None:
+            service = self.store.get_service_by_id(service_id)
+            prior = None
+            if (
+                service is not None
+                and service.record_seconds is not None
+                and service.chunk_seconds is not None
+            ):
+                prior = Costs(
+                    service.chunk_seconds, service.call_seconds or 0.0, service.record_seconds
+                )
+            estimate = self._costs[key] = CostEstimate(prior)
+        return estimate
+
+    def _observe(self, run: _Running, running: float, around: float) -> None:
+        """Fold a finished chunk's times into its service's cost estimate, and keep it."""
+        if run.costs_key is None or not run.count:
+            return
+        estimate = self._costs.get(run.costs_key)
+        if estimate is None:
+            return
+        estimate.observe(run.count, running, around)
+        costs = estimate.costs()
+        if costs is not None:
+            self.store.observe_costs(
+                run.service_id, chunk=costs.chunk, call=costs.call, record=costs.record
+            )
 
     def _spec(self, service_id: int) -> ServiceSpec:
         # Looked up per dispatch round, not cached by id: a deleted service's id may be reused.
@@ -672,7 +770,7 @@ def _statistics(result: dict[str, Any]) -> dict[str, Any]:
     for name in ("retried", "timed_out", "bytes_in", "bytes_out"):
         if result.get(name):
             fields[name] = getattr(Chunk, name) + int(result[name])
-    for name in ("cpu_user", "cpu_system"):
+    for name in ("cpu_user", "cpu_system", "run_seconds"):
         if result.get(name):
             fields[name] = getattr(Chunk, name) + float(result[name])
     return fields

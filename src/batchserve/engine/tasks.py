@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchserve.engine.inputs import PartRef
+
 
 @dataclass(frozen=True)
 class ServiceSpec:
@@ -20,7 +22,8 @@ class ServiceSpec:
 
 @dataclass(frozen=True)
 class ChunkTask:
-    """Run the records of one chunk file and write a result file."""
+    """Run the records ``[start_index, start_index + count)``, read from the upload ``parts``
+    that hold them, and write a result file."""
 
     task_id: str
     batch_id: str
@@ -28,7 +31,7 @@ class ChunkTask:
     start_index: int
     count: int
     attempt: int
-    input_key: str
+    parts: tuple[PartRef, ...]
     result_key: str
     service: ServiceSpec
     environment: dict[str, str] = field(default_factory=dict)
@@ -60,8 +63,11 @@ class Finished:
 
     ``succeeded``, ``failed`` (records), ``retried`` (tries after the first, over all records),
     ``timed_out`` (tries stopped by ``task_timeout``), ``cpu_user`` and ``cpu_system`` (seconds
-    of the worker process spent on the task), ``bytes_in`` (size of the chunk's input file) and
-    ``bytes_out`` (bytes of results written). A chunk that could not run has ``error`` instead.
+    of the worker process spent on the task), ``bytes_in`` (bytes of the chunk's inputs read),
+    ``bytes_out`` (bytes of results written), ``run_seconds`` (the worker's time on the task),
+    ``records_seconds`` (the part of it spent on the records: reading their columns, running
+    them, writing their results) and ``load_seconds`` (loading the service, when this task
+    loaded it). A chunk that could not run has ``error`` instead.
     """
 
     task_id: str

@@ -122,6 +122,18 @@ class BatchStatistics(BaseModel):
     wait_seconds: float = Field(description="Time chunks waited for a worker, summed.")
     read_bytes: int = Field(description="Bytes of input files the workers read.")
     write_bytes: int = Field(description="Bytes of result files the workers wrote.")
+    ingest_seconds: float | None = Field(
+        None, description="Receiving and storing the records, from the upload's start to its end."
+    )
+    queue_seconds: float | None = Field(
+        None, description="From start until its first records ran (waiting for workers)."
+    )
+    run_seconds: float = Field(
+        0.0, description="Time workers spent on its chunks, summed over workers and tries."
+    )
+    export_seconds: float | None = Field(
+        None, description="The last download of all its results as one file (format=...)."
+    )
 
     @classmethod
     def of(cls, batch: Batch, counts: BatchCounts) -> BatchStatistics:
@@ -130,6 +142,9 @@ class BatchStatistics(BaseModel):
             end = batch.end_time or utcnow()
             wall = max(0.0, (end - batch.start_time).total_seconds())
         rate = counts.completed / wall if wall else None
+        queue = None
+        if batch.start_time is not None and batch.run_start_time is not None:
+            queue = max(0.0, (batch.run_start_time - batch.start_time).total_seconds())
         return cls(
             succeeded_records=counts.succeeded,
             failed_records=counts.failed,
@@ -144,6 +159,10 @@ class BatchStatistics(BaseModel):
             wait_seconds=counts.wait_seconds,
             read_bytes=counts.bytes_in,
             write_bytes=counts.bytes_out,
+            ingest_seconds=batch.ingest_seconds,
+            queue_seconds=queue,
+            run_seconds=counts.run_seconds,
+            export_seconds=batch.export_seconds,
         )
 
 
@@ -161,7 +180,10 @@ class BatchPublic(BaseModel):
     end_time: datetime | None
     termination_reason: str | None
     parallel_count: int
-    chunk_size: int
+    chunk_size: int | None = Field(
+        description="Records per chunk when the batch asked for a size; null when chunks are "
+        "cut as they are handed out, from what the service's chunks cost."
+    )
     priority: int
     created_by: str | None
     total_item_count: int
@@ -201,7 +223,7 @@ class BatchPublic(BaseModel):
             end_time=batch.end_time,
             termination_reason=batch.termination_reason,
             parallel_count=batch.parallel_count,
-            chunk_size=batch.chunk_size,
+            chunk_size=batch.chunk_size or None,
             priority=batch.priority,
             created_by=created_by,
             total_item_count=batch.total_count,

@@ -137,8 +137,12 @@ class Service(Base):
     extra: Mapped[dict[str, Any]] = mapped_column(JSONValue, default=dict)  # face-specific fields
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    # Seconds one record takes, measured over finished chunks (a moving average); sizes chunks.
+    # What a chunk of this service costs, measured over its finished chunks (moving averages;
+    # see batchserve.engine.costs): seconds per record, fixed seconds per call (vectorized) and
+    # fixed seconds per chunk. They size the ranges of records the scheduler hands out.
     record_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    call_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    chunk_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Batch(Base):
@@ -172,6 +176,28 @@ class Batch(Base):
     # When a delete was asked for. From then on the batch is gone for users; its rows and files
     # are removed once none of its workers runs (by the scheduler, or at start after a crash).
     deleting_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    # Records already handed out in chunks (from index 0 on); the rest wait in the upload parts.
+    claimed: Mapped[int] = mapped_column(BigInteger, default=0)
+    # When its first chunk started, and how long its stages took (seconds; None: not yet).
+    run_start_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    ingest_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    export_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Part(Base):
+    """A stretch of a batch's records as uploaded: one columnar file, cut once as the upload
+    streams. Chunks are record ranges over parts, cut when they are handed out."""
+
+    __tablename__ = "parts"
+    __table_args__ = (UniqueConstraint("batch_id", "seq", name="uq_part_batch_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    start_index: Mapped[int] = mapped_column(BigInteger)
+    count: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # of the file (0: not known)
+    key: Mapped[str] = mapped_column(String(500))
 
 
 class Chunk(Base):
@@ -189,7 +215,6 @@ class Chunk(Base):
     state: Mapped[str] = mapped_column(String(20))
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # tries started, retries included
     lost_workers: Mapped[int] = mapped_column(Integer, default=0)
-    input_key: Mapped[str] = mapped_column(String(500))
     result_key: Mapped[str | None] = mapped_column(String(500), nullable=True)
     succeeded: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
@@ -208,3 +233,4 @@ class Chunk(Base):
     wait_seconds: Mapped[float] = mapped_column(Float, default=0.0)  # queued -> started, summed
     bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
+    run_seconds: Mapped[float] = mapped_column(Float, default=0.0)  # in a worker, summed

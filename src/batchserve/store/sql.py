@@ -20,7 +20,6 @@ from sqlalchemy import (
     Engine,
     Select,
     bindparam,
-    case,
     create_engine,
     delete,
     event,
@@ -40,7 +39,7 @@ from batchserve.states import (
     check_batch_transition,
     check_chunk_transition,
 )
-from batchserve.store.models import Batch, Chunk, Service, Token, User, utcnow
+from batchserve.store.models import Batch, Chunk, Part, Service, Token, User, utcnow
 
 # Chunk columns that a batch's statistics sum up, and which of them are seconds.
 _SUMMED = (
@@ -55,8 +54,12 @@ _SUMMED = (
     "wait_seconds",
     "bytes_in",
     "bytes_out",
+    "run_seconds",
 )
-_FLOAT_SUMS = frozenset({"cpu_user", "cpu_system", "wait_seconds"})
+_FLOAT_SUMS = frozenset({"cpu_user", "cpu_system", "wait_seconds", "run_seconds"})
+#: The most records one chunk row holds: a batch's unclaimed rest, cancelled at once, is
+#: written as chunks of at most this many records (a chunk's count is a 32-bit column).
+MAX_CHUNK_ROW = 1 << 30
 
 
 class AlreadyExists(Exception):
@@ -89,6 +92,7 @@ class BatchCounts:
     wait_seconds: float = 0.0
     bytes_in: int = 0
     bytes_out: int = 0
+    run_seconds: float = 0.0
 
     @property
     def completed(self) -> int:
@@ -393,6 +397,12 @@ class Store:
             batch.last_modified = utcnow()
             return batch
 
+    def set_batch_times(self, batch_id: str, **fields: Any) -> None:
+        """Record times of a batch (``export_seconds``): not a change of the batch, so its etag
+        and ``last_modified`` stay."""
+        with self.engine.begin() as conn:
+            conn.execute(update(Batch).where(Batch.id == batch_id).values(**fields))
+
     def transition(
         self,
         batch_id: str,
@@ -428,6 +438,7 @@ class Store:
     def delete_batch(self, batch_id: str) -> None:
         with self.session() as s:
             s.execute(delete(Chunk).where(Chunk.batch_id == batch_id))
+            s.execute(delete(Part).where(Part.batch_id == batch_id))
             s.execute(delete(Batch).where(Batch.id == batch_id))
         if self.on_end is not None:
             self.on_end(batch_id)
@@ -499,68 +510,111 @@ class Store:
                 .values(queued_at=utcnow())
             )
 
-    def observe_record_seconds(self, service_id: int, seconds: float, weight: float = 0.3) -> None:
-        """Fold one chunk's seconds per record into the service's moving average, in one
-        statement: the old value is read and replaced where it lies, so no lock is needed."""
-        old = Service.record_seconds
-        new = case((old.is_(None), seconds), else_=old + weight * (seconds - old))
+    def observe_costs(self, service_id: int, *, chunk: float, call: float, record: float) -> None:
+        """Keep a service's estimated costs (see :mod:`batchserve.engine.costs`) for its next
+        batches."""
         with self.session() as s:
-            s.execute(update(Service).where(Service.id == service_id).values(record_seconds=new))
+            s.execute(
+                update(Service)
+                .where(Service.id == service_id)
+                .values(chunk_seconds=chunk, call_seconds=call, record_seconds=record)
+            )
 
-    # --- chunks -----------------------------------------------------------------------------
+    # --- parts and chunks -------------------------------------------------------------------
 
-    def add_chunk(
-        self, batch_id: str, seq: int, start_index: int, count: int, input_key: str
+    def add_part(
+        self, batch_id: str, seq: int, start_index: int, count: int, size: int, key: str
     ) -> None:
         with self.session() as s:
             s.add(
-                Chunk(
+                Part(
                     batch_id=batch_id,
                     seq=seq,
                     start_index=start_index,
                     count=count,
-                    input_key=input_key,
-                    state=ChunkState.PENDING.value,
+                    bytes=size,
+                    key=key,
                 )
             )
 
-    def claim_chunk(self, batch_id: str, result_key_for: Any) -> Chunk | None:
-        """Take the first pending chunk of a batch: it becomes running with one more attempt.
+    def parts(self, batch_id: str) -> list[Part]:
+        """A batch's upload parts, in record order."""
+        with self.session() as s:
+            return list(s.scalars(select(Part).where(Part.batch_id == batch_id).order_by(Part.seq)))
 
-        ``result_key_for(chunk)`` names the file this attempt writes its results to.
+    def claim_chunk(
+        self,
+        batch_id: str,
+        result_key_for: Callable[[Chunk], str],
+        size_for: Callable[[int], int] | None = None,
+    ) -> Chunk | None:
+        """Hand out the next chunk of a batch: it is running, with one more attempt.
+
+        A chunk put back in the queue (requeued, or its worker lost) goes first, whole. Else a
+        new chunk is cut from the batch's unclaimed records: ``size_for(remaining)`` records
+        from the first unclaimed one (without ``size_for``, all of them).
+        ``result_key_for(chunk)`` names the file this attempt writes its results to. None when
+        nothing of the batch waits.
         """
         with self.session(locked=True) as s:
             q = (
                 select(Chunk)
                 .where(Chunk.batch_id == batch_id, Chunk.state == ChunkState.PENDING.value)
-                .order_by(Chunk.seq)
+                .order_by(Chunk.start_index)
                 .limit(1)
             )
             if self.engine.dialect.name == "postgresql":
                 q = q.with_for_update(skip_locked=True)
             chunk = s.scalar(q)
-            if chunk is None:
-                return None
-            chunk.state = check_chunk_transition(chunk.state, ChunkState.RUNNING).value
-            chunk.attempts += 1
-            now = chunk.started_at = utcnow()
-            if chunk.queued_at is not None:
-                chunk.wait_seconds += max(0.0, (now - chunk.queued_at).total_seconds())
-                chunk.queued_at = None
-            chunk.result_key = result_key_for(chunk)
+            now = utcnow()
+            if chunk is not None:
+                chunk.state = check_chunk_transition(chunk.state, ChunkState.RUNNING).value
+                chunk.attempts += 1
+                if chunk.queued_at is not None:
+                    chunk.wait_seconds += max(0.0, (now - chunk.queued_at).total_seconds())
+                    chunk.queued_at = None
+            else:
+                batch = s.get(Batch, batch_id, with_for_update=True)
+                if batch is None or not batch.sealed or batch.claimed >= batch.total_count:
+                    return None
+                remaining = batch.total_count - batch.claimed
+                wanted = size_for(remaining) if size_for is not None else remaining
+                count = max(1, min(wanted, remaining, MAX_CHUNK_ROW))
+                last = s.scalar(select(func.max(Chunk.seq)).where(Chunk.batch_id == batch_id))
+                chunk = Chunk(
+                    batch_id=batch_id,
+                    seq=0 if last is None else last + 1,
+                    start_index=batch.claimed,
+                    count=count,
+                    state=ChunkState.RUNNING.value,
+                    attempts=1,
+                    lost_workers=0,
+                    wait_seconds=0.0,
+                )
+                s.add(chunk)
+                batch.claimed += count
+                if batch.run_start_time is None:
+                    batch.run_start_time = now
+            chunk.started_at = now
             chunk.succeeded = chunk.failed = chunk.cancelled = 0
+            chunk.result_key = result_key_for(chunk)
             return chunk
 
-    def has_pending_chunks(self, batch_id: str) -> bool:
-        return self._has_chunks(batch_id, (ChunkState.PENDING,))
+    def has_waiting_records(self, batch_id: str) -> bool:
+        """True while records of the batch wait for a worker: unclaimed, or in a chunk put back
+        in the queue."""
+        return self._has_work(batch_id, (ChunkState.PENDING,))
 
-    def has_unfinished_chunks(self, batch_id: str) -> bool:
-        """True while a chunk of the batch is pending or running: one look in the index, where
-        counting every chunk's state grows with the batch."""
-        return self._has_chunks(batch_id, (ChunkState.PENDING, ChunkState.RUNNING))
+    def has_unfinished_records(self, batch_id: str) -> bool:
+        """True while records of the batch wait or run: one look in the batch row and in the
+        chunk index, where counting every chunk's state grows with the batch."""
+        return self._has_work(batch_id, (ChunkState.PENDING, ChunkState.RUNNING))
 
-    def _has_chunks(self, batch_id: str, states: tuple[ChunkState, ...]) -> bool:
+    def _has_work(self, batch_id: str, states: tuple[ChunkState, ...]) -> bool:
         with self.engine.connect() as conn:
+            unclaimed = conn.execute(_unclaimed_query(), {"batch_id": batch_id}).first()
+            if unclaimed is not None:
+                return True
             found = conn.execute(_chunk_in_states_query(states), {"batch_id": batch_id})
             return found.first() is not None
 
@@ -570,7 +624,7 @@ class Store:
 
     def chunks(self, batch_id: str, states: Sequence[ChunkState] | None = None) -> list[Chunk]:
         with self.session() as s:
-            q = select(Chunk).where(Chunk.batch_id == batch_id).order_by(Chunk.seq)
+            q = select(Chunk).where(Chunk.batch_id == batch_id).order_by(Chunk.start_index)
             if states is not None:
                 q = q.where(Chunk.state.in_([st.value for st in states]))
             return list(s.scalars(q))
@@ -588,7 +642,7 @@ class Store:
                     Chunk.start_index < end,
                     Chunk.start_index + Chunk.count > first,
                 )
-                .order_by(Chunk.seq)
+                .order_by(Chunk.start_index)
             )
             return list(s.scalars(q))
 
@@ -637,22 +691,24 @@ class Store:
             return int(res.rowcount)  # type: ignore[attr-defined]
 
     def finish_pending_chunks(self, batch_id: str, state: ChunkState, error: str) -> None:
-        """Move every pending chunk of a batch to a final state: its records are cancelled
-        (``state`` CANCELLED) or failed (FAILED) without running.
+        """Move every record of a batch that waits for a worker to a final state without
+        running: cancelled (``state`` CANCELLED) or failed (FAILED). Pending chunks move, and
+        the unclaimed rest becomes chunks in that state.
 
         A pending chunk may still name the result file of an attempt that was cut off (a lost
         worker, a crash); that file is dropped with it, so its results and counts agree.
         """
         counter = "cancelled" if state == ChunkState.CANCELLED else "failed"
         check_chunk_transition(ChunkState.PENDING, state)
-        with self.session() as s:
+        now = utcnow()
+        with self.session(locked=True) as s:
             s.execute(
                 update(Chunk)
                 .where(Chunk.batch_id == batch_id, Chunk.state == ChunkState.PENDING.value)
                 .values(
                     {
                         "state": state.value,
-                        "finished_at": utcnow(),
+                        "finished_at": now,
                         "error": error,
                         "result_key": None,
                         "succeeded": 0,
@@ -662,6 +718,31 @@ class Store:
                     }
                 )
             )
+            batch = s.get(Batch, batch_id, with_for_update=True)
+            if batch is None or not batch.sealed or batch.claimed >= batch.total_count:
+                return
+            last = s.scalar(select(func.max(Chunk.seq)).where(Chunk.batch_id == batch_id))
+            seq = 0 if last is None else last + 1
+            while batch.claimed < batch.total_count:
+                count = min(batch.total_count - batch.claimed, MAX_CHUNK_ROW)
+                s.add(
+                    Chunk(
+                        batch_id=batch_id,
+                        seq=seq,
+                        start_index=batch.claimed,
+                        count=count,
+                        state=state.value,
+                        attempts=0,
+                        lost_workers=0,
+                        finished_at=now,
+                        error=error,
+                        succeeded=0,
+                        failed=count if counter == "failed" else 0,
+                        cancelled=count if counter == "cancelled" else 0,
+                    )
+                )
+                batch.claimed += count
+                seq += 1
 
 
 def _count_columns() -> list[Any]:
@@ -739,6 +820,15 @@ def _batch_query() -> Select[Any]:
 @functools.cache
 def _counts_query() -> Select[Any]:
     return select(*_count_columns()).where(Chunk.batch_id == bindparam("batch_id"))
+
+
+@functools.cache
+def _unclaimed_query() -> Select[Any]:
+    return select(Batch.id).where(
+        Batch.id == bindparam("batch_id"),
+        Batch.sealed.is_(True),
+        Batch.claimed < Batch.total_count,
+    )
 
 
 @functools.cache

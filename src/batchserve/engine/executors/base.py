@@ -20,6 +20,10 @@ class Executor(Protocol):
 
     def shutdown(self) -> None: ...
 
+    def capacity(self) -> int:
+        """How many tasks can run at once (free or not)."""
+        ...
+
     def free_slots(self) -> int:
         """How many more tasks can be submitted right now."""
         ...

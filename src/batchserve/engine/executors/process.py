@@ -39,8 +39,9 @@ def worker_main(conn: Connection, blob_url: str, progress_interval: float) -> No
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     from batchserve.blobs import blob_store_from_url
-    from batchserve.engine.runtime import Runtime
+    from batchserve.engine.runtime import Runtime, warm_up
 
+    warm_up()
     runtime = Runtime(blob_store_from_url(blob_url))
     while True:
         try:
@@ -160,6 +161,9 @@ class ProcessExecutor:
                 if slot.process.is_alive():
                     slot.process.kill()
                     slot.process.join(timeout=2)
+
+    def capacity(self) -> int:
+        return self._n
 
     def free_slots(self) -> int:
         with self._lock:

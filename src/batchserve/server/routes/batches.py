@@ -413,12 +413,20 @@ def results(
     start: int = Query(0, ge=0),
     limit: int = Query(1000, ge=1, le=100_000),
     format: str = Query("json", pattern="^(json|jsonl|csv|tsv|parquet|arrow)$"),
+    columns: list[str] | None = Query(
+        None,
+        description="With a file format: only these result columns, in this order (repeated or "
+        "comma-separated), e.g. columns=index,answer.",
+    ),
 ) -> ResultPage | StreamingResponse:
     batch = engine.batches.get(who, batch_id)
     if format != "json":
         name = f"{batch.id}-results.{_RESULT_SUFFIX.get(format, format)}"
+        wanted = (
+            [c.strip() for v in columns for c in v.split(",") if c.strip()] if columns else None
+        )
         return StreamingResponse(
-            engine.batches.results_stream(batch, format),
+            engine.batches.results_stream(batch, format, wanted),
             media_type=RESULT_MEDIA_TYPES[format],
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )

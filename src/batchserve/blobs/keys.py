@@ -1,0 +1,34 @@
+"""Where everything lives in the blob store: the one key layout.
+
+```
+batches/<batch id>/                          everything of one batch (removed with it)
+    inputs/<part>.arrow                      an upload part: Arrow IPC file of the records
+    results/<chunk seq>.a<attempt>.arrows    one try of a chunk: Arrow IPC stream of results
+    artifacts/<record index>/<file name>     a record's artifact files
+services/<name>/<version>/<uuid>.bundle      a published service's bundle
+```
+"""
+
+from __future__ import annotations
+
+BATCHES = "batches"
+
+
+def batch_prefix(batch_id: str) -> str:
+    return f"{BATCHES}/{batch_id}"
+
+
+def part_key(batch_id: str, seq: int) -> str:
+    return f"{BATCHES}/{batch_id}/inputs/{seq:06d}.arrow"
+
+
+def result_key(batch_id: str, seq: int, attempt: int) -> str:
+    return f"{BATCHES}/{batch_id}/results/{seq:06d}.a{attempt}.arrows"
+
+
+def artifact_key(batch_id: str, index: int, name: str) -> str:
+    return f"{BATCHES}/{batch_id}/artifacts/{index}/{name}"
+
+
+def bundle_key(name: str, version: str, unique: str) -> str:
+    return f"services/{name}/{version}/{unique}.bundle"

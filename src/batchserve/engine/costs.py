@@ -1,0 +1,161 @@
+"""What a chunk costs, and how many records the scheduler hands out at a time.
+
+A chunk of ``n`` records costs ``chunk + call + n * record`` seconds:
+
+- ``chunk``: fixed per chunk, around its records: the scheduler's claim and bookkeeping, the
+  worker's reading of the range and its opening and closing of the result file. Measured
+  directly for every chunk: the scheduler's time on it, and its worker's time on it less the
+  time spent on its records (and on loading the service, a once-per-worker cost). Time a
+  finished chunk waits for a busy scheduler is left out: it is contention, not a cost of the
+  chunk, and would make a batch of small chunks look like one of costly chunks.
+- ``call``: fixed per chunk in the worker's run of its records: setting up the record loop and
+  writing the last results, and for a vectorized service (called once per chunk with a
+  DataFrame) the function's own set-up, such as a model's input checks.
+- ``record``: per record.
+
+``call`` and ``record`` are fitted to the time the worker spent on each chunk's records by
+least squares over their record counts, with older chunks weighing less, so that a chunk of 100
+records (mostly fixed cost) and one of a million (mostly records) each tell what they can. A
+plain average of chunk time over records takes the fixed cost of small chunks for a cost per
+record, and then cuts the next batch into thousands of tiny chunks.
+
+:func:`range_size` turns the estimate into the size of the next range of records: never so
+small that the fixed cost is more than ``FIXED_SHARE`` of a chunk's time; half a slot's share
+of the work left while much is left, so that later ranges can even out the finish; in the last
+round, each slot's equal share, so that the slots finish together.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+#: A chunk's fixed cost may be at most this share of its time.
+FIXED_SHARE = 0.05
+#: Records in a first chunk when nothing is known of the service: enough to measure it, small
+#: enough to cost little if its records are slow. (Its size is bounded by the batch too.)
+PROBE_RECORDS = {"row": 100, "vectorized": 1000}
+#: How much an older chunk weighs against the next one (per chunk observed).
+DECAY = 0.7
+
+
+@dataclass(frozen=True)
+class Costs:
+    """A service's estimated costs, in seconds (see the module's docstring)."""
+
+    chunk: float
+    call: float
+    record: float
+
+    @property
+    def fixed(self) -> float:
+        return self.chunk + self.call
+
+    def seconds(self, records: int) -> float:
+        return self.fixed + records * self.record
+
+    def floor(self) -> int:
+        """The fewest records a chunk should hold: below it, the fixed cost is more than
+        ``FIXED_SHARE`` of the chunk's time."""
+        return max(1, math.ceil(self.fixed * (1 - FIXED_SHARE) / FIXED_SHARE / self.record))
+
+
+class CostEstimate:
+    """The running estimate of one service's :class:`Costs`, from its chunks as they finish.
+
+    It starts from what the store kept of earlier batches (``prior``), which counts as one
+    chunk's worth of evidence, and follows the new chunks from there.
+    """
+
+    def __init__(self, prior: Costs | None = None) -> None:
+        # Decayed sums over chunks of (1, n, t, n*n, n*t): n records, t seconds running them.
+        self._w = self._n = self._t = self._nn = self._nt = 0.0
+        self._chunk: float | None = None
+        # The least time seen running a chunk's records: no chunk's fixed part is more.
+        self._least = math.inf
+        if prior is not None:
+            self._chunk = prior.chunk
+            self._least = prior.call if prior.call > 0 else math.inf
+            # Two pseudo-chunks on the prior's line, a decade apart: its call cost and its cost
+            # per record, as one chunk's worth of weight.
+            for n in (1_000.0, 10_000.0):
+                self._add(n, prior.call + n * prior.record, 0.5)
+
+    def _add(self, n: float, t: float, weight: float = 1.0) -> None:
+        self._w += weight
+        self._n += weight * n
+        self._t += weight * t
+        self._nn += weight * n * n
+        self._nt += weight * n * t
+
+    def observe(self, records: int, run_seconds: float, chunk_seconds: float) -> None:
+        """A chunk of ``records`` records finished: its worker ran them for ``run_seconds``, and
+        ``chunk_seconds`` more went around them."""
+        if records <= 0:
+            return
+        for name in ("_w", "_n", "_t", "_nn", "_nt"):
+            setattr(self, name, getattr(self, name) * DECAY)
+        self._add(float(records), max(run_seconds, 0.0))
+        self._least = min(self._least, max(run_seconds, 0.0))
+        chunk = max(chunk_seconds, 0.0)
+        self._chunk = (
+            chunk if self._chunk is None else self._chunk + (1 - DECAY) * (chunk - self._chunk)
+        )
+
+    def costs(self) -> Costs | None:
+        """The estimate, or None before any chunk was seen."""
+        if self._w <= 0 or self._chunk is None or self._n <= 0:
+            return None
+        # Chunks of one size: no line to fit, so all of their time is taken as the records'.
+        call, record = 0.0, self._t / self._n
+        mean_n, mean_t = self._n / self._w, self._t / self._w
+        spread = self._nn / self._w - mean_n * mean_n
+        if spread > (0.05 * mean_n) ** 2:  # chunks of different sizes: fit the line
+            slope = (self._nt / self._w - mean_n * mean_t) / spread
+            intercept = mean_t - slope * mean_n
+            if slope > 0:
+                # A noisy small chunk can tilt the line: its fixed part is at most what the
+                # quickest chunk took, and the slope is refitted through it.
+                call = min(max(intercept, 0.0), self._least)
+                record = max((self._nt - call * self._n) / self._nn, 0.0)
+        # A service so fast that no time shows still costs something per record.
+        return Costs(self._chunk, call, max(record, 1e-9))
+
+
+def range_size(
+    remaining: int,
+    slots: int,
+    costs: Costs | None,
+    busy_seconds: float = 0.0,
+    *,
+    mode: str = "row",
+    target_seconds: float = 0.5,
+    maximum: int = 1_000_000,
+) -> int:
+    """How many of a batch's ``remaining`` unclaimed records the next chunk takes.
+
+    ``slots`` is how many workers the batch may use at once; ``busy_seconds`` the estimated
+    seconds left on its chunks running now; ``costs`` the service's estimate (None: unknown, so
+    a small probe). ``target_seconds`` bounds a chunk's time while much work is left (a chunk is
+    also the unit of preemption and retry); ``maximum`` bounds its records (memory).
+    """
+    if remaining <= 0:
+        return 0
+    slots = max(slots, 1)
+    if costs is None:
+        probe = PROBE_RECORDS.get(mode, PROBE_RECORDS["row"])
+        return max(1, min(remaining, probe, math.ceil(remaining / (2 * slots))))
+    record = costs.record
+    floor = costs.floor()
+    per_slot = (busy_seconds + remaining * record) / slots  # seconds of work left per slot
+    if per_slot <= 2 * floor * record:
+        # The last round: each slot its equal share, so they finish together.
+        size = math.ceil(per_slot / record)
+    else:
+        # Half of a slot's share: the other half is left to even out the finish.
+        size = min(math.ceil(per_slot / (2 * record)), math.ceil(target_seconds / record))
+    size = max(size, floor)
+    size = min(size, maximum, remaining)
+    if remaining - size < max(floor // 2, 1) and remaining <= maximum:
+        size = remaining  # not a sliver left for a chunk of its own
+    return max(size, 1)
