@@ -10,6 +10,7 @@ import math
 import httpx
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
@@ -229,8 +230,8 @@ def sdk():
             fmt = request.url.params.get("format", "json")
             if fmt == "arrow":
                 return httpx.Response(200, content=arrow_bytes(RESULTS))
-            if fmt == "csv":
-                return httpx.Response(200, content=b"index,id\n0,a\n")
+            if fmt == "jsonl":
+                return httpx.Response(200, content=b'{"index": 0, "id": "a"}\n')
             start = int(request.url.params["start"])
             limit = int(request.url.params["limit"])
             stop = min(start + limit, 5)
@@ -250,12 +251,44 @@ def sdk():
     return batch
 
 
-def test_export_results_streams_the_servers_file_into_place(sdk, tmp_path):
+def test_a_csv_export_is_written_here_from_the_servers_arrow_stream(sdk, tmp_path):
     path = tmp_path / "out.csv"
     assert sdk.export_results(path) == str(path)
-    assert path.read_bytes() == b"index,id\n0,a\n"
-    assert sdk.asked[-1].url.params["format"] == "csv"
+    expected = io.BytesIO()
+    pacsv.write_csv(RESULTS, expected)
+    assert path.read_bytes() == expected.getvalue()
+    assert sdk.asked[-1].url.params["format"] == "arrow"
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_a_tsv_export_is_tab_separated(sdk, tmp_path):
+    path = tmp_path / "out.tsv"
+    sdk.export_results(path)
+    expected = io.BytesIO()
+    pacsv.write_csv(RESULTS, expected, write_options=pacsv.WriteOptions(delimiter="\t"))
+    assert path.read_bytes() == expected.getvalue()
+
+
+def test_an_export_asks_the_server_for_the_columns_wanted(sdk, tmp_path):
+    sdk.export_results(tmp_path / "out.jsonl", columns=["index", "sq"])
+    asked = sdk.asked[-1].url.params
+    assert (asked["format"], asked["columns"]) == ("jsonl", "index,sq")
+    with pytest.raises(UsageError, match="list of result column names"):
+        sdk.export_results(tmp_path / "out.csv", columns="index")
+
+
+def test_a_download_cut_short_leaves_no_file_behind(sdk, tmp_path):
+    path = tmp_path / "out.csv"
+    sdk.asked.clear()
+    broken = arrow_bytes(RESULTS)[:-40]  # the stream ends in the middle of a message
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=broken)
+
+    sdk._runner.http._transport = httpx.MockTransport(answer)
+    with pytest.raises(Exception):  # noqa: B017 - pyarrow's error for a truncated stream
+        sdk.export_results(path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_arrow_export_is_an_arrow_ipc_file(sdk, tmp_path):

@@ -72,10 +72,11 @@ class LocalBlobStore:
             raise BlobNotFound(key) from None
 
     def open_input_file(self, key: str) -> pa.NativeFile:
-        # Mapped: a worker reading a range of a part touches only the pages it uses, and its
-        # columns are the page cache's memory, not copies.
+        # Read with positioned reads of the buffers asked for (a range of a part reads that
+        # range). Not memory-mapped: where page faults are costly (virtual machines, sandboxes),
+        # first touches of a mapping cost far more than copying the bytes.
         try:
-            return pa.memory_map(str(self.path(key)))
+            return pa.OSFile(str(self.path(key)))
         except FileNotFoundError:
             raise BlobNotFound(key) from None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -225,20 +226,30 @@ def results_arrow(execution_id: str) -> Op[bytes]:
     return resp.content
 
 
-def download_results(
-    execution_id: str, format: str, target: Path, columns: list[str] | None = None
-) -> Op[Path]:
+def stream_results(
+    execution_id: str,
+    format: str,
+    sink: Callable[[bytes], object],
+    columns: list[str] | None = None,
+) -> Op[None]:
     """Stream every finished result, in ``format`` (``csv``, ``tsv``, ``jsonl``, ``parquet``,
-    ``arrow``), into ``target``, with only ``columns`` if given; a failed download leaves no
-    file behind."""
-    partial = target.with_name(target.name + ".part")
+    ``arrow``), to ``sink`` a piece at a time, with only ``columns`` if given."""
     params = {"format": format}
     if columns is not None:
         params["columns"] = ",".join(columns)
+    path = f"/v1/batches/{q(execution_id)}/results"
+    yield from call(Request("GET", path, params=params, sink=sink))
+
+
+def download_results(
+    execution_id: str, format: str, target: Path, columns: list[str] | None = None
+) -> Op[Path]:
+    """Stream every finished result, in ``format``, into ``target``, with only ``columns`` if
+    given; a failed download leaves no file behind."""
+    partial = target.with_name(target.name + ".part")
     with open(partial, "wb") as out:
         try:
-            path = f"/v1/batches/{q(execution_id)}/results"
-            yield from call(Request("GET", path, params=params, sink=out.write))
+            yield from stream_results(execution_id, format, out.write, columns)
         except BaseException:
             out.close()
             partial.unlink(missing_ok=True)

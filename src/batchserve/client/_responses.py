@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchserve.client import _ops
+from batchserve.client._export import ArrowSink
 from batchserve.client._wire import Op
 from batchserve.errors import NotFoundError, UsageError
 from batchserve.states import BatchState
@@ -39,6 +40,8 @@ EXPORT_FORMATS = {
     ".arrows": "arrow",
 }
 _TRAILING = ("error", "error_type", "console_output", "duration_ms", "attempts")
+#: Formats written here from the Arrow stream, rather than downloaded as they are.
+_CONVERTED = {".csv": "csv", ".tsv": "tsv", ".arrow": "arrow"}
 
 
 class ServiceResponse:
@@ -278,17 +281,18 @@ def export_results(execution_id: str, path: Path, columns: Sequence[str] | None 
         )
     if not path.parent.is_dir():
         raise UsageError(f"The folder '{path.parent}' does not exist; create it first.")
-    if suffix != ".arrow":
+    if suffix not in _CONVERTED:
         yield from _ops.download_results(execution_id, format, path, wanted)
         return str(path)
-    # The server streams Arrow; an .arrow file is the IPC file layout, rewritten record batch by
-    # record batch.
-    stream = path.with_name(path.name + ".arrows")
+    # Text and the Arrow file layout are written here from the server's Arrow stream, as it
+    # arrives (see _export.py).
+    sink = ArrowSink(path, _CONVERTED[suffix])
     try:
-        yield from _ops.download_results(execution_id, format, stream, wanted)
-        _stream_to_file(stream, path)
-    finally:
-        stream.unlink(missing_ok=True)
+        yield from _ops.stream_results(execution_id, "arrow", sink.write, wanted)
+    except BaseException:
+        sink.abort()
+        raise
+    sink.close()
     return str(path)
 
 
@@ -303,21 +307,3 @@ def _columns(columns: Sequence[str] | None) -> list[str] | None:
     if not columns:
         raise UsageError("columns names no result column; leave it out to export every column.")
     return list(columns)
-
-
-def _stream_to_file(stream: Path, target: Path) -> None:
-    import pyarrow as pa
-
-    partial = target.with_name(target.name + ".part")
-    try:
-        with (
-            pa.OSFile(str(stream)) as source,
-            pa.ipc.open_stream(source) as reader,
-            pa.OSFile(str(partial), "wb") as sink,
-            pa.ipc.new_file(sink, reader.schema) as writer,
-        ):
-            for batch in reader:
-                writer.write_batch(batch)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)

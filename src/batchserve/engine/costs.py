@@ -6,8 +6,10 @@ A chunk of ``n`` records costs ``chunk + call + n * record`` seconds:
   worker's reading of the range and its opening and closing of the result file. Measured
   directly for every chunk: the scheduler's time on it, and its worker's time on it less the
   time spent on its records (and on loading the service, a once-per-worker cost). Time a
-  finished chunk waits for a busy scheduler is left out: it is contention, not a cost of the
-  chunk, and would make a batch of small chunks look like one of costly chunks.
+  finished chunk waits for a busy scheduler is left out, and the estimate is the median of the
+  last few chunks: a chunk held up by contention (an upload writing to the same store, a
+  collector's pass) is not what the next one costs, and a batch of small chunks would look like
+  one of costly chunks.
 - ``call``: fixed per chunk in the worker's run of its records: setting up the record loop and
   writing the last results, and for a vectorized service (called once per chunk with a
   DataFrame) the function's own set-up, such as a model's input checks.
@@ -28,6 +30,8 @@ round, each slot's equal share, so that the slots finish together.
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from dataclasses import dataclass
 
 #: A chunk's fixed cost may be at most this share of its time.
@@ -37,6 +41,8 @@ FIXED_SHARE = 0.05
 PROBE_RECORDS = {"row": 100, "vectorized": 1000}
 #: How much an older chunk weighs against the next one (per chunk observed).
 DECAY = 0.7
+#: The fixed cost per chunk is the median of this many last chunks.
+CHUNK_WINDOW = 9
 
 
 @dataclass(frozen=True)
@@ -70,11 +76,11 @@ class CostEstimate:
     def __init__(self, prior: Costs | None = None) -> None:
         # Decayed sums over chunks of (1, n, t, n*n, n*t): n records, t seconds running them.
         self._w = self._n = self._t = self._nn = self._nt = 0.0
-        self._chunk: float | None = None
+        self._chunks: deque[float] = deque(maxlen=CHUNK_WINDOW)
         # The least time seen running a chunk's records: no chunk's fixed part is more.
         self._least = math.inf
         if prior is not None:
-            self._chunk = prior.chunk
+            self._chunks.append(prior.chunk)
             self._least = prior.call if prior.call > 0 else math.inf
             # Two pseudo-chunks on the prior's line, a decade apart: its call cost and its cost
             # per record, as one chunk's worth of weight.
@@ -97,14 +103,11 @@ class CostEstimate:
             setattr(self, name, getattr(self, name) * DECAY)
         self._add(float(records), max(run_seconds, 0.0))
         self._least = min(self._least, max(run_seconds, 0.0))
-        chunk = max(chunk_seconds, 0.0)
-        self._chunk = (
-            chunk if self._chunk is None else self._chunk + (1 - DECAY) * (chunk - self._chunk)
-        )
+        self._chunks.append(max(chunk_seconds, 0.0))
 
     def costs(self) -> Costs | None:
         """The estimate, or None before any chunk was seen."""
-        if self._w <= 0 or self._chunk is None or self._n <= 0:
+        if self._w <= 0 or not self._chunks or self._n <= 0:
             return None
         # Chunks of one size: no line to fit, so all of their time is taken as the records'.
         call, record = 0.0, self._t / self._n
@@ -119,7 +122,7 @@ class CostEstimate:
                 call = min(max(intercept, 0.0), self._least)
                 record = max((self._nt - call * self._n) / self._nn, 0.0)
         # A service so fast that no time shows still costs something per record.
-        return Costs(self._chunk, call, max(record, 1e-9))
+        return Costs(statistics.median(self._chunks), call, max(record, 1e-9))
 
 
 def range_size(

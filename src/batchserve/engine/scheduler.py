@@ -749,12 +749,15 @@ class Scheduler:
         estimate = self._costs.get(run.costs_key)
         if estimate is None:
             return
-        estimate.observe(run.count, running, around)
-        costs = estimate.costs()
-        if costs is not None:
-            self.store.observe_costs(
-                run.service_id, chunk=costs.chunk, call=costs.call, record=costs.record
-            )
+        try:
+            estimate.observe(run.count, running, around)
+            costs = estimate.costs()
+            if costs is not None:
+                self.store.observe_costs(
+                    run.service_id, chunk=costs.chunk, call=costs.call, record=costs.record
+                )
+        except Exception:  # an estimate is no reason to leave a finished chunk unrecorded
+            log.exception("could not update the cost estimate of service %s", run.service_id)
 
     def _spec(self, service_id: int) -> ServiceSpec:
         # Looked up per dispatch round, not cached by id: a deleted service's id may be reused.

@@ -27,6 +27,34 @@ log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 
+#: The variables that size the thread pools of native numeric libraries (OpenMP, OpenBLAS, MKL,
+#: and the like), which otherwise each start as many threads as the machine has cores, in every
+#: worker: N workers then run N times that many threads on the cores, and spin against each
+#: other. Workers get the machine's cores shared out among them, unless the variable is set.
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+#: Memory that a worker frees is kept for its next chunk, rather than given back to the system
+#: and faulted in again page by page: chunks of a batch need the same amounts over and over, and
+#: where page faults are costly (virtual machines, sandboxes) that costs more than the work.
+#: glibc's malloc (Python, numpy) and mimalloc (pyarrow's allocator) read these at start.
+MEMORY_VARIABLES = {
+    "MALLOC_MMAP_THRESHOLD_": str(256 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+    "MIMALLOC_PURGE_DELAY": "-1",
+}
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(workers, 1))
+
 
 def _die_with_parent() -> None:
     """Ask Linux to kill this worker when the process that started it goes away."""
@@ -38,9 +66,12 @@ def worker_main(conn: Connection, blob_url: str, progress_interval: float) -> No
     """The body of a worker process."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    import pyarrow as pa
+
     from batchserve.blobs import blob_store_from_url
     from batchserve.engine.runtime import Runtime, warm_up
 
+    pa.set_cpu_count(int(os.environ.get("OMP_NUM_THREADS") or 1))
     warm_up()
     runtime = Runtime(blob_store_from_url(blob_url))
     while True:
@@ -98,6 +129,13 @@ class ProcessExecutor:
         self._closing = False
 
     def start(self) -> None:
+        # Read by the native libraries when they load, in the fork server (which preloads
+        # numpy) and so in every worker forked from it: set before the first worker starts.
+        threads = str(threads_per_worker(self._n))
+        for name in THREAD_VARIABLES:
+            os.environ.setdefault(name, threads)
+        for name, value in MEMORY_VARIABLES.items():
+            os.environ.setdefault(name, value)
         for slot in self._slots:
             self._spawn(slot)
 

@@ -123,6 +123,10 @@ async def create_batch(
     body = blocking_body(request.stream(), engine.settings.max_upload_bytes)
 
     def create() -> BatchPublic:
+        with body:  # closed even when the upload is refused: the rest of it is not read
+            return created()
+
+    def created() -> BatchPublic:
         batch = engine.batches.create(
             who,
             service,
