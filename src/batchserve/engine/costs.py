@@ -22,7 +22,8 @@ plain average of chunk time over records takes the fixed cost of small chunks fo
 record, and then cuts the next batch into thousands of tiny chunks.
 
 :func:`range_size` turns the estimate into the size of the next range of records: never so
-small that the fixed cost is more than ``FIXED_SHARE`` of a chunk's time; half a slot's share
+small that the fixed cost is more than ``FIXED_SHARE`` of a chunk's time (unless the batch is
+too small to give every slot a chunk that large: then one chunk a slot); half a slot's share
 of the work left while much is left, so that later ranges can even out the finish; in the last
 round, each slot's equal share, so that the slots finish together.
 """
@@ -153,12 +154,14 @@ def range_size(
     per_slot = (busy_seconds + remaining * record) / slots  # seconds of work left per slot
     if per_slot <= 2 * floor * record:
         # The last round: each slot its equal share, so they finish together.
-        size = math.ceil(per_slot / record)
+        size = math.ceil(per_slot / record - 1e-9)
     else:
         # Half of a slot's share: the other half is left to even out the finish.
         size = min(math.ceil(per_slot / (2 * record)), math.ceil(target_seconds / record))
-    size = max(size, floor)
-    size = min(size, maximum, remaining)
-    if remaining - size < max(floor // 2, 1) and remaining <= maximum:
+    # At least the floor, unless that would leave slots idle: the floor keeps chunks from
+    # being cut finer than the slots need, not the slots from sharing a small batch.
+    least = min(floor, math.ceil(remaining / slots))
+    size = min(max(size, least), maximum, remaining)
+    if remaining - size < max(least // 2, 1) and remaining <= maximum:
         size = remaining  # not a sliver left for a chunk of its own
     return max(size, 1)

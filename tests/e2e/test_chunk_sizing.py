@@ -1,0 +1,111 @@
+"""Chunks cut to measure on a real server: a small batch first does not make the next big one
+run in tiny chunks, a batch says where its time went, and exports keep the columns asked for."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from batchserve import BatchState
+from batchserve.errors import BadRequestError
+
+pytestmark = pytest.mark.e2e
+
+BIG = 300_000
+# A trivial function costs well under a microsecond a record and a chunk some milliseconds:
+# under the 5% rule a batch of BIG records is a handful of chunks. Cut from a time per record
+# measured on small chunks (mostly fixed cost), it would be hundreds.
+FEW_CHUNKS = 12
+
+
+def ratio(hp: float, wt: float) -> float:
+    return hp / wt
+
+
+def ratios(frame):  # type: ignore[no-untyped-def]
+    return frame["hp"] / frame["wt"]
+
+
+def records(n: int) -> dict[str, list[float]]:
+    rng = np.random.default_rng(n)
+    return {
+        "hp": rng.uniform(50, 300, n).round(1).tolist(),
+        "wt": rng.uniform(1.5, 5.5, n).round(3).tolist(),
+    }
+
+
+@pytest.mark.parametrize("vectorized", [False, True], ids=["row", "vectorized"])
+def test_after_a_small_batch_a_big_one_still_gets_a_few_large_chunks(
+    client, unique_name, vectorized
+):  # type: ignore[no-untyped-def]
+    svc = client.publish_service(
+        unique_name,
+        code=ratios if vectorized else ratio,
+        inputs={"hp": float, "wt": float},
+        outputs={"r": float},
+        vectorized=vectorized,
+        version="v1",
+    )
+    small = svc.batch(records(100), parallel_count=2).start().wait(timeout=120)
+    assert small.state is BatchState.COMPLETED
+    batch = svc.batch(records(BIG), parallel_count=2).start()
+    done = batch.wait(timeout=300)
+    assert done.state is BatchState.COMPLETED
+    assert done.completed_item_count == BIG
+    chunks = batch.refresh().data["chunk_count"]
+    assert 2 <= chunks <= FEW_CHUNKS, f"{BIG:,} records ran in {chunks} chunks"
+    assert batch.data["chunk_size"] is None  # cut to measure, not asked for
+
+
+def test_a_batch_tells_where_its_time_went(client, unique_name, tmp_path):  # type: ignore[no-untyped-def]
+    svc = client.publish_service(
+        unique_name, code=ratio, inputs={"hp": float, "wt": float}, outputs={"r": float}
+    )
+    batch = svc.batch(records(20_000), parallel_count=2).start()
+    batch.wait(timeout=120)
+    stats = batch.info().job_statistics
+    assert stats.ingest_seconds is not None and stats.ingest_seconds > 0
+    assert stats.queue_seconds is not None and stats.queue_seconds >= 0
+    assert stats.run_seconds > 0
+    assert stats.export_seconds is None  # nothing exported yet
+    batch.export_results(tmp_path / "all.parquet")
+    assert batch.info().job_statistics.export_seconds > 0
+
+
+def test_an_export_keeps_only_the_columns_asked_for_in_their_order(client, unique_name, tmp_path):  # type: ignore[no-untyped-def]
+    svc = client.publish_service(
+        unique_name, code=ratio, inputs={"hp": float, "wt": float}, outputs={"r": float}
+    )
+    given = records(1_000)
+    batch = svc.batch(given, parallel_count=2).start()
+    batch.wait(timeout=120)
+    path = Path(batch.export_results(tmp_path / "r.csv", columns=["r", "index"]))
+    with path.open() as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["r", "index"]
+    assert [int(r[1]) for r in rows[1:]] == list(range(1_000))
+    expected = [hp / wt for hp, wt in zip(given["hp"], given["wt"], strict=True)]
+    assert [float(r[0]) for r in rows[1:]] == pytest.approx(expected)
+    with pytest.raises(BadRequestError) as refused:
+        batch.export_results(tmp_path / "bad.csv", columns=["index", "answer"])
+    assert "'answer'" in str(refused.value) and "index, status, r" in str(refused.value)
+    assert not (tmp_path / "bad.csv").exists()
+
+
+def test_a_rest_export_with_an_unknown_column_is_a_clear_400(client, unique_name, server):  # type: ignore[no-untyped-def]
+    svc = client.publish_service(
+        unique_name, code=ratio, inputs={"hp": float, "wt": float}, outputs={"r": float}
+    )
+    batch = svc.batch(records(10)).start()
+    batch.wait(timeout=120)
+    r = httpx.get(
+        f"{server.url}/v1/batches/{batch.execution_id}/results",
+        params={"format": "csv", "columns": "index,nope"},
+        headers={"Authorization": f"Bearer {client.token}"},
+    )
+    assert r.status_code == 400
+    assert "'nope'" in r.json()["error"]["message"]
