@@ -9,8 +9,8 @@ import pytest
 from batchserve.engine.costs import (
     FIXED_SHARE,
     PROBE_RECORDS,
-    Costs,
     CostEstimate,
+    Costs,
     range_size,
 )
 
