@@ -58,6 +58,17 @@ def test_a_noisy_small_chunk_cannot_make_the_fixed_part_exceed_the_quickest_chun
     assert costs.call <= 0.001
 
 
+def test_the_noise_in_the_times_of_like_chunks_is_not_taken_for_a_fixed_part():
+    estimate = CostEstimate()
+    # 10 ms records on a busy machine: times vary by a tenth, as they do.
+    for n, seconds in [(34, 0.40), (34, 0.44), (33, 0.41), (61, 0.70), (32, 0.43), (36, 0.42)]:
+        estimate.observe(n, seconds, 0.004)
+    costs = estimate.costs()
+    assert costs is not None
+    assert costs.call == 0
+    assert costs.record == pytest.approx(0.012, rel=0.1)
+
+
 def test_the_fixed_cost_per_chunk_is_the_median_of_the_last_chunks():
     estimate = CostEstimate()
     for seconds in (0.004, 0.005, 0.004, 0.060, 0.004):  # one chunk waited for the store

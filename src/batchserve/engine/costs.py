@@ -114,13 +114,14 @@ class CostEstimate:
         call, record = 0.0, self._t / self._n
         mean_n, mean_t = self._n / self._w, self._t / self._w
         spread = self._nn / self._w - mean_n * mean_n
-        if spread > (0.05 * mean_n) ** 2:  # chunks of different sizes: fit the line
+        if spread > (0.05 * mean_n) ** 2:  # chunks of different sizes: fit a line
             slope = (self._nt / self._w - mean_n * mean_t) / spread
             intercept = mean_t - slope * mean_n
-            if slope > 0:
-                # A noisy small chunk can tilt the line: its fixed part is at most what the
-                # quickest chunk took, and the slope is refitted through it.
-                call = min(max(intercept, 0.0), self._least)
+            # The fixed part is kept only where it shows: a good share of the quickest chunk's
+            # time (then it decides how small a chunk may be), and no more than all of it. A
+            # smaller intercept is the noise of chunks' times, not a cost.
+            if slope > 0 and 0.25 * self._least <= intercept:
+                call = min(intercept, self._least)
                 record = max((self._nt - call * self._n) / self._nn, 0.0)
         # A service so fast that no time shows still costs something per record.
         return Costs(statistics.median(self._chunks), call, max(record, 1e-9))

@@ -147,6 +147,7 @@ class Scheduler:
         # store for the next start; the upload parts of the batches being run (never changed
         # once a batch is sealed).
         self._costs: dict[tuple[int, str], CostEstimate] = {}
+        self._costs_kept: dict[tuple[int, str], float] = {}  # when each was last stored
         self._parts: dict[str, tuple[PartRef, ...]] = {}
         self.executor: Executor | None = None
         self._events: queue.Queue[object] = queue.Queue()
@@ -292,9 +293,17 @@ class Scheduler:
             worker = float(result.get("run_seconds") or 0.0)
             fixed = run.claim_seconds + max(worker - running, 0.0)
             self._observe(run, running, fixed + (time.monotonic() - began))
-        if not self._apply_failure_policy(run.batch_id):
-            self._maybe_complete(run.batch_id)
-        self._maybe_paused(run.batch_id)
+        self._after_chunk(run.batch_id)
+
+    def _after_chunk(self, batch_id: str) -> None:
+        """A chunk of the batch ended: fail the batch by its policy, or complete it, or finish
+        its pause; one read of the batch for all three."""
+        batch = self.store.get_batch(batch_id)
+        if batch is None:
+            return
+        if not self._apply_failure_policy(batch_id, batch):
+            self._maybe_complete(batch_id, batch)
+        self._maybe_paused(batch_id, batch)
 
     def _lost(self, event: Lost) -> None:
         future = self._consumes.pop(event.task_id, None)
@@ -451,9 +460,11 @@ class Scheduler:
             )
         self._maybe_paused(batch_id)
 
-    def _maybe_paused(self, batch_id: str) -> None:
-        """A pausing batch with nothing left running is paused."""
+    def _maybe_paused(self, batch_id: str, batch: Batch | None = None) -> None:
+        """A pausing batch with nothing left running is paused (``batch``: as just read)."""
         if self._per_batch[batch_id] > 0:
+            return
+        if batch is not None and batch.state != BatchState.PAUSING.value:
             return
         self.store.transition(batch_id, BatchState.PAUSED, only_from=[BatchState.PAUSING])
 
@@ -476,13 +487,13 @@ class Scheduler:
             batch_id, BatchState.CANCELLED, only_from=[BatchState.CANCELLING], end_time=utcnow()
         )
 
-    def _apply_failure_policy(self, batch_id: str) -> bool:
+    def _apply_failure_policy(self, batch_id: str, batch: Batch | None = None) -> bool:
         """Fail the batch when its failed records pass its limit; True when it was failed.
 
         ``task_failure_mode="terminatejob"`` allows no failed record; ``max_failed_records``
         allows that many. Records that did not run then are reported cancelled.
         """
-        batch = self.store.get_batch(batch_id)
+        batch = batch or self.store.get_batch(batch_id)
         if batch is None or batch.state not in (BatchState.PENDING.value, BatchState.RUNNING.value):
             return False
         options = batch.options
@@ -554,8 +565,8 @@ class Scheduler:
                     "MaxWallClockTimeExpiry",
                 )
 
-    def _maybe_complete(self, batch_id: str) -> None:
-        batch = self.store.get_batch(batch_id)
+    def _maybe_complete(self, batch_id: str, batch: Batch | None = None) -> None:
+        batch = batch or self.store.get_batch(batch_id)
         if batch is None or not batch.sealed:
             return
         if not self.store.has_unfinished_records(batch_id):
@@ -752,7 +763,11 @@ class Scheduler:
         try:
             estimate.observe(run.count, running, around)
             costs = estimate.costs()
-            if costs is not None:
+            now = time.monotonic()
+            # Kept for a restart (and for other nodes) at most once a second: this process
+            # sizes the next chunks from its own estimate.
+            if costs is not None and now - self._costs_kept.get(run.costs_key, -1e9) >= 1.0:
+                self._costs_kept[run.costs_key] = now
                 self.store.observe_costs(
                     run.service_id, chunk=costs.chunk, call=costs.call, record=costs.record
                 )

@@ -17,14 +17,17 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Connection,
     Engine,
     Select,
+    Table,
     bindparam,
     create_engine,
     delete,
     event,
     exists,
     func,
+    insert,
     literal,
     select,
     text,
@@ -39,7 +42,19 @@ from batchserve.states import (
     check_batch_transition,
     check_chunk_transition,
 )
-from batchserve.store.models import Batch, Chunk, Part, Service, Token, User, utcnow
+from batchserve.store.models import (
+    Batch,
+    Chunk,
+    Part,
+    Service,
+    Token,
+    User,
+    UTCDateTime,
+    utcnow,
+)
+
+_CHUNKS: Table = Chunk.__table__  # type: ignore[assignment]
+_BATCHES: Table = Batch.__table__  # type: ignore[assignment]
 
 # Chunk columns that a batch's statistics sum up, and which of them are seconds.
 _SUMMED = (
@@ -159,6 +174,16 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextmanager
+    def locked_connection(self) -> Iterator[Connection]:
+        """One transaction on a plain connection that reads rows in order to change them (see
+        :meth:`session`): SQLite's write lock is taken at once; PostgreSQL statements lock
+        their rows with ``FOR UPDATE``."""
+        with self.engine.begin() as conn:
+            if self._sqlite:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
 
     @contextmanager
     def session(self, *, locked: bool = False) -> Iterator[Session]:
@@ -556,48 +581,64 @@ class Store:
         ``result_key_for(chunk)`` names the file this attempt writes its results to. None when
         nothing of the batch waits.
         """
-        with self.session(locked=True) as s:
-            q = (
-                select(Chunk)
-                .where(Chunk.batch_id == batch_id, Chunk.state == ChunkState.PENDING.value)
-                .order_by(Chunk.start_index)
-                .limit(1)
-            )
-            if self.engine.dialect.name == "postgresql":
-                q = q.with_for_update(skip_locked=True)
-            chunk = s.scalar(q)
-            now = utcnow()
-            if chunk is not None:
-                chunk.state = check_chunk_transition(chunk.state, ChunkState.RUNNING).value
+        # Core statements on one connection, not the ORM: the scheduler claims a chunk for every
+        # worker that frees up, and a session's bookkeeping would cost more than the writes.
+        now = utcnow()
+        pg = not self._sqlite
+        with self.locked_connection() as conn:
+            row = conn.execute(_claim_queries(pg).pending, {"batch_id": batch_id}).first()
+            if row is not None:
+                chunk = Chunk(**row._mapping)
+                check_chunk_transition(chunk.state, ChunkState.RUNNING)
+                waited = (now - chunk.queued_at).total_seconds() if chunk.queued_at else 0.0
+                chunk.state = ChunkState.RUNNING.value
                 chunk.attempts += 1
-                if chunk.queued_at is not None:
-                    chunk.wait_seconds += max(0.0, (now - chunk.queued_at).total_seconds())
-                    chunk.queued_at = None
-            else:
-                batch = s.get(Batch, batch_id, with_for_update=True)
-                if batch is None or not batch.sealed or batch.claimed >= batch.total_count:
-                    return None
-                remaining = batch.total_count - batch.claimed
-                wanted = size_for(remaining) if size_for is not None else remaining
-                count = max(1, min(wanted, remaining, MAX_CHUNK_ROW))
-                last = s.scalar(select(func.max(Chunk.seq)).where(Chunk.batch_id == batch_id))
-                chunk = Chunk(
-                    batch_id=batch_id,
-                    seq=0 if last is None else last + 1,
-                    start_index=batch.claimed,
-                    count=count,
-                    state=ChunkState.RUNNING.value,
-                    attempts=1,
-                    lost_workers=0,
-                    wait_seconds=0.0,
+                chunk.wait_seconds += max(0.0, waited)
+                chunk.queued_at = None
+                chunk.started_at = now
+                chunk.succeeded = chunk.failed = chunk.cancelled = 0
+                chunk.result_key = result_key_for(chunk)
+                conn.execute(
+                    _claim_queries(pg).restart,
+                    {
+                        "chunk_id": chunk.id,
+                        "attempts": chunk.attempts,
+                        "wait_seconds": chunk.wait_seconds,
+                        "started_at": now,
+                        "result_key": chunk.result_key,
+                    },
                 )
-                s.add(chunk)
-                batch.claimed += count
-                if batch.run_start_time is None:
-                    batch.run_start_time = now
-            chunk.started_at = now
-            chunk.succeeded = chunk.failed = chunk.cancelled = 0
+                return chunk
+            found = conn.execute(_claim_queries(pg).batch, {"batch_id": batch_id}).first()
+            if found is None or not found.sealed or found.claimed >= found.total_count:
+                return None
+            remaining = found.total_count - found.claimed
+            wanted = size_for(remaining) if size_for is not None else remaining
+            count = max(1, min(wanted, remaining, MAX_CHUNK_ROW))
+            last = conn.execute(_claim_queries(pg).last_seq, {"batch_id": batch_id}).scalar()
+            chunk = Chunk(
+                batch_id=batch_id,
+                seq=0 if last is None else last + 1,
+                start_index=found.claimed,
+                count=count,
+                state=ChunkState.RUNNING.value,
+                attempts=1,
+                lost_workers=0,
+                wait_seconds=0.0,
+                started_at=now,
+                succeeded=0,
+                failed=0,
+                cancelled=0,
+            )
             chunk.result_key = result_key_for(chunk)
+            values = {c.key: getattr(chunk, c.key) for c in _CHUNKS.columns if c.key != "id"}
+            inserted = conn.execute(
+                insert(_CHUNKS).values({k: v for k, v in values.items() if v is not None})
+            )
+            chunk.id = inserted.inserted_primary_key[0]  # type: ignore[index]
+            conn.execute(
+                _claim_queries(pg).advance, {"batch_id": batch_id, "count": count, "now": now}
+            )
             return chunk
 
     def has_waiting_records(self, batch_id: str) -> bool:
@@ -820,6 +861,65 @@ def _batch_query() -> Select[Any]:
 @functools.cache
 def _counts_query() -> Select[Any]:
     return select(*_count_columns()).where(Chunk.batch_id == bindparam("batch_id"))
+
+
+@dataclass(frozen=True)
+class _ClaimQueries:
+    """The statements of :meth:`Store.claim_chunk`, built once (building one costs more than
+    running it)."""
+
+    pending: Any
+    restart: Any
+    batch: Any
+    last_seq: Any
+    advance: Any
+
+
+@functools.cache
+def _claim_queries(postgresql: bool) -> _ClaimQueries:
+    chunks, batches = _CHUNKS, _BATCHES
+    pending = (
+        select(chunks)
+        .where(
+            chunks.c.batch_id == bindparam("batch_id"),
+            chunks.c.state == ChunkState.PENDING.value,
+        )
+        .order_by(chunks.c.start_index)
+        .limit(1)
+    )
+    batch = select(batches.c.sealed, batches.c.claimed, batches.c.total_count).where(
+        batches.c.id == bindparam("batch_id")
+    )
+    if postgresql:  # SQLite's write lock, taken first, keeps others out instead
+        pending = pending.with_for_update(skip_locked=True)
+        batch = batch.with_for_update()
+    restart = (
+        update(chunks)
+        .where(chunks.c.id == bindparam("chunk_id"))
+        .values(
+            state=ChunkState.RUNNING.value,
+            attempts=bindparam("attempts"),
+            wait_seconds=bindparam("wait_seconds"),
+            queued_at=None,
+            started_at=bindparam("started_at"),
+            succeeded=0,
+            failed=0,
+            cancelled=0,
+            result_key=bindparam("result_key"),
+        )
+    )
+    last_seq = select(func.max(chunks.c.seq)).where(chunks.c.batch_id == bindparam("batch_id"))
+    advance = (
+        update(batches)
+        .where(batches.c.id == bindparam("batch_id"))
+        .values(
+            claimed=batches.c.claimed + bindparam("count", type_=BigInteger),
+            run_start_time=func.coalesce(
+                batches.c.run_start_time, bindparam("now", type_=UTCDateTime())
+            ),
+        )
+    )
+    return _ClaimQueries(pending, restart, batch, last_seq, advance)
 
 
 @functools.cache
