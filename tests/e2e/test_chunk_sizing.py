@@ -109,3 +109,119 @@ def test_a_rest_export_with_an_unknown_column_is_a_clear_400(client, unique_name
     )
     assert r.status_code == 400
     assert "'nope'" in r.json()["error"]["message"]
+
+
+def test_a_started_batch_runs_its_stored_records_while_the_upload_goes_on(
+    client, unique_name, server
+):  # type: ignore[no-untyped-def]
+    import sqlite3
+    import threading
+    import time
+
+    svc = client.publish_service(
+        unique_name,
+        code=ratio,
+        inputs={"hp": float, "wt": float},
+        outputs={"r": float},
+        version="v1",
+    )
+    head = b"hp,wt\n" + b"".join(b"%d,2.0\n" % i for i in range(1, 1_200_001))
+    tail = b"".join(b"%d,4.0\n" % i for i in range(10))
+    released = threading.Event()
+
+    def body():  # type: ignore[no-untyped-def]
+        yield head  # several parts' worth
+        released.wait(60)  # the rest of the upload comes only when the test says
+        yield tail
+
+    answer: list[httpx.Response] = []
+
+    def upload() -> None:
+        answer.append(
+            httpx.post(
+                f"{server.url}/v1/services/{unique_name}/v1/batches",
+                params={"parallel_count": 2},
+                content=body(),
+                headers={
+                    "Content-Type": "text/csv",
+                    "Authorization": f"Bearer {client.token}",
+                },
+                timeout=120,
+            )
+        )
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    try:
+        db = server.home / "batchserve.db"
+        deadline = time.monotonic() + 60
+        ran = 0
+        while time.monotonic() < deadline:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                rows = conn.execute(
+                    "SELECT b.sealed, coalesce(sum(c.succeeded), 0) FROM batches b "
+                    "JOIN chunks c ON c.batch_id = b.id WHERE b.sealed = 0 GROUP BY b.id"
+                ).fetchall()
+            ran = rows[0][1] if rows else 0
+            if ran:
+                break
+            time.sleep(0.05)
+        assert ran > 0, "no record ran before the upload ended"
+    finally:
+        released.set()
+        uploader.join(timeout=120)
+    assert answer and answer[0].status_code == 201, answer and answer[0].text
+    done = svc.get_batch(answer[0].json()["id"]).wait(timeout=120)
+    assert done.state is BatchState.COMPLETED
+    assert done.total_item_count == done.completed_item_count == 1_200_010
+    frame = done.to_pandas()
+    assert frame["index"].tolist() == list(range(1_200_010))
+    assert frame["r"].iloc[-1] == pytest.approx(9 / 4.0)
+    assert frame["r"].iloc[0] == pytest.approx(1 / 2.0)
+
+
+def test_an_upload_refused_halfway_leaves_nothing_even_if_its_first_records_ran(
+    client, unique_name, server
+):  # type: ignore[no-untyped-def]
+    import time
+
+    svc = client.publish_service(
+        unique_name,
+        code=ratio,
+        inputs={"hp": float, "wt": float},
+        outputs={"r": float},
+        version="v1",
+    )
+
+    def body():  # type: ignore[no-untyped-def]
+        yield b"hp,wt\n" + b"".join(b"%d,2.0\n" % i for i in range(1_200_000))
+        time.sleep(1.0)  # time for the stored records to start running
+        yield b"1,2,3\n"  # a line of three fields: a malformed file
+
+    r = httpx.post(
+        f"{server.url}/v1/services/{unique_name}/v1/batches",
+        params={"parallel_count": 2},
+        content=body(),
+        headers={"Content-Type": "text/csv", "Authorization": f"Bearer {client.token}"},
+        timeout=120,
+    )
+    assert r.status_code == 400, r.text
+    assert "Expected 2 columns" in r.json()["error"]["message"]
+    import sqlite3
+
+    def left() -> tuple[int, set[str]]:
+        with sqlite3.connect(f"file:{server.home / 'batchserve.db'}?mode=ro", uri=True) as db:
+            rows = db.execute(
+                "SELECT count(*) FROM batches WHERE service_id = "
+                "(SELECT id FROM services WHERE name = ?)",
+                (unique_name,),
+            ).fetchone()[0]
+            ids = {r[0] for r in db.execute("SELECT id FROM batches")}
+        folders = {p.name for p in (server.home / "blobs" / "batches").iterdir()}
+        return rows, folders - ids
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and left() != (0, set()):
+        time.sleep(0.1)
+    assert left() == (0, set())  # no row of it, and no files without a row
+    assert list(svc.list_batches()) == []

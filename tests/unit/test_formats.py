@@ -46,7 +46,7 @@ def run_chunks(ops, batch, how_many=None):
     """Play a worker: claim chunks and write a result for each of their records."""
     done = 0
     while how_many is None or done < how_many:
-        chunk = ops.store.claim_chunk(batch.id, result_key, lambda remaining: 4)
+        chunk = ops.store.claim_chunk(batch.id, result_key, lambda remaining, sealed: 4)
         if chunk is None:
             break
         parts = [PartRef(p.key, p.start_index, p.count) for p in ops.store.parts(batch.id)]

@@ -552,7 +552,7 @@ def test_a_new_chunk_is_cut_from_the_first_unclaimed_records_at_the_size_asked(
     store.update_batch(batch.id, total_count=10)
     asked = []
 
-    def size_for(remaining):
+    def size_for(remaining, sealed):
         asked.append(remaining)
         return 4
 
@@ -576,18 +576,38 @@ def test_without_a_size_a_chunk_takes_every_unclaimed_record(store, service, own
 def test_a_chunk_put_back_is_claimed_whole_before_a_new_one_is_cut(store, service, owner):
     batch = add_batch(store, service, owner, chunks=[])
     store.update_batch(batch.id, total_count=10)
-    first = store.claim_chunk(batch.id, result_key, lambda remaining: 3)
+    first = store.claim_chunk(batch.id, result_key, lambda remaining, sealed: 3)
     assert store.requeue_running_chunks() == 1
-    again = store.claim_chunk(batch.id, result_key, lambda remaining: 5)
+    again = store.claim_chunk(batch.id, result_key, lambda remaining, sealed: 5)
     assert (again.id, again.start_index, again.count, again.attempts) == (first.id, 0, 3, 2)
-    fresh = store.claim_chunk(batch.id, result_key, lambda remaining: 5)
+    fresh = store.claim_chunk(batch.id, result_key, lambda remaining, sealed: 5)
     assert (fresh.start_index, fresh.count) == (3, 5)
 
 
-def test_nothing_is_cut_from_a_batch_whose_upload_is_not_finished(store, service, owner):
+def test_while_an_upload_goes_on_only_its_stored_records_are_cut(store, service, owner):
     batch = add_batch(store, service, owner, sealed=False)
-    store.update_batch(batch.id, total_count=10)
-    assert store.claim_chunk(batch.id, result_key, lambda remaining: 4) is None
+    store.add_part(batch.id, 0, 0, 6, 96, "p0")
+    told = []
+
+    def size_for(remaining, sealed):
+        told.append((remaining, sealed))
+        return 0 if remaining < 4 else 4
+
+    first = store.claim_chunk(batch.id, result_key, size_for)
+    assert (first.start_index, first.count) == (0, 4)
+    assert store.claim_chunk(batch.id, result_key, size_for) is None  # 2 stored: wait for more
+    store.add_part(batch.id, 1, 6, 6, 96, "p1")
+    second = store.claim_chunk(batch.id, result_key, size_for)
+    assert (second.start_index, second.count) == (4, 4)
+    assert told == [(6, False), (2, False), (8, False)]
+    store.update_batch(batch.id, total_count=12, sealed=True)
+    assert store.claim_chunk(batch.id, result_key).count == 4  # the rest, once sealed
+
+
+def test_no_chunk_of_a_batch_being_deleted_is_handed_out(store, service, owner):
+    batch = add_batch(store, service, owner, chunks=[4, 4])
+    store.mark_deleting(batch.id)
+    assert store.claim_chunk(batch.id, result_key) is None
 
 
 def test_unclaimed_records_wait_and_are_unfinished(store, service, owner):
@@ -730,7 +750,7 @@ def test_finishing_pending_chunks_as_cancelled_counts_their_records_cancelled(
 def test_finishing_pending_chunks_cuts_the_unclaimed_rest_in_the_same_state(store, service, owner):
     batch = add_batch(store, service, owner, chunks=[])
     store.update_batch(batch.id, total_count=10)
-    running = store.claim_chunk(batch.id, result_key, lambda remaining: 3)
+    running = store.claim_chunk(batch.id, result_key, lambda remaining, sealed: 3)
     store.finish_pending_chunks(batch.id, ChunkState.CANCELLED, "cancelled by ann")
     chunks = store.chunks(batch.id)
     assert [(c.start_index, c.count, c.state) for c in chunks] == [
@@ -739,7 +759,7 @@ def test_finishing_pending_chunks_cuts_the_unclaimed_rest_in_the_same_state(stor
     ]
     assert chunks[1].cancelled == 7 and chunks[1].error == "cancelled by ann"
     assert store.get_batch(batch.id).claimed == 10
-    assert store.claim_chunk(batch.id, result_key, lambda remaining: 3) is None
+    assert store.claim_chunk(batch.id, result_key, lambda remaining, sealed: 3) is None
     assert store.get_chunk(running.id).state == "running"
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import functools
 import io
 import json
 import math
@@ -188,6 +187,18 @@ class BatchOps:
             priority=priority,
             display_name=display_name,
         )
+        if start:
+            # Started at once: its records run as their parts are stored, while the rest of
+            # the upload streams in. (Users see the batch only once its upload is complete.)
+            self.store.transition(
+                batch_id, BatchState.PENDING, only_from=[BatchState.CREATED], start_time=utcnow()
+            )
+
+        def stored(seq: int, start_index: int, count: int, size: int, key: str) -> None:
+            self.store.add_part(batch_id, seq, start_index, count, size, key)
+            if start:
+                self.scheduler.post(Wake())
+
         try:
             done = ingest(
                 source,
@@ -196,15 +207,15 @@ class BatchOps:
                 service=f"{service.name} {service.version}",
                 inputs=service.inputs,
                 blobs=self.blobs,
-                on_part=functools.partial(self.store.add_part, batch_id),
+                on_part=stored,
                 id_column=id_column,
                 spool_dir=spool_dir,
             )
         except SchemaError as exc:
-            remove_batch(self.store, self.blobs, batch_id)
+            self._abandon(batch_id)
             raise BadRequest(str(exc)) from None
         except BaseException:
-            remove_batch(self.store, self.blobs, batch_id)
+            self._abandon(batch_id)
             raise
         if done.id_type is not None:
             opts["id_type"] = encode_type(done.id_type)
@@ -216,7 +227,20 @@ class BatchOps:
             ingest_seconds=time.perf_counter() - began,
         )
         assert batch is not None
-        return self.start(who, batch_id) if start else batch
+        if start:
+            self.scheduler.post(Wake())  # the last records, and the end of the batch
+        return batch
+
+    def _abandon(self, batch_id: str) -> None:
+        """Remove a batch whose upload failed. Its stored records may have begun to run: then
+        the scheduler stops their workers before it removes the batch, so that none of them
+        writes a file after the removal."""
+        self.store.mark_deleting(batch_id)  # no chunk of it is handed out from now on
+        batch = self.store.get_batch(batch_id)
+        if batch is not None and batch.claimed:
+            self.scheduler.post(DeleteBatch(batch_id))
+        else:
+            remove_batch(self.store, self.blobs, batch_id)
 
     def get(self, who: Principal, batch_id: str) -> Batch:
         return _visible(who, batch_id, self.store.get_batch(batch_id))

@@ -16,12 +16,14 @@ batch.
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import io
 import json
+import queue
 import shutil
 import tempfile
-from collections import deque
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,8 +52,10 @@ FORMATS = (ARROW_STREAM, ARROW_FILE, CSV, TSV, JSONL, NDJSON, PARQUET)
 ID_FIELD = "batchserve:id"
 
 _BLOCK_BYTES = 1 << 20
-#: A part is closed once it holds this many bytes of Arrow data.
-PART_BYTES = 128 << 20
+#: A part is closed once it holds this many bytes of Arrow data: large enough to be read and
+#: written in few operations, small enough that a started batch's workers get records to run
+#: while the rest of a long upload streams in.
+PART_BYTES = 8 << 20
 #: Record batches smaller than this are joined before they are written, so that a part is not
 #: made of thousands of tiny batches (an upload of many small Arrow batches, say).
 _MIN_BATCH_ROWS = 16_384
@@ -256,34 +260,64 @@ class _CsvBlocks:
             convert_options=convert,
         )
 
+    def _blocks(self) -> Iterator[bytes]:
+        """The body in blocks of whole lines of about ``_CSV_BLOCK_BYTES``."""
+        parts: list[bytes] = []  # the start of the next block
+        size = 0
+        for piece in self._pieces():
+            parts.append(piece)
+            size += len(piece)
+            if size >= _CSV_BLOCK_BYTES:
+                data = b"".join(parts)
+                cut = data.rfind(b"\n") + 1
+                if cut:  # else one line longer than a block: read on to its end
+                    yield data[:cut]
+                    parts, size = [data[cut:]], len(data) - cut
+                else:
+                    parts = [data]
+        rest = b"".join(parts)
+        if rest.strip():
+            yield rest
+
     def batches(self) -> Iterator[pa.RecordBatch]:
-        with ThreadPoolExecutor(_CSV_THREADS, thread_name_prefix="batchserve-csv-in") as pool:
-            pending: deque[Future[pa.Table]] = deque()
-            parts: list[bytes] = []  # the start of the next block
-            size = 0
+        """The parsed record batches, in order. A thread of its own reads the body and hands the
+        blocks to the parsers, so that blocks parsed so far are written while the upload waits
+        for more (a slow client, or the rest of a long upload)."""
+        pool = ThreadPoolExecutor(_CSV_THREADS, thread_name_prefix="batchserve-csv-in")
+        parsed: queue.Queue[Future[pa.Table] | BaseException | None] = queue.Queue(
+            _CSV_THREADS + 1
+        )
+        stop = threading.Event()
+
+        def cut() -> None:
             try:
-                for piece in self._pieces():
-                    parts.append(piece)
-                    size += len(piece)
-                    if size >= _CSV_BLOCK_BYTES:
-                        data = b"".join(parts)
-                        cut = data.rfind(b"\n") + 1
-                        if cut:  # else one line longer than a block: read on to its end
-                            pending.append(pool.submit(self._parse, data[:cut]))
-                            parts, size = [data[cut:]], len(data) - cut
-                        else:
-                            parts = [data]
-                    # Blocks parsed so far are written at once, and at most a few wait.
-                    while pending and (pending[0].done() or len(pending) > _CSV_THREADS):
-                        yield from pending.popleft().result().to_batches()
-                rest = b"".join(parts)
-                if rest.strip():
-                    pending.append(pool.submit(self._parse, rest))
-                while pending:
-                    yield from pending.popleft().result().to_batches()
-            finally:  # an upload cut short: drop the blocks not parsed yet
-                for future in pending:
-                    future.cancel()
+                for block in self._blocks():
+                    if stop.is_set():
+                        return
+                    parsed.put(pool.submit(self._parse, block))
+                parsed.put(None)
+            except BaseException as exc:  # handed to the reader of the batches
+                with contextlib.suppress(queue.Full):
+                    parsed.put(exc, timeout=1)
+
+        cutter = threading.Thread(target=cut, name="batchserve-csv-cut", daemon=True)
+        cutter.start()
+        try:
+            while True:
+                item = parsed.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield from item.result().to_batches()
+        finally:
+            # An upload cut short (or done): the cutter stops at its next block, or once the
+            # body it reads is closed; the blocks not parsed yet are dropped.
+            stop.set()
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    parsed.get_nowait()
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _JsonLines:

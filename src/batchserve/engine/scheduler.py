@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import queue
 import threading
 import time
@@ -589,7 +590,10 @@ class Scheduler:
             executor.submit(self._consume_queue.pop(0))
         if executor.free_slots() == 0 and not any(r.preemptible for r in self._running.values()):
             return  # nothing could start now, nor be preempted: no need to read the batches
-        batches = self.store.batches_in_states([BatchState.PENDING, BatchState.RUNNING])
+        # Started batches whose upload goes on too: their stored records may run already.
+        batches = self.store.batches_in_states(
+            [BatchState.PENDING, BatchState.RUNNING], sealed=None
+        )
         live = {b.id for b in batches} | {r.batch_id for r in self._running.values()}
         for gone in self._parts.keys() - live:
             del self._parts[gone]
@@ -665,7 +669,7 @@ class Scheduler:
                 start_index=chunk.start_index,
                 count=chunk.count,
                 attempt=chunk.attempts,
-                parts=self._parts_of(batch.id, chunk.start_index, chunk.count),
+                parts=self._parts_of(batch, chunk.start_index, chunk.count),
                 result_key=chunk.result_key or "",
                 service=spec,
                 environment=dict(options.get("environment") or {}),
@@ -703,20 +707,34 @@ class Scheduler:
             self._maybe_complete(batch.id)
 
     def _range_size(
-        self, batch: Batch, mode: str, costs: Costs | None, now: float, remaining: int
+        self,
+        batch: Batch,
+        mode: str,
+        costs: Costs | None,
+        now: float,
+        remaining: int,
+        sealed: bool,
     ) -> int:
         """How many of a batch's ``remaining`` unclaimed records its next chunk takes: the size
         asked for, else as :func:`~batchserve.engine.costs.range_size` says from the service's
-        costs and the batch's running chunks."""
+        costs and the batch's running chunks. While the upload goes on (not ``sealed``), a chunk
+        takes the records stored so far, up to the target time; 0 waits for more when they are
+        fewer than the floor."""
         if batch.chunk_size:
-            return int(batch.chunk_size)
+            return int(batch.chunk_size) if sealed or remaining >= batch.chunk_size else 0
         assert self.executor is not None
+        slots = min(batch.parallel_count, self.executor.capacity())
+        if not sealed and costs is not None:
+            if remaining < costs.floor():
+                return 0
+            at_most = max(1, math.ceil(self.target_chunk_seconds / costs.record))
+            return min(remaining, at_most, self.max_chunk_size)
         busy = sum(
             max(0.0, r.expected_end - now) for r in self._running.values() if r.batch_id == batch.id
         )
         return range_size(
             remaining,
-            min(batch.parallel_count, self.executor.capacity()),
+            slots,
             costs,
             busy,
             mode=mode,
@@ -724,14 +742,16 @@ class Scheduler:
             maximum=self.max_chunk_size,
         )
 
-    def _parts_of(self, batch_id: str, start: int, count: int) -> tuple[PartRef, ...]:
-        """The upload parts holding a chunk's records (a sealed batch's parts never change)."""
-        parts = self._parts.get(batch_id)
+    def _parts_of(self, batch: Batch, start: int, count: int) -> tuple[PartRef, ...]:
+        """The upload parts holding a chunk's records (kept once the batch is sealed: its parts
+        never change then)."""
+        parts = self._parts.get(batch.id)
         if parts is None:
             parts = tuple(
-                PartRef(p.key, p.start_index, p.count) for p in self.store.parts(batch_id)
+                PartRef(p.key, p.start_index, p.count) for p in self.store.parts(batch.id)
             )
-            self._parts[batch_id] = parts
+            if batch.sealed:
+                self._parts[batch.id] = parts
         stop = start + count
         return tuple(p for p in parts if p.start_index < stop and p.start_index + p.count > start)
 

@@ -21,6 +21,10 @@ QUEUED_PIECES = 256  # pieces read ahead of the parser, at most (uvicorn's are u
 _END = object()
 
 
+class UploadClosed(OSError):
+    """The upload was closed before its end was read (the request is over)."""
+
+
 class BodyReader(io.RawIOBase):
     def __init__(
         self, stream: AsyncIterator[bytes], limit: int, loop: asyncio.AbstractEventLoop
@@ -44,6 +48,9 @@ class BodyReader(io.RawIOBase):
                     await self._queue.put(piece)
             await self._queue.put(_END)
         except asyncio.CancelledError:
+            # Closed: a read waiting for the next piece must not wait for ever.
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(UploadClosed("the upload was closed"))
             raise
         except BaseException as exc:  # a client that went away: the read fails with it
             await self._queue.put(exc)

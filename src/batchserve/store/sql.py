@@ -550,6 +550,8 @@ class Store:
     def add_part(
         self, batch_id: str, seq: int, start_index: int, count: int, size: int, key: str
     ) -> None:
+        """Record a written part. While the upload goes on, the batch's ``total_count`` is the
+        records stored so far: a started batch's workers may run them before the upload ends."""
         with self.session() as s:
             s.add(
                 Part(
@@ -561,6 +563,11 @@ class Store:
                     key=key,
                 )
             )
+            s.execute(
+                update(Batch)
+                .where(Batch.id == batch_id, Batch.sealed.is_(False))
+                .values(total_count=start_index + count)
+            )
 
     def parts(self, batch_id: str) -> list[Part]:
         """A batch's upload parts, in record order."""
@@ -571,21 +578,24 @@ class Store:
         self,
         batch_id: str,
         result_key_for: Callable[[Chunk], str],
-        size_for: Callable[[int], int] | None = None,
+        size_for: Callable[[int, bool], int] | None = None,
     ) -> Chunk | None:
         """Hand out the next chunk of a batch: it is running, with one more attempt.
 
         A chunk put back in the queue (requeued, or its worker lost) goes first, whole. Else a
-        new chunk is cut from the batch's unclaimed records: ``size_for(remaining)`` records
-        from the first unclaimed one (without ``size_for``, all of them).
-        ``result_key_for(chunk)`` names the file this attempt writes its results to. None when
-        nothing of the batch waits.
+        new chunk is cut from the batch's unclaimed records: ``size_for(remaining, sealed)``
+        records from the first unclaimed one (without ``size_for``, all of them). While the
+        upload goes on (``sealed`` False), only the records stored so far can be cut, and
+        ``size_for`` may answer 0 to wait for more. ``result_key_for(chunk)`` names the file
+        this attempt writes its results to. None when nothing of the batch is to run now, or
+        when it is being deleted.
         """
-        # Core statements on one connection, not the ORM: the scheduler claims a chunk for every
-        # worker that frees up, and a session's bookkeeping would cost more than the writes.
         now = utcnow()
         pg = not self._sqlite
         with self.locked_connection() as conn:
+            found = conn.execute(_claim_queries(pg).batch, {"batch_id": batch_id}).first()
+            if found is None or found.deleting_since is not None:
+                return None
             row = conn.execute(_claim_queries(pg).pending, {"batch_id": batch_id}).first()
             if row is not None:
                 chunk = Chunk(**row._mapping)
@@ -609,12 +619,13 @@ class Store:
                     },
                 )
                 return chunk
-            found = conn.execute(_claim_queries(pg).batch, {"batch_id": batch_id}).first()
-            if found is None or not found.sealed or found.claimed >= found.total_count:
+            if found.claimed >= found.total_count:
                 return None
             remaining = found.total_count - found.claimed
-            wanted = size_for(remaining) if size_for is not None else remaining
-            count = max(1, min(wanted, remaining, MAX_CHUNK_ROW))
+            wanted = size_for(remaining, found.sealed) if size_for is not None else remaining
+            if wanted <= 0:
+                return None
+            count = min(wanted, remaining, MAX_CHUNK_ROW)
             last = conn.execute(_claim_queries(pg).last_seq, {"batch_id": batch_id}).scalar()
             chunk = Chunk(
                 batch_id=batch_id,
@@ -887,9 +898,9 @@ def _claim_queries(postgresql: bool) -> _ClaimQueries:
         .order_by(chunks.c.start_index)
         .limit(1)
     )
-    batch = select(batches.c.sealed, batches.c.claimed, batches.c.total_count).where(
-        batches.c.id == bindparam("batch_id")
-    )
+    batch = select(
+        batches.c.sealed, batches.c.claimed, batches.c.total_count, batches.c.deleting_since
+    ).where(batches.c.id == bindparam("batch_id"))
     if postgresql:  # SQLite's write lock, taken first, keeps others out instead
         pending = pending.with_for_update(skip_locked=True)
         batch = batch.with_for_update()
