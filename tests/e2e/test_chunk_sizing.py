@@ -225,3 +225,31 @@ def test_an_upload_refused_halfway_leaves_nothing_even_if_its_first_records_ran(
         time.sleep(0.1)
     assert left() == (0, set())  # no row of it, and no files without a row
     assert list(svc.list_batches()) == []
+
+
+def test_workers_load_a_service_as_it_is_published(client, unique_name, tmp_path):  # type: ignore[no-untyped-def]
+    import time
+
+    marker = tmp_path / "loaded"
+
+    def init() -> None:  # runs where the service is loaded
+        import os
+
+        with open(MARKER, "a") as f:  # noqa: F821 - a global of the service's own
+            f.write(f"{os.getpid()}\n")
+
+    client.publish_service(
+        unique_name,
+        code=ratio,
+        init=init,
+        objects={"MARKER": str(marker)},
+        inputs={"hp": float, "wt": float},
+        outputs={"r": float},
+        version="v1",
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not marker.exists():
+        time.sleep(0.05)
+    # No record was asked for: the idle workers loaded it (and ran its init) on their own.
+    assert marker.exists()
+    assert len(set(marker.read_text().split())) >= 1

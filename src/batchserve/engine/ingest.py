@@ -284,9 +284,7 @@ class _CsvBlocks:
         blocks to the parsers, so that blocks parsed so far are written while the upload waits
         for more (a slow client, or the rest of a long upload)."""
         pool = ThreadPoolExecutor(_CSV_THREADS, thread_name_prefix="batchserve-csv-in")
-        parsed: queue.Queue[Future[pa.Table] | BaseException | None] = queue.Queue(
-            _CSV_THREADS + 1
-        )
+        parsed: queue.Queue[Future[pa.Table] | BaseException | None] = queue.Queue(_CSV_THREADS + 1)
         stop = threading.Event()
 
         def cut() -> None:

@@ -128,6 +128,11 @@ class Runtime:
             raise loaded
         return loaded
 
+    def load(self, spec: ServiceSpec) -> None:
+        """Load a service ahead of its records; a failed load is remembered for them to report."""
+        with contextlib.suppress(bundles.BundleError):
+            self.service(spec)
+
     def run_record(
         self,
         spec: ServiceSpec,

@@ -39,6 +39,7 @@ from batchserve.engine.tasks import (
     ChunkTask,
     ConsumeTask,
     Finished,
+    LoadTask,
     Lost,
     Progress,
     ServiceSpec,
@@ -53,6 +54,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Wake:
     """Something changed in the store (a batch was started); look for work."""
+
+
+@dataclass(frozen=True)
+class WarmService:
+    """A service was published (or its code replaced): idle workers load it now."""
+
+    service: ServiceSpec
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,7 @@ class Scheduler:
         self._per_batch: Counter[str] = Counter()
         self._consumes: dict[str, Future[dict[str, Any]]] = {}
         self._consume_queue: list[ConsumeTask] = []
+        self._warm: list[ServiceSpec] = []  # services for the workers that stay idle to load
         self._preempted: set[str] = set()  # stopped for a higher priority; Lost not heard yet
         # Finished chunks whose results are written down after the next dispatch.
         self._finished_runs: list[tuple[_Running, dict[str, Any]]] = []
@@ -251,6 +260,8 @@ class Scheduler:
             self._disable(event.batch_id, event.mode)
         elif isinstance(event, DeleteBatch):
             self._delete(event.batch_id)
+        elif isinstance(event, WarmService):
+            self._warm.append(event.service)
         elif isinstance(event, ConsumeRequest):
             self._consumes[event.task.task_id] = event.future
             self._consume_queue.append(event.task)
@@ -604,6 +615,14 @@ class Scheduler:
             self._dispatch_batch(batch, executor)
         if executor.free_slots() == 0 and not self._preempted:
             self._preempt(runnable, {b.id: b for b in batches})
+        self._load_ahead(executor)
+
+    def _load_ahead(self, executor: Executor) -> None:
+        """Have the workers left idle load the services published since the last dispatch."""
+        warm, self._warm = self._warm, []
+        for spec in warm:
+            for _ in range(executor.free_slots()):
+                executor.submit(LoadTask(uuid.uuid4().hex, spec))
 
     def _dependencies_met(self, batch: Batch) -> bool:
         """True when every batch it depends on has completed; fails it when one cannot."""

@@ -17,7 +17,7 @@ from batchserve.engine.errors import (
     Unavailable,
     check_text,
 )
-from batchserve.engine.scheduler import Scheduler, service_spec
+from batchserve.engine.scheduler import Scheduler, WarmService, service_spec
 from batchserve.schema import SchemaError, normalize_schema
 from batchserve.states import BatchState
 from batchserve.store import AlreadyExists, Store
@@ -115,7 +115,7 @@ class ServiceOps:
         key = keys.bundle_key(name, version, uuid.uuid4().hex)
         self.blobs.write_bytes(key, bundle)
         try:
-            return self.store.add_service(
+            service = self.store.add_service(
                 name=name,
                 version=version,
                 description=description or "",
@@ -132,6 +132,8 @@ class ServiceOps:
         except AlreadyExists:
             self.blobs.delete(key)
             raise Conflict(f"Service {name} version {version} exists already.") from None
+        self.scheduler.post(WarmService(service_spec(service)))
+        return service
 
     def get(self, name: str, version: str | None) -> Service:
         svc = self.store.get_service(name, version)
@@ -224,7 +226,10 @@ class ServiceOps:
             self.store.update_service(svc.id, **fields)
         if bundle is not None:
             self.blobs.delete(old_key)
-        return self.get(name, svc.version)
+        updated = self.get(name, svc.version)
+        if bundle is not None:
+            self.scheduler.post(WarmService(service_spec(updated)))
+        return updated
 
     def consume(self, name: str, version: str | None, inputs: dict[str, Any]) -> dict[str, Any]:
         """Run one record on a worker and return its result, artifacts inline."""

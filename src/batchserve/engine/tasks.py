@@ -51,6 +51,15 @@ class ConsumeTask:
 
 
 @dataclass(frozen=True)
+class LoadTask:
+    """Load a service into the worker (running its init), ahead of its first records: a newly
+    published service is loaded by idle workers, so its first batch does not wait for it."""
+
+    task_id: str
+    service: ServiceSpec
+
+
+@dataclass(frozen=True)
 class Progress:
     task_id: str
     succeeded: int

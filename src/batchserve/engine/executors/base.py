@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from batchserve.engine.tasks import ChunkTask, ConsumeTask, TaskEvent
+from batchserve.engine.tasks import ChunkTask, ConsumeTask, LoadTask, TaskEvent
 
 EventSink = Callable[[TaskEvent], None]
 
@@ -28,7 +28,7 @@ class Executor(Protocol):
         """How many more tasks can be submitted right now."""
         ...
 
-    def submit(self, task: ChunkTask | ConsumeTask) -> None: ...
+    def submit(self, task: ChunkTask | ConsumeTask | LoadTask) -> None: ...
 
     def stop_task(self, task_id: str) -> bool:
         """Stop a running task at once (its worker is killed, not waited for).

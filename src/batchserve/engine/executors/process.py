@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from batchserve.engine.executors.base import EventSink
-from batchserve.engine.tasks import ChunkTask, ConsumeTask, Finished, Lost, Progress
+from batchserve.engine.tasks import ChunkTask, ConsumeTask, Finished, LoadTask, Lost, Progress
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,9 @@ def worker_main(conn: Connection, blob_url: str, progress_interval: float) -> No
                         os._exit(0)
 
                 result: dict[str, Any] = runtime.run_chunk(task, report, progress_interval)
+            elif isinstance(task, LoadTask):
+                runtime.load(task.service)
+                result = {}
             else:
                 result = runtime.run_consume(task)
         except Exception as exc:  # an unreadable chunk file, a full disk: the task fails
@@ -207,17 +210,18 @@ class ProcessExecutor:
         with self._lock:
             return sum(1 for s in self._slots if s.task_id is None and not s.stopping)
 
-    def submit(self, task: ChunkTask | ConsumeTask) -> None:
+    def submit(self, task: ChunkTask | ConsumeTask | LoadTask) -> None:
         with self._lock:
             slot = next((s for s in self._slots if s.task_id is None and not s.stopping), None)
             if slot is None:
                 raise RuntimeError("no free worker")
             slot.task_id = task.task_id
-            slot.task_info = (
-                {"batch_id": task.batch_id, "chunk_id": task.chunk_id}
-                if isinstance(task, ChunkTask)
-                else {"consume": True}
-            )
+            if isinstance(task, ChunkTask):
+                slot.task_info = {"batch_id": task.batch_id, "chunk_id": task.chunk_id}
+            elif isinstance(task, LoadTask):
+                slot.task_info = {"loading": task.service.key}
+            else:
+                slot.task_info = {"consume": True}
             conn = slot.conn
         assert conn is not None
         conn.send(task)
