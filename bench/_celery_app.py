@@ -1,4 +1,4 @@
-"""The Celery application of ``row_mode_peers.py``: the same trivial function as a Celery task.
+"""The Celery application of ``row_mode_peers.py``: the benchmark's function as Celery tasks.
 
 ``row_mode_peers.py`` starts a worker on it (``celery -A _celery_app worker -c 2 --pool prefork``,
 run from bench/) and sends it records, one task per record or per list of records. The broker and
@@ -24,11 +24,15 @@ app.conf.update(
 )
 
 
-@app.task
-def add_one(x: float) -> float:
-    return x + 1.0
+def _ratio(hp: float, wt: float) -> float:
+    return hp / wt
 
 
 @app.task
-def add_one_each(xs: list[float]) -> list[float]:
-    return [x + 1.0 for x in xs]
+def ratio(hp: float, wt: float) -> float:
+    return _ratio(hp, wt)
+
+
+@app.task
+def ratio_each(hps: list[float], wts: list[float]) -> list[float]:
+    return [_ratio(h, w) for h, w in zip(hps, wts, strict=True)]

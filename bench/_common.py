@@ -2,8 +2,11 @@
 
 Every benchmark starts its own ``batchserve serve`` on a free local port with a temporary data
 directory (:class:`Server`), samples the peak resident memory of the server and its workers from
-/proc (:class:`PeakMemory`), times the best of a few runs (:func:`best_of`) and prints its figures
-as a ready-to-paste markdown table (:class:`Table`). Linux only (reads /proc).
+/proc (:class:`PeakMemory`), times the sides of a comparison in interleaved repetitions and keeps
+every run (:class:`Side`: median and best), times batchserve's batches stage by stage on a fresh
+server, cold or after a small batch (:func:`fresh_server`, :func:`timed_batch`), runs peers
+that must not share this process in one of their own (:class:`PeerProcess`) and prints its
+figures as a ready-to-paste markdown table (:class:`Table`). Linux only (reads /proc).
 """
 
 from __future__ import annotations
@@ -11,18 +14,21 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import math
+import multiprocessing
 import os
 import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -80,6 +86,7 @@ class Server:
         return self.process.pid
 
     def __enter__(self) -> Server:
+        exit_on_sigterm()
         env = {
             **os.environ,
             "BATCHSERVE_HOME": str(self.data_dir),
@@ -132,6 +139,31 @@ class Server:
 
     def _stop(self) -> None:
         stop_process_group(self.process)
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (``timeout``, ``kill``) end this process by ``SystemExit``, so that the way
+    out stops its servers: they run in sessions of their own, and by default a terminated
+    benchmark would leave them running (and taking CPU from whatever is timed next).
+
+    Processes forked from this one (a ``multiprocessing.Pool``'s workers) still die at once.
+    Only the main thread may set handlers; elsewhere, and where one is already set, nothing
+    changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+    owner = os.getpid()
+
+    def stop(signum: int, frame: object) -> None:
+        if os.getpid() != owner:  # a forked child: die as SIGTERM does by default
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def stop_process_group(process: subprocess.Popen[Any] | None, timeout: float = 20) -> None:
@@ -279,17 +311,34 @@ def write_x_csv(path: Path, records: int) -> None:
 # --- timing --------------------------------------------------------------------------------------
 
 
-def best_of(repeat: int, run: Callable[[], int], expected: int) -> float:
-    """The shortest wall time of `repeat` runs; each run returns its result count."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        count = run()
-        elapsed = time.perf_counter() - start
-        if count != expected:
-            sys.exit(f"Expected {expected} results, got {count}.")
-        best = min(best, elapsed)
-    return best
+@dataclass
+class Side:
+    """One side of a comparison: its wall seconds in each repetition, over ``records`` records.
+
+    Every run is kept, not only the best: on a shared machine the median of a few repetitions
+    says more about a side than its luckiest run, and the best is still shown beside it.
+    """
+
+    name: str
+    records: int
+    runs: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.runs) if self.runs else None
+
+    @property
+    def best(self) -> float | None:
+        return min(self.runs) if self.runs else None
+
+
+def time_ratio(side: Side, base: Side, best: bool = False) -> float | None:
+    """The side's seconds per record over the base's (above 1: the base is faster), on the
+    medians, or on the best runs. Per record, so that sides over different counts compare."""
+    a, b = (side.best, base.best) if best else (side.median, base.median)
+    if a is None or b is None:
+        return None
+    return (a / side.records) / (b / base.records)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -313,6 +362,272 @@ def run_peer(name: str, run: Callable[[], T]) -> T | None:
     except ImportError as exc:
         print(f"  skipped: {name}: {exc.name or exc} not installed", flush=True)
         return None
+
+
+# --- batchserve, cold and after a small batch ----------------------------------------------------
+
+SMALL_BATCH = 100  # records of the batch run first on a server in the "after a small batch" runs
+
+
+def head_csv(source: Path, target: Path, records: int) -> int:
+    """Copy the header and the first `records` records of a CSV (no field of ours spans lines);
+    returns the records copied."""
+    copied = 0
+    with source.open("rb") as src, target.open("wb") as dst:
+        dst.write(src.readline())
+        for line in src:
+            if copied == records:
+                break
+            dst.write(line)
+            copied += 1
+    return copied
+
+
+@contextlib.contextmanager
+def fresh_server(
+    work: Path, workers: int, name: str, publish: Callable[[Any], Any]
+) -> Iterator[tuple[Server, Any]]:
+    """A server started on a new data directory, and the service ``publish(client)`` published
+    on it. On the way out the server is stopped and its data directory removed, so that no run
+    starts with what an earlier one left (its cost model, loaded workers, stored batches)."""
+    with Server(work, workers, name=name) as server:
+        client = server.client()
+        try:
+            yield server, publish(client)
+        finally:
+            client.close()
+    shutil.rmtree(server.data_dir, ignore_errors=True)
+
+
+def small_batch(service: Any, source: Any, parallel: int, expected: int) -> None:
+    """Run one batch of ``source`` (a records file or in-memory records) to its end; its
+    results are not read."""
+    records = str(source) if isinstance(source, Path) else source
+    response = service.batch(records, parallel_count=parallel).start().wait(poll_interval=0.1)
+    check_batch(response, expected)
+
+
+@dataclass
+class BatchRun:
+    """One timed batch: the client's phases, and where the server says the time went."""
+
+    upload: float  # start(): the records' upload and the batch's start
+    wait: float  # wait(): until the batch is finished
+    export: float  # export_results(...)
+    ingest: float | None  # server: receiving and storing the records
+    queue: float | None  # server: from start until its first records ran
+    run: float  # server: the workers' time on its chunks, summed over workers
+    server_export: float | None  # server: its side of the export
+    wall_clock: float | None  # server: the batch's start to its end
+
+    @property
+    def wall(self) -> float:
+        return self.upload + self.wait + self.export
+
+    def describe(self) -> str:
+        return (
+            f"{self.wall:.2f} s (client: upload {self.upload:.2f}, wait {self.wait:.2f}, "
+            f"export {self.export:.2f}; server: ingest {seconds(self.ingest)}, queue "
+            f"{seconds(self.queue)}, run {self.run:.2f} workers summed, export "
+            f"{seconds(self.server_export)}, wall clock {seconds(self.wall_clock)})"
+        )
+
+
+def timed_batch(
+    service: Any,
+    source: Path,
+    *,
+    parallel: int,
+    expected: int,
+    out: Path,
+    columns: list[str] | None,
+    chunk_size: int | None = None,
+) -> BatchRun:
+    """Run the records file `source` as one batch and export `columns` of its results (None:
+    every column) to `out`, timing ``start()``, ``wait()`` and ``export_results`` apart; then
+    read the server's stage times (``info().job_statistics``, not timed)."""
+    begin = time.perf_counter()
+    batch = service.batch(str(source), parallel_count=parallel, chunk_size=chunk_size).start()
+    started = time.perf_counter()
+    response = batch.wait(poll_interval=0.1)
+    waited = time.perf_counter()
+    batch.export_results(out, columns=columns)
+    done = time.perf_counter()
+    check_batch(response, expected)
+    stats = batch.info().job_statistics
+    wall_clock = stats.wall_clock_time
+    return BatchRun(
+        upload=started - begin,
+        wait=waited - started,
+        export=done - waited,
+        ingest=stats.ingest_seconds,
+        queue=stats.queue_seconds,
+        run=stats.run_seconds,
+        server_export=stats.export_seconds,
+        wall_clock=None if wall_clock is None else wall_clock.total_seconds(),
+    )
+
+
+@dataclass
+class Variant:
+    """One way batchserve is timed, each repetition on a fresh server: cold or after a small
+    batch, exporting some result columns (None: every column). Keeps its runs and the peak
+    memory of the run whose server peaked highest."""
+
+    side: Side
+    label: str  # its column in the stage table
+    after_small: bool
+    columns: list[str] | None
+    runs: list[BatchRun] = field(default_factory=list)
+    peak: PeakMemory | None = None
+
+    def time(
+        self,
+        *,
+        work: Path,
+        name: str,
+        parallel: int,
+        publish: Callable[[Any], Any],
+        source: Path,
+        small_source: Path,
+        small_count: int,
+        out: Path,
+        chunk_size: int | None,
+    ) -> BatchRun:
+        with fresh_server(work, parallel, name, publish) as (server, service):
+            if self.after_small:
+                small_batch(service, small_source, parallel, small_count)
+            with PeakMemory(server.pid) as memory:
+                run = timed_batch(
+                    service,
+                    source,
+                    parallel=parallel,
+                    expected=self.side.records,
+                    out=out,
+                    columns=self.columns,
+                    chunk_size=chunk_size,
+                )
+        self.runs.append(run)
+        self.side.runs.append(run.wall)
+        if self.peak is None or memory.root_mib > self.peak.root_mib:
+            self.peak = memory
+        return run
+
+
+def stage_table(runs: dict[str, Sequence[BatchRun]]) -> Table:
+    """The median of each stage over the runs of each kind (a column per kind)."""
+
+    def median(done: Sequence[BatchRun], stage: Callable[[BatchRun], float | None]) -> str:
+        values = [v for v in map(stage, done) if v is not None]
+        return seconds(statistics.median(values)) if values else "-"
+
+    stages: list[tuple[str, Callable[[BatchRun], float | None]]] = [
+        ("client: upload and start (`start()`)", lambda r: r.upload),
+        ("client: `wait()`", lambda r: r.wait),
+        ("client: `export_results(...)`", lambda r: r.export),
+        ("client: **whole run**", lambda r: r.wall),
+        ("server: ingest (receive and store the records)", lambda r: r.ingest),
+        ("server: queue (start until the first records ran)", lambda r: r.queue),
+        ("server: run (workers' time on chunks, summed over workers)", lambda r: r.run),
+        ("server: export", lambda r: r.server_export),
+        ("server: wall clock (start to end)", lambda r: r.wall_clock),
+    ]
+    kinds = {kind: done for kind, done in runs.items() if done}
+    table = Table(["stage (median s)", *kinds])
+    for name, stage in stages:
+        table.add(name, *(median(done, stage) for done in kinds.values()))
+    return table
+
+
+# --- peers in a process of their own -------------------------------------------------------------
+
+
+def _peer_main(
+    conn: Any, setup: Callable[..., dict[str, Callable[..., Any]]], args: tuple[Any, ...]
+) -> None:
+    try:
+        handlers = setup(*args)
+    except Skipped as exc:
+        conn.send(("skipped", str(exc)))
+        return
+    except ImportError as exc:
+        conn.send(("skipped", f"{exc.name or exc} not installed"))
+        return
+    except Exception as exc:
+        stop_ray()
+        conn.send(("skipped", f"its set-up failed: {exc!r}"))
+        return
+    try:
+        conn.send(("ready", None))
+        while (message := conn.recv()) is not None:
+            name, call_args = message
+            try:
+                conn.send(("ok", handlers[name](*call_args)))
+            except Exception:
+                conn.send(("error", traceback.format_exc()))
+    finally:
+        stop_ray()
+
+
+class PeerProcess:
+    """A peer run in a spawned process of its own, driven from here call by call.
+
+    Ray's driver must not live in the benchmark's process: its threads, signal handlers and
+    sockets would be inherited by the processes the ``multiprocessing.Pool`` baseline forks
+    (which then print Ray's crash handler's report when the pool stops them). Here
+    ``setup(*args)`` runs once in the new process (its set-up, e.g. ``ray.init``, is not timed)
+    and returns named functions; :meth:`call` runs one there and returns what it returns.
+    ``setup`` and its arguments must pickle (a module-level function of the script).
+    """
+
+    def __init__(
+        self, name: str, setup: Callable[..., dict[str, Callable[..., Any]]], *args: Any
+    ) -> None:
+        self.name = name
+        self.setup = setup
+        self.args = args
+
+    def __enter__(self) -> PeerProcess:
+        exit_on_sigterm()
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(
+            target=_peer_main, args=(child, self.setup, self.args), daemon=True
+        )
+        self.process.start()
+        child.close()
+        try:
+            status, value = self._receive(timeout=300)
+        except BaseException:
+            self.__exit__()
+            raise
+        if status == "skipped":
+            self.process.join()
+            raise Skipped(value)
+        return self
+
+    def call(self, name: str, *args: Any) -> Any:
+        self.conn.send((name, args))
+        status, value = self._receive(timeout=None)
+        if status == "error":
+            raise RuntimeError(f"{self.name}, {name}:\n{value}")
+        return value
+
+    def _receive(self, timeout: float | None) -> tuple[str, Any]:
+        if not self.conn.poll(timeout):
+            raise Skipped(f"no answer from its process within {timeout} s")
+        try:
+            return self.conn.recv()  # type: ignore[no-any-return]
+        except EOFError:
+            raise RuntimeError(f"the {self.name} process ended unexpectedly") from None
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send(None)
+        self.process.join(timeout=60)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join()
 
 
 # --- reporting -----------------------------------------------------------------------------------
@@ -376,3 +691,52 @@ def stop_ray() -> None:
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()
+
+
+@dataclass
+class Target:
+    """A target on a side's time per record over batchserve's (above 1: batchserve faster)."""
+
+    words: str
+    met: Callable[[float], bool]
+
+
+def comparison_table(
+    cold: Side, small: Side, others: Sequence[tuple[Side, Target | None]], unit: str
+) -> Table:
+    """Every side against batchserve cold and after a small batch, on medians (best in
+    parentheses), with the target each is held to, judged on the medians."""
+    table = Table(
+        [
+            "side", "median s", "best s", f"{unit}/s (median)",
+            "side ÷ batchserve cold", "side ÷ batchserve after small", "target",
+            "met? (cold / after small)",
+        ]
+    )  # fmt: skip
+
+    def ratio(side: Side, base: Side) -> str:
+        median, best = time_ratio(side, base), time_ratio(side, base, best=True)
+        return "-" if median is None else f"{median:.2f} ({seconds(best)})"
+
+    rows: list[tuple[Side, Target | None, bool]] = [
+        (cold, None, True),
+        (small, Target("after small ÷ cold <= 1.1", lambda r: r <= 1.1), True),
+        *((side, target, False) for side, target in others),
+    ]
+    for side, target, ours in rows:
+        met = ""
+        if target is not None and side is small:  # held to the cold runs only
+            value = time_ratio(small, cold)
+            met = verdict(None if value is None else target.met(value))
+        elif target is not None:
+            verdicts = []
+            for base in (cold, small):
+                value = time_ratio(side, base)
+                verdicts.append(verdict(None if value is None else target.met(value)))
+            met = " / ".join(verdicts)
+        table.add(
+            f"**{side.name}**" if ours else side.name,
+            seconds(side.median), seconds(side.best), rate(side.records, side.median),
+            ratio(side, cold), ratio(side, small), target.words if target else "", met,
+        )  # fmt: skip
+    return table

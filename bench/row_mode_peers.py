@@ -1,29 +1,45 @@
-"""Row-mode batch throughput: batchserve against the tools one would pick instead, in one run.
+"""Row-mode batch throughput: batchserve against the best plain script one would write instead,
+and against Ray and Celery, all in one run.
 
-Every side does the same job on the same CSV of N one-column records: read them, call a trivial
-function (``y = x + 1.0``) once per record on P processes, write the N results to a file.
+Every side does the same job on the same CSV of N records of two float columns (``hp``, ``wt``):
+read it, call ``ratio(hp, wt) = hp / wt`` once per record on P processes, write a CSV of one
+column ``r`` with the N results. Each side is timed from reading the input to the results file
+being written.
 
-- **batchserve**: a real ``batchserve serve --workers P``; ``svc.batch(csv, parallel_count=P)``,
-  ``start()``, ``wait()``, ``export_results("results.csv")``.
-- **multiprocessing**: the plain script: ``csv`` module, ``multiprocessing.Pool(P).map``, ``csv``.
-- **Ray tasks**: ``ray.init(num_cpus=P)`` (not timed); pandas reads the CSV, one task per 10,000
-  records calls the function per record, pandas writes the results.
-- **Ray Data**: ``read_csv`` → ``map_batches`` (the function per record of each batch) →
+- **batchserve**: a real ``batchserve serve --workers P`` on a new data directory;
+  ``svc.batch(csv, parallel_count=P).start()``, ``wait()``,
+  ``export_results("….csv", columns=["r"])``. Timed twice in each repetition: *cold* (a fresh
+  server, the service just published) and *after a small batch* (a fresh server, the service
+  published, a 100-record batch of it run first, not timed). Both again on fresh servers of
+  their own exporting every result column (shown, not held to a target).
+- **multiprocessing.Pool**: the plain script: ``pyarrow.csv.read_csv``, ``to_pylist()`` of each
+  column, ``with Pool(P) as pool: pool.starmap(ratio, zip(hp, wt), chunksize=10_000)``,
+  ``pyarrow.csv.write_csv`` of ``r``. The pool's start-up is part of the script, so it is timed.
+- **Ray tasks**: ``ray.init(num_cpus=P)`` (not timed); pyarrow reads, one ``@ray.remote`` task
+  per 10,000 records computing ``[ratio(h, w) for h, w in zip(hps, wts)]``, ``ray.get``, pyarrow
+  writes ``r``.
+- **Ray Data**: ``read_csv`` → ``map_batches`` (``ratio`` per record of each pandas batch) →
   ``write_csv``.
 - **Celery**: a ``celery worker -c P --pool prefork`` on the local Redis (broker and result
-  backend); pandas reads and writes; one task per 1,000 records over all N, and one task per
-  record over a sample (``--celery-sample``, reported as records/s).
+  backend); pyarrow reads and writes; one task per 1,000 records over all N, and one task per
+  record over a sample (``--celery-sample``, compared per record).
 
-    .venv/bin/python bench/row_mode_peers.py [--records 1000000] [--parallel 2] [--repeat 2]
+The sides alternate within each repetition (Pool, batchserve cold, after a small batch, and
+both with every column, Ray tasks, Ray Data, Celery), so that load from elsewhere on a shared
+machine meets all of them alike; the median of the repetitions counts, the best is shown beside
+it. Ray runs in a process of its own (see ``PeerProcess``), started once before the repetitions.
+
+    .venv/bin/python bench/row_mode_peers.py [--records 1000000] [--parallel 2] [--repeat 3]
 
 A peer that is not installed, or whose service is unreachable, is skipped with a note. Prints
-the figures and a markdown table with each ratio and target.
+every run as it goes, then markdown tables: each side against batchserve cold and after a small
+batch with the targets, and batchserve's stage times.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -32,136 +48,161 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from _common import (
-    PeakMemory,
-    Server,
+    SMALL_BATCH,
+    PeerProcess,
+    Side,
     Skipped,
-    Table,
-    best_of,
-    check_batch,
+    Target,
+    Variant,
+    comparison_table,
+    exit_on_sigterm,
+    head_csv,
     machine,
     rate,
     run_peer,
-    seconds,
+    stage_table,
     stop_process_group,
-    stop_ray,
-    verdict,
     versions,
-    write_x_csv,
 )
 
 BENCH_DIR = Path(__file__).resolve().parent
+SIDES = ["batchserve", "batchserve-all", "pool", "ray-tasks", "ray-data", "celery"]
 
 
-def add_one(x: float) -> float:
-    return x + 1.0
+def ratio(hp: float, wt: float) -> float:
+    return hp / wt
+
+
+def write_input(path: Path, records: int) -> None:
+    """`records` records: ``hp`` uniform in 50..300 (1 decimal), ``wt`` in 1.5..5.5 (3)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    rng = np.random.default_rng(7)
+    step = 1_000_000
+    schema = pa.schema([("hp", pa.float64()), ("wt", pa.float64())])
+    with pacsv.CSVWriter(path, schema) as writer:
+        for start in range(0, records, step):
+            size = min(step, records - start)
+            hp = rng.uniform(50, 300, size).round(1)
+            wt = rng.uniform(1.5, 5.5, size).round(3)
+            writer.write_table(pa.table({"hp": hp, "wt": wt}, schema=schema))
+
+
+def read_columns(path: Path) -> tuple[list[float], list[float]]:
+    """The two input columns as lists of Python floats (pyarrow's reader, the fastest there is)."""
+    import pyarrow.csv as pacsv
+
+    table = pacsv.read_csv(path)
+    return table.column("hp").to_pylist(), table.column("wt").to_pylist()
+
+
+def write_results(rs: list[float], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    pacsv.write_csv(pa.table({"r": rs}), path)
+
+
+def expect(count: int, expected: int, side: str) -> None:
+    if count != expected:
+        raise RuntimeError(f"{side} wrote {count} results, not {expected}.")
 
 
 # --- batchserve ----------------------------------------------------------------------------------
 
 
-def run_batchserve(
-    args: argparse.Namespace, input_csv: Path, work: Path
-) -> tuple[float, PeakMemory]:
-    with Server(work, args.parallel) as server:
-        client = server.client()
-        svc = client.publish_service(
-            "bench_add_one", code=add_one, inputs={"x": float}, outputs={"y": float}, version="v1"
-        )
-
-        def once() -> int:
-            batch = svc.batch(str(input_csv), parallel_count=args.parallel).start()
-            response = batch.wait(poll_interval=0.1)
-            check_batch(response, args.records)
-            batch.export_results(work / "batchserve-results.csv")
-            return int(response.total_item_count)
-
-        with PeakMemory(server.pid) as memory:
-            elapsed = best_of(args.repeat, once, args.records)
-        client.close()
-    return elapsed, memory
+def publish(client: Any) -> Any:
+    return client.publish_service(
+        "bench_ratio",
+        code=ratio,
+        inputs={"hp": float, "wt": float},
+        outputs={"r": float},
+        version="v1",
+    )
 
 
 # --- multiprocessing -----------------------------------------------------------------------------
 
 
-def run_pool(args: argparse.Namespace, input_csv: Path, work: Path) -> float:
-    def once() -> int:
-        with input_csv.open(newline="") as f:
-            xs = [float(row["x"]) for row in csv.DictReader(f)]
-        with multiprocessing.Pool(args.parallel) as pool:
-            ys = pool.map(add_one, xs)
-        with (work / "pool-results.csv").open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["index", "y"])
-            writer.writerows(enumerate(ys))
-        return len(ys)
-
-    return best_of(args.repeat, once, args.records)
+def run_pool(input_csv: Path, out: Path, parallel: int, expected: int) -> float:
+    """The plain script, timed whole: pyarrow in, ``Pool(P).starmap``, pyarrow out."""
+    start = time.perf_counter()
+    hp, wt = read_columns(input_csv)
+    with multiprocessing.Pool(parallel) as pool:
+        rs = pool.starmap(ratio, zip(hp, wt, strict=True), chunksize=10_000)
+    write_results(rs, out)
+    elapsed = time.perf_counter() - start
+    expect(len(rs), expected, "multiprocessing.Pool")
+    return elapsed
 
 
-# --- Ray -----------------------------------------------------------------------------------------
+# --- Ray, in a process of its own ----------------------------------------------------------------
 
 
 def start_ray(parallel: int) -> None:
     import ray
 
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=parallel, include_dashboard=False, log_to_driver=False, logging_level="ERROR"
-        )
-        # Ray Data logs its progress on every run; the figures are what this prints.
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ray.init(num_cpus=parallel, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    # Ray Data logs its progress on every run; the figures are what this prints.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
-def run_ray_tasks(args: argparse.Namespace, input_csv: Path, work: Path) -> float:
+def ray_peer(
+    parallel: int, input_csv: Path, work: Path, task_records: int, expected: int
+) -> dict[str, Callable[[], float]]:
+    """Set up in the Ray process (``ray.init``, not timed): its two timed runs by name."""
     import pandas as pd
+    import pyarrow.csv as pacsv
     import ray
 
-    start_ray(args.parallel)
+    start_ray(parallel)
+    # Ray's workers cannot import this script (it runs here as the main module of a spawned
+    # process), so its functions travel by value, as they would from a script run directly.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[ratio.__module__])
 
     @ray.remote
-    def add_one_each(xs: list[float]) -> list[float]:
-        return [add_one(x) for x in xs]
+    def ratio_each(hps: list[float], wts: list[float]) -> list[float]:
+        return [ratio(h, w) for h, w in zip(hps, wts, strict=True)]
 
-    step = args.ray_task_records
+    def tasks() -> float:
+        start = time.perf_counter()
+        hp, wt = read_columns(input_csv)
+        step = task_records
+        refs = [
+            ratio_each.remote(hp[i : i + step], wt[i : i + step]) for i in range(0, len(hp), step)
+        ]
+        rs = [r for part in ray.get(refs) for r in part]
+        write_results(rs, work / "ray-tasks-results.csv")
+        elapsed = time.perf_counter() - start
+        expect(len(rs), expected, "Ray tasks")
+        return elapsed
 
-    def once() -> int:
-        xs = pd.read_csv(input_csv)["x"].tolist()
-        refs = [add_one_each.remote(xs[i : i + step]) for i in range(0, len(xs), step)]
-        ys = [y for part in ray.get(refs) for y in part]
-        pd.DataFrame({"y": ys}).to_csv(work / "ray-tasks-results.csv", index_label="index")
-        return len(ys)
-
-    return best_of(args.repeat, once, args.records)
-
-
-def run_ray_data(args: argparse.Namespace, input_csv: Path, work: Path) -> float:
-    import pandas as pd
-    import ray
-
-    start_ray(args.parallel)
-
-    def add_one_batch(frame: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame({"y": [add_one(x) for x in frame["x"]]})
+    def ratio_batch(frame: pd.DataFrame) -> pd.DataFrame:
+        pairs = zip(frame["hp"].tolist(), frame["wt"].tolist(), strict=True)
+        return pd.DataFrame({"r": [ratio(h, w) for h, w in pairs]})
 
     out = work / "ray-data-results"
 
-    def once() -> int:
+    def data() -> float:
         shutil.rmtree(out, ignore_errors=True)
-        ray.data.read_csv(str(input_csv)).map_batches(
-            add_one_batch, batch_format="pandas"
-        ).write_csv(str(out))
-        return args.records
+        start = time.perf_counter()
+        ray.data.read_csv(str(input_csv)).map_batches(ratio_batch, batch_format="pandas").write_csv(
+            str(out)
+        )
+        elapsed = time.perf_counter() - start
+        written = sum(pacsv.read_csv(p).num_rows for p in out.glob("*.csv"))
+        expect(written, expected, "Ray Data")
+        return elapsed
 
-    elapsed = best_of(args.repeat, once, args.records)
-    written = sum(len(pd.read_csv(p)) for p in out.glob("*.csv"))
-    if written != args.records:
-        sys.exit(f"Ray Data wrote {written} results, not {args.records}.")
-    return elapsed
+    return {"tasks": tasks, "data": data}
 
 
 # --- Celery --------------------------------------------------------------------------------------
@@ -178,6 +219,7 @@ class CeleryWorker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> CeleryWorker:
+        exit_on_sigterm()
         os.environ["BENCH_CELERY_QUEUE"] = self.queue  # read by _celery_app on import
         sys.path.insert(0, str(BENCH_DIR))
         import _celery_app
@@ -214,46 +256,46 @@ class CeleryWorker:
     def __exit__(self, *exc: object) -> None:
         stop_process_group(self.process)
 
+    def per_list(self, input_csv: Path, out: Path, step: int, expected: int) -> float:
+        """Every record, `step` records per task."""
+        from celery import group
 
-def run_celery(
-    args: argparse.Namespace, input_csv: Path, work: Path
-) -> tuple[float | None, float | None]:
-    """Best seconds for all records at 1,000 per task, and for the sample at one per task."""
-    import pandas as pd
-    from celery import group
+        start = time.perf_counter()
+        hp, wt = read_columns(input_csv)
+        job = group(
+            self.tasks.ratio_each.s(hp[i : i + step], wt[i : i + step])
+            for i in range(0, len(hp), step)
+        )
+        rs = [r for part in job.apply_async().get(timeout=3600) for r in part]
+        write_results(rs, out)
+        elapsed = time.perf_counter() - start
+        expect(len(rs), expected, "Celery")
+        return elapsed
 
-    with CeleryWorker(args.parallel, work) as worker:
-        tasks = worker.tasks
-        step = args.celery_task_records
+    def per_record(self, sample_csv: Path, out: Path, expected: int) -> float:
+        """Every record of the sample, one task each."""
+        from celery import group
 
-        def per_list() -> int:
-            xs = pd.read_csv(input_csv)["x"].tolist()
-            job = group(tasks.add_one_each.s(xs[i : i + step]) for i in range(0, len(xs), step))
-            ys = [y for part in job.apply_async().get(timeout=3600) for y in part]
-            pd.DataFrame({"y": ys}).to_csv(work / "celery-results.csv", index_label="index")
-            return len(ys)
-
-        sample = min(args.celery_sample, args.records)
-
-        def per_record() -> int:
-            xs = pd.read_csv(input_csv, nrows=sample)["x"].tolist()
-            ys = group(tasks.add_one.s(x) for x in xs).apply_async().get(timeout=3600)
-            pd.DataFrame({"y": ys}).to_csv(work / "celery-one-results.csv", index_label="index")
-            return len(ys)
-
-        list_s = best_of(args.repeat, per_list, args.records)
-        record_s = best_of(args.repeat, per_record, sample)
-    return list_s, record_s
+        start = time.perf_counter()
+        hp, wt = read_columns(sample_csv)
+        job = group(self.tasks.ratio.s(h, w) for h, w in zip(hp, wt, strict=True))
+        rs = job.apply_async().get(timeout=3600)
+        write_results(rs, out)
+        elapsed = time.perf_counter() - start
+        expect(len(rs), expected, "Celery, one task per record")
+        return elapsed
 
 
 # --- the run -------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Row-mode throughput against Ray and Celery.")
+    parser = argparse.ArgumentParser(description="Row-mode throughput against the plain script.")
     parser.add_argument("--records", type=int, default=1_000_000, help="records per run")
     parser.add_argument("--parallel", type=int, default=2, help="processes on every side")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each side; best counts")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="repetitions of every side; the median counts"
+    )
     parser.add_argument("--ray-task-records", type=int, default=10_000, help="records per task")
     parser.add_argument(
         "--celery-task-records", type=int, default=1_000, help="records per Celery list task"
@@ -262,99 +304,154 @@ def main(argv: list[str] | None = None) -> int:
         "--celery-sample", type=int, default=5_000, help="records of the one-per-task run"
     )
     parser.add_argument(
-        "--only", nargs="*", default=None,
-        choices=["batchserve", "pool", "ray-tasks", "ray-data", "celery"],
-        help="run only these sides",
-    )  # fmt: skip
+        "--chunk-size", type=int, default=None, help="batchserve chunk size (server's choice)"
+    )
+    parser.add_argument(
+        "--only", nargs="*", default=None, choices=SIDES, help="run only these sides"
+    )
     args = parser.parse_args(argv)
-    wanted = set(args.only or ["batchserve", "pool", "ray-tasks", "ray-data", "celery"])
+    wanted = set(args.only or SIDES)
     n = args.records
 
-    with tempfile.TemporaryDirectory(prefix="batchserve-bench-") as tmp:
+    cold = Variant(Side("batchserve cold", n), "cold", False, ["r"])
+    small = Variant(Side("batchserve after a small batch", n), "after a small batch", True, ["r"])
+    cold_all = Variant(
+        Side("batchserve cold, every column exported", n),
+        "cold, every column", False, None,
+    )  # fmt: skip
+    small_all = Variant(
+        Side("batchserve after a small batch, every column", n),
+        "after a small batch, every column", True, None,
+    )  # fmt: skip
+    variants = [cold, small] if "batchserve" in wanted else []
+    variants += [cold_all, small_all] if "batchserve-all" in wanted else []
+    pool = Side("multiprocessing.Pool", n)
+    ray_tasks = Side(f"Ray tasks, {args.ray_task_records:,} records per task", n)
+    ray_data = Side("Ray Data map_batches", n)
+    celery_list = Side(f"Celery, {args.celery_task_records:,} records per task", n)
+    sample = min(args.celery_sample, n)
+    celery_one = Side(f"Celery, one task per record ({sample:,} records)", sample)
+
+    with (
+        tempfile.TemporaryDirectory(prefix="batchserve-bench-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         work = Path(tmp)
-        input_csv = work / "records.csv"
-        write_x_csv(input_csv, n)
-        print(f"row mode: {n:,} records, parallel {args.parallel}, best of {args.repeat}")
+        input_csv, small_csv, sample_csv = work / "records.csv", work / "small.csv", work / "s.csv"
+        write_input(input_csv, n)
+        small_count = head_csv(input_csv, small_csv, SMALL_BATCH)
+        head_csv(input_csv, sample_csv, sample)
+        print(
+            f"row mode: {n:,} records, parallel {args.parallel}, {args.repeat} repetitions",
+            flush=True,
+        )
 
-        bs_s, memory = (None, None)
-        if "batchserve" in wanted:
-            bs_s, memory = run_batchserve(args, input_csv, work)
-            print(f"  batchserve        {seconds(bs_s)} s  {rate(n, bs_s)} records/s", flush=True)
-        peers: dict[str, float | None] = {}
-
-        def note(name: str, value: float | None) -> None:
-            peers[name] = value
-            print(f"  {name:<32} {seconds(value)} s  {rate(n, value)} records/s", flush=True)
-
-        if "pool" in wanted:
-            note("multiprocessing.Pool", run_peer("pool", lambda: run_pool(args, input_csv, work)))
-        if "ray-tasks" in wanted:
-            note("Ray tasks", run_peer("ray", lambda: run_ray_tasks(args, input_csv, work)))
-        if "ray-data" in wanted:
-            note("Ray Data", run_peer("ray", lambda: run_ray_data(args, input_csv, work)))
-        celery_one: float | None = None
+        ray = None  # Ray's process, once it answered; started before the repetitions
+        if wanted & {"ray-tasks", "ray-data"}:
+            peer = PeerProcess(
+                "Ray", ray_peer, args.parallel, input_csv, work, args.ray_task_records, n
+            )
+            ray = run_peer("ray", lambda: stack.enter_context(peer))
+        celery = None
         if "celery" in wanted:
-            both = run_peer("celery", lambda: run_celery(args, input_csv, work))
-            list_s, celery_one = both if both else (None, None)
-            note(f"Celery, {args.celery_task_records:,} records per task", list_s)
-        sample = min(args.celery_sample, n)
-        if "celery" in wanted:
+            worker = CeleryWorker(args.parallel, work)
+            celery = run_peer("celery", lambda: stack.enter_context(worker))
+
+        def note(rep: int, side: Side, elapsed: float) -> None:
+            side.runs.append(elapsed)
+            say(rep, side, elapsed)
+
+        def say(rep: int, side: Side, elapsed: float) -> None:
             print(
-                f"  Celery, one task per record ({sample:,}): {rate(sample, celery_one)} records/s"
+                f"  {rep}/{args.repeat} {side.name:<44} {elapsed:7.2f} s "
+                f"{rate(side.records, elapsed):>12} records/s",
+                flush=True,
             )
 
-    report(args, bs_s, memory, peers, celery_one)
+        for rep in range(1, args.repeat + 1):
+            if "pool" in wanted:
+                note(rep, pool, run_pool(input_csv, work / "pool.csv", args.parallel, n))
+            for i, variant in enumerate(variants):
+                every = variant.columns is None
+                run = variant.time(
+                    work=work,
+                    name=f"batchserve{i}-{rep}",
+                    parallel=args.parallel,
+                    publish=publish,
+                    source=input_csv,
+                    small_source=small_csv,
+                    small_count=small_count,
+                    out=work / f"batchserve{'-all' if every else ''}-results.csv",
+                    chunk_size=args.chunk_size,
+                )
+                say(rep, variant.side, run.wall)
+                print(f"      {run.describe()}", flush=True)
+            if ray is not None and "ray-tasks" in wanted:
+                note(rep, ray_tasks, ray.call("tasks"))
+            if ray is not None and "ray-data" in wanted:
+                note(rep, ray_data, ray.call("data"))
+            if celery is not None:
+                step = args.celery_task_records
+                note(rep, celery_list, celery.per_list(input_csv, work / "c.csv", step, n))
+                note(rep, celery_one, celery.per_record(sample_csv, work / "c1.csv", sample))
+
+        if pool.runs and "batchserve" in wanted:
+            same_results(work / "batchserve-results.csv", work / "pool.csv")
+
+    others: list[tuple[Side, Target | None]] = [
+        (cold_all.side, None),
+        (small_all.side, None),
+        (pool, Target("> 1 (faster than the script)", lambda r: r > 1)),
+        (ray_tasks, Target(">= 0.67 (within 1.5x)", lambda r: r >= 1 / 1.5)),
+        (ray_data, None),
+        (celery_list, Target(">= 5", lambda r: r >= 5)),
+        (celery_one, None),
+    ]
+    report(args, cold.side, small.side, variants, [(s, t) for s, t in others if s.runs])
     return 0
 
 
-TARGETS = {  # peer -> (least batchserve/peer records/s ratio, how the target reads)
-    "multiprocessing.Pool": (1.0, "faster"),
-    "Ray tasks": (1 / 1.5, "within 1.5x"),
-}
+def same_results(ours: Path, theirs: Path) -> None:
+    """Exit unless batchserve's results file holds the same ``r`` column as the Pool script's."""
+    import pyarrow.csv as pacsv
+
+    a, b = pacsv.read_csv(ours), pacsv.read_csv(theirs)
+    if a.column_names != ["r"] or not a.column("r").equals(b.column("r")):
+        sys.exit(f"batchserve's results ({a.column_names}) differ from the Pool script's.")
+    print(f"  checked: batchserve's {ours.name} holds the Pool script's {a.num_rows:,} results")
 
 
 def report(
     args: argparse.Namespace,
-    bs_s: float | None,
-    memory: PeakMemory | None,
-    peers: dict[str, float | None],
-    celery_one: float | None,
+    cold: Side,
+    small: Side,
+    variants: list[Variant],
+    others: list[tuple[Side, Target | None]],
 ) -> None:
-    n = args.records
-    sample = min(args.celery_sample, n)
-    targets = dict(TARGETS)
-    targets[f"Celery, {args.celery_task_records:,} records per task"] = (5.0, ">= 5x")
-    bs_rate = None if bs_s is None else n / bs_s
-    table = Table(["system", "wall s", "records/s", "batchserve ÷ system", "target", "met?"])
-    table.add("**batchserve**", seconds(bs_s), rate(n, bs_s), "1" if bs_s else "-", "", "")
-    for name, value in peers.items():
-        ratio = None if value is None or bs_rate is None else bs_rate / (n / value)
-        least, words = targets.get(name, (None, ""))
-        met = None if ratio is None or least is None else ratio >= least
-        table.add(
-            name, seconds(value), rate(n, value),
-            "-" if ratio is None else f"{ratio:.2f}", words, verdict(met) if least else "",
-        )  # fmt: skip
-    if celery_one is not None or "Celery" in " ".join(peers):
-        ratio = None if celery_one is None or bs_rate is None else bs_rate / (sample / celery_one)
-        table.add(
-            f"Celery, one task per record ({sample:,} records)", seconds(celery_one),
-            rate(sample, celery_one), "-" if ratio is None else f"{ratio:.1f}", "", "",
-        )  # fmt: skip
     print()
     print(
-        f"Row mode, {n:,} records, parallel {args.parallel}, best of {args.repeat} "
-        f"({machine()}; {versions(['batchserve', 'ray', 'celery', 'pandas', 'pyarrow'])})"
+        f"Row mode, `ratio(hp, wt) = hp / wt`, {args.records:,} records, CSV in, CSV of `r` out, "
+        f"parallel {args.parallel}, median of {args.repeat} repetitions ({machine()}; "
+        f"{versions(['batchserve', 'ray', 'celery', 'pandas', 'pyarrow'])})"
     )
     print()
-    print(table.render())
-    if memory is not None:
+    print(comparison_table(cold, small, others, "records").render())
+    print()
+    print(
+        "side ÷ batchserve: the side's median seconds per record over batchserve's (best runs "
+        "in parentheses); above 1, batchserve is faster. Targets are judged on the medians."
+    )
+    if variants:
         print()
-        print(f"batchserve peak RSS (VmHWM): {memory.describe()}")
+        print(stage_table({v.label: v.runs for v in variants}).render())
+    for variant in variants:
+        if variant.peak is not None:
+            print()
+            print(
+                f"batchserve peak RSS (VmHWM), {variant.label}, the run of the largest: "
+                f"{variant.peak.describe()}"
+            )
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    finally:
-        stop_ray()
+    sys.exit(main())

@@ -1,49 +1,66 @@
-"""Vectorized batch throughput: a scikit-learn model over millions of rows, against one process
-and against Ray Data, in one run.
+"""Vectorized batch throughput: a scikit-learn model over millions of rows, against the plain
+one-process script and against Ray, in one run.
 
 Every side does the same job: read a CSV of ``--rows`` rows of four features, compute
-``LogisticRegression.predict_proba`` (the probability of class 1), write one result per row to a
-file (``--output csv`` or ``parquet``, the same format on every side). The model is fitted on
-10,000 rows of the same distribution before anything is timed.
+``LogisticRegression.predict_proba`` (the probability of class 1), write a file of one column
+``p`` with one result per row (``--output csv``, the default, or ``parquet``; the same on every
+side). The model is fitted on 10,000 rows of the same distribution before anything is timed.
+Each side is timed from reading the input to the results file being written.
 
-- **batchserve**: a real ``batchserve serve --workers P``; a service published with
-  ``vectorized=True`` whose function gets each chunk as a DataFrame (the model travels with it in
-  its closure); ``svc.batch(csv, parallel_count=P)``, ``start()``, ``wait()``,
-  ``export_results("results.<output>")``.
-- **one process**: pyarrow reads the whole CSV, one ``predict_proba`` over the whole frame,
-  pyarrow writes the file. No parallelism, no overhead: the floor of what the job costs.
-- **Ray Data**: ``read_csv`` → ``map_batches`` (``predict_proba`` per pandas batch) →
-  ``write_csv`` / ``write_parquet``; ``ray.init(num_cpus=P)`` not timed.
+- **batchserve**: a real ``batchserve serve --workers P`` on a new data directory; a service
+  published with ``vectorized=True`` whose function gets each chunk as a DataFrame (the model
+  travels with it in its closure); ``svc.batch(csv, parallel_count=P).start()``, ``wait()``,
+  ``export_results("results.<output>", columns=["p"])``. Timed twice in each repetition: *cold*
+  (a fresh server, the service just published) and *after a small batch* (a fresh server, the
+  service published, a 100-row batch of it run first, not timed).
+- **one process**: ``pyarrow.csv.read_csv(...).to_pandas()``, the same ``predict`` on the whole
+  frame, ``pyarrow.csv.write_csv(pa.table({"p": p}))``. No parallelism and nothing moved between
+  processes: the floor of what the job costs.
+- **Ray tasks**: ``ray.init(num_cpus=P)`` (not timed); pyarrow reads into one pandas frame, one
+  ``@ray.remote`` task per 100,000 rows (``--ray-task-rows``) is passed its slice
+  ``frame.iloc[i:i + 100_000]`` (Ray puts each slice in its object store) and returns the
+  slice's probabilities; ``ray.get``, ``np.concatenate``, pyarrow writes ``p``.
+- **Ray Data**: ``read_csv`` → ``map_batches`` (``predict`` per pandas batch) → ``write_csv`` /
+  ``write_parquet``.
 
-    .venv/bin/python bench/vectorized.py [--rows 5000000] [--parallel 2] [--repeat 2]
+The sides alternate within each repetition (one process, batchserve cold, batchserve after a
+small batch, Ray tasks, Ray Data), so that load from elsewhere on a shared machine meets all of
+them alike; the median of the repetitions counts, the best is shown beside it. Ray runs in a
+process of its own (see ``PeerProcess``), started once before the repetitions.
+
+    .venv/bin/python bench/vectorized.py [--rows 2000000] [--parallel 2] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from _common import (
-    PeakMemory,
-    Server,
-    Table,
-    best_of,
-    check_batch,
+    SMALL_BATCH,
+    PeerProcess,
+    Side,
+    Target,
+    Variant,
+    comparison_table,
+    head_csv,
     machine,
     rate,
     run_peer,
-    seconds,
-    stop_ray,
-    verdict,
+    stage_table,
+    time_ratio,
     versions,
 )
 
+SIDES = ["batchserve", "one-process", "ray-tasks", "ray-data"]
 FEATURES = ["a", "b", "c", "d"]
 WEIGHTS = [1.5, -2.0, 0.5, 0.0]
 
@@ -89,6 +106,7 @@ def predictor(model: Any) -> Callable[[Any], Any]:
 
 
 def write_table(table: Any, path: Path) -> None:
+    """Write the results table as the file's extension says (pyarrow's writers)."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -102,12 +120,11 @@ def write_table(table: Any, path: Path) -> None:
 # --- the sides -----------------------------------------------------------------------------------
 
 
-def run_batchserve(
-    args: argparse.Namespace, model: Any, input_csv: Path, work: Path
-) -> tuple[float, PeakMemory]:
-    with Server(work, args.parallel) as server:
-        client = server.client()
-        svc = client.publish_service(
+def publisher(model: Any) -> Callable[[Any], Any]:
+    """Publishes the model's service with a client: ``predict`` called once per chunk."""
+
+    def publish(client: Any) -> Any:
+        return client.publish_service(
             "bench_predict",
             code=predictor(model),
             inputs={f: float for f in FEATURES},
@@ -116,93 +133,109 @@ def run_batchserve(
             version="v1",
         )
 
-        def once() -> int:
-            batch = svc.batch(
-                str(input_csv), parallel_count=args.parallel, chunk_size=args.chunk_size
-            ).start()
-            response = batch.wait(poll_interval=0.1)
-            check_batch(response, args.rows)
-            batch.export_results(work / f"batchserve-results.{args.output}")
-            return int(response.total_item_count)
-
-        with PeakMemory(server.pid) as memory:
-            elapsed = best_of(args.repeat, once, args.rows)
-        client.close()
-    return elapsed, memory
+    return publish
 
 
-def run_one_process(args: argparse.Namespace, model: Any, input_csv: Path, work: Path) -> float:
+def run_one_process(model: Any, input_csv: Path, out: Path, expected: int) -> float:
+    """The plain script, timed whole: pyarrow in, one predict on the whole frame, pyarrow out."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     predict = predictor(model)
+    start = time.perf_counter()
+    frame = pacsv.read_csv(input_csv).to_pandas()
+    p = predict(frame)
+    write_table(pa.table({"p": p}), out)
+    elapsed = time.perf_counter() - start
+    if len(p) != expected:
+        sys.exit(f"The one process wrote {len(p)} results, not {expected}.")
+    return elapsed
 
-    def once() -> int:
-        frame = pacsv.read_csv(input_csv).to_pandas()
-        p = predict(frame)
-        table = pa.table({"index": pa.array(range(len(p)), pa.int64()), "p": p})
-        write_table(table, work / f"one-process-results.{args.output}")
-        return len(p)
 
-    return best_of(args.repeat, once, args.rows)
+# --- Ray, in a process of its own ----------------------------------------------------------------
 
 
-def run_ray_data(args: argparse.Namespace, model: Any, input_csv: Path, work: Path) -> float:
+def ray_peer(
+    parallel: int, model: Any, input_csv: Path, work: Path, output: str, task_rows: int, rows: int
+) -> dict[str, Callable[[], float]]:
+    """Set up in the Ray process (``ray.init``, not timed): its two timed runs by name."""
+    import numpy as np
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
     import ray
 
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=args.parallel,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level="ERROR",
-        )
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ray.init(num_cpus=parallel, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # Ray's workers cannot import this script (it runs here as the main module of a spawned
+    # process), so its functions travel by value, as they would from a script run directly.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[predictor.__module__])
     predict = predictor(model)
+
+    @ray.remote
+    def predict_part(part: pd.DataFrame) -> Any:
+        return predict(part)
+
+    def tasks() -> float:
+        start = time.perf_counter()
+        frame = pacsv.read_csv(input_csv).to_pandas()
+        refs = [
+            predict_part.remote(frame.iloc[i : i + task_rows])
+            for i in range(0, len(frame), task_rows)
+        ]
+        p = np.concatenate(ray.get(refs))
+        write_table(pa.table({"p": p}), work / f"ray-tasks-results.{output}")
+        elapsed = time.perf_counter() - start
+        if len(p) != rows:
+            raise RuntimeError(f"Ray tasks wrote {len(p)} results, not {rows}.")
+        return elapsed
 
     def predict_batch(frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({"p": predict(frame)})
 
     out = work / "ray-data-results"
 
-    def once() -> int:
+    def data() -> float:
         shutil.rmtree(out, ignore_errors=True)
+        start = time.perf_counter()
         ds = ray.data.read_csv(str(input_csv)).map_batches(predict_batch, batch_format="pandas")
-        if args.output == "parquet":
+        if output == "parquet":
             ds.write_parquet(str(out))
         else:
             ds.write_csv(str(out))
-        return args.rows
+        elapsed = time.perf_counter() - start
+        read = ray.data.read_parquet if output == "parquet" else ray.data.read_csv
+        written = read(str(out)).count()
+        if written != rows:
+            raise RuntimeError(f"Ray Data wrote {written} results, not {rows}.")
+        return elapsed
 
-    elapsed = best_of(args.repeat, once, args.rows)
-    written = ray.data.read_parquet(str(out)) if args.output == "parquet" else None
-    count = written.count() if written is not None else ray.data.read_csv(str(out)).count()
-    if count != args.rows:
-        sys.exit(f"Ray Data wrote {count} results, not {args.rows}.")
-    return elapsed
+    return {"tasks": tasks, "data": data}
 
 
 # --- the run -------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Vectorized throughput against Ray Data.")
-    parser.add_argument("--rows", type=int, default=5_000_000, help="rows per run")
+    parser = argparse.ArgumentParser(description="Vectorized throughput against one process.")
+    parser.add_argument("--rows", type=int, default=2_000_000, help="rows per run")
     parser.add_argument("--parallel", type=int, default=2, help="processes on the parallel sides")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each side; best counts")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="repetitions of every side; the median counts"
+    )
     parser.add_argument(
         "--output", choices=["csv", "parquet"], default="csv", help="results file format"
     )
+    parser.add_argument("--ray-task-rows", type=int, default=100_000, help="rows per Ray task")
     parser.add_argument(
         "--chunk-size", type=int, default=None, help="batchserve chunk size (server's choice)"
     )
     parser.add_argument(
-        "--only", nargs="*", default=None, choices=["batchserve", "one-process", "ray-data"]
+        "--only", nargs="*", default=None, choices=SIDES, help="run only these sides"
     )
     args = parser.parse_args(argv)
-    wanted = set(args.only or ["batchserve", "one-process", "ray-data"])
+    wanted = set(args.only or SIDES)
     n = args.rows
 
     try:
@@ -210,53 +243,135 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         print(f"skipped: every side needs scikit-learn, and {exc.name} is not installed")
         return 0
-    with tempfile.TemporaryDirectory(prefix="batchserve-bench-") as tmp:
-        work = Path(tmp)
-        input_csv = work / "rows.csv"
-        write_input(input_csv, n)
-        size_mib = input_csv.stat().st_size / 2**20
-        print(f"vectorized: {n:,} rows ({size_mib:,.0f} MiB of CSV), best of {args.repeat}")
+    cold = Variant(Side("batchserve cold", n), "cold", False, ["p"])
+    small = Variant(Side("batchserve after a small batch", n), "after a small batch", True, ["p"])
+    variants = [cold, small] if "batchserve" in wanted else []
+    one = Side("one process (whole frame)", n)
+    ray_tasks = Side(f"Ray tasks, {args.ray_task_rows:,} rows per task", n)
+    ray_data = Side(f"Ray Data map_batches, {args.parallel} CPUs", n)
 
-        bs_s = memory = None
-        if "batchserve" in wanted:
-            bs_s, memory = run_batchserve(args, model, input_csv, work)
-            print(f"  batchserve   {seconds(bs_s)} s  {rate(n, bs_s)} rows/s", flush=True)
-        one_s = ray_s = None
-        if "one-process" in wanted:
-            one_s = run_one_process(args, model, input_csv, work)
-            print(f"  one process  {seconds(one_s)} s  {rate(n, one_s)} rows/s", flush=True)
-        if "ray-data" in wanted:
-            ray_s = run_peer("ray", lambda: run_ray_data(args, model, input_csv, work))
-            print(f"  Ray Data     {seconds(ray_s)} s  {rate(n, ray_s)} rows/s", flush=True)
-
-    table = Table(["system", "wall s", "rows/s", "batchserve ÷ system", "target", "met?"])
-    table.add("**batchserve**", seconds(bs_s), rate(n, bs_s), "1" if bs_s else "-", "", "")
-    for name, value, least, words in (
-        ("one process (whole frame)", one_s, 0.5, "within 2x"),
-        (f"Ray Data map_batches, {args.parallel} CPUs", ray_s, 5.0, ">= 5x"),
+    with (
+        tempfile.TemporaryDirectory(prefix="batchserve-bench-") as tmp,
+        contextlib.ExitStack() as stack,
     ):
-        ratio = None if value is None or bs_s is None else value / bs_s
-        met = None if ratio is None else ratio >= least
-        table.add(
-            name, seconds(value), rate(n, value),
-            "-" if ratio is None else f"{ratio:.2f}", words, verdict(met),
-        )  # fmt: skip
-    print()
-    print(
-        f"Vectorized LogisticRegression.predict_proba, {n:,} rows, CSV in, {args.output} out, "
-        f"parallel {args.parallel}, best of {args.repeat} ({machine()}; "
-        f"{versions(['batchserve', 'scikit-learn', 'ray', 'pandas', 'pyarrow'])})"
-    )
-    print()
-    print(table.render())
-    if memory is not None:
-        print()
-        print(f"batchserve peak RSS (VmHWM): {memory.describe()}")
+        work = Path(tmp)
+        files = {"work": work, "input": work / "rows.csv", "small": work / "small.csv"}
+        write_input(files["input"], n)
+        small_count = head_csv(files["input"], files["small"], SMALL_BATCH)
+        size_mib = files["input"].stat().st_size / 2**20
+        print(
+            f"vectorized: {n:,} rows ({size_mib:,.0f} MiB of CSV), parallel {args.parallel}, "
+            f"{args.repeat} repetitions",
+            flush=True,
+        )
+
+        ray = None  # Ray's process, once it answered; started before the repetitions
+        if wanted & {"ray-tasks", "ray-data"}:
+            peer = PeerProcess(
+                "Ray", ray_peer, args.parallel, model, files["input"], work, args.output,
+                args.ray_task_rows, n,
+            )  # fmt: skip
+            ray = run_peer("ray", lambda: stack.enter_context(peer))
+
+        def note(rep: int, side: Side, elapsed: float) -> None:
+            side.runs.append(elapsed)
+            say(rep, side, elapsed)
+
+        def say(rep: int, side: Side, elapsed: float) -> None:
+            print(
+                f"  {rep}/{args.repeat} {side.name:<34} {elapsed:7.2f} s "
+                f"{rate(n, elapsed):>12} rows/s",
+                flush=True,
+            )
+
+        for rep in range(1, args.repeat + 1):
+            if "one-process" in wanted:
+                out = work / f"one-process-results.{args.output}"
+                note(rep, one, run_one_process(model, files["input"], out, n))
+            for i, variant in enumerate(variants):
+                run = variant.time(
+                    work=work,
+                    name=f"batchserve{i}-{rep}",
+                    parallel=args.parallel,
+                    publish=publisher(model),
+                    source=files["input"],
+                    small_source=files["small"],
+                    small_count=small_count,
+                    out=work / f"batchserve-results.{args.output}",
+                    chunk_size=args.chunk_size,
+                )
+                say(rep, variant.side, run.wall)
+                print(f"      {run.describe()}", flush=True)
+            if ray is not None and "ray-tasks" in wanted:
+                note(rep, ray_tasks, ray.call("tasks"))
+            if ray is not None and "ray-data" in wanted:
+                note(rep, ray_data, ray.call("data"))
+
+        if one.runs and variants:
+            same_results(work, args.output)
+
+    target = Target(">= 0.67 (within 1.5x); goal > 1 (faster)", lambda r: r >= 1 / 1.5)
+    others = [(one, target), (ray_tasks, None), (ray_data, None)]
+    report(args, cold.side, small.side, variants, [(s, t) for s, t in others if s.runs])
     return 0
 
 
+def same_results(work: Path, output: str) -> None:
+    """Exit unless batchserve's ``p`` matches the one process's (to float rounding)."""
+    import numpy as np
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    read = pq.read_table if output == "parquet" else pacsv.read_csv
+    ours = read(work / f"batchserve-results.{output}")
+    theirs = read(work / f"one-process-results.{output}")
+    if ours.column_names != ["p"] or not np.allclose(
+        ours.column("p").to_numpy(), theirs.column("p").to_numpy(), rtol=1e-9, atol=1e-12
+    ):
+        sys.exit(f"batchserve's results ({ours.column_names}) differ from the one process's.")
+    print(f"  checked: batchserve's results hold the one process's {ours.num_rows:,} results")
+
+
+def report(
+    args: argparse.Namespace,
+    cold: Side,
+    small: Side,
+    variants: list[Variant],
+    others: list[tuple[Side, Target | None]],
+) -> None:
+    print()
+    print(
+        f"Vectorized LogisticRegression.predict_proba, {args.rows:,} rows, CSV in, "
+        f"{args.output} of `p` out, parallel {args.parallel}, median of {args.repeat} "
+        f"repetitions ({machine()}; "
+        f"{versions(['batchserve', 'scikit-learn', 'ray', 'pandas', 'pyarrow'])})"
+    )
+    print()
+    print(comparison_table(cold, small, others, "rows").render())
+    print()
+    print(
+        "side ÷ batchserve: the side's median seconds per row over batchserve's (best runs in "
+        "parentheses); above 1, batchserve is faster. Targets are judged on the medians."
+    )
+    for side, target in others:
+        if target is None:
+            continue
+        goal = [time_ratio(side, base) for base in (cold, small)]
+        cold_met, small_met = ("-" if g is None else "met" if g > 1 else "not yet" for g in goal)
+        print(
+            f"Goal, faster than the {side.name}: cold {cold_met}, after a small batch {small_met}."
+        )
+    if variants:
+        print()
+        print(stage_table({v.label: v.runs for v in variants}).render())
+    for variant in variants:
+        if variant.peak is not None:
+            print()
+            print(
+                f"batchserve peak RSS (VmHWM), {variant.label}, the run of the largest: "
+                f"{variant.peak.describe()}"
+            )
+
+
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    finally:
-        stop_ray()
+    sys.exit(main())
