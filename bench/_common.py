@@ -581,18 +581,23 @@ class PeerProcess:
     """
 
     def __init__(
-        self, name: str, setup: Callable[..., dict[str, Callable[..., Any]]], *args: Any
+        self,
+        name: str,
+        setup: Callable[..., dict[str, Callable[..., Any]]],
+        *args: Any,
+        daemon: bool = True,
     ) -> None:
         self.name = name
         self.setup = setup
         self.args = args
+        self.daemon = daemon  # False for a peer that starts processes of its own (a Pool)
 
     def __enter__(self) -> PeerProcess:
         exit_on_sigterm()
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
         self.process = context.Process(
-            target=_peer_main, args=(child, self.setup, self.args), daemon=True
+            target=_peer_main, args=(child, self.setup, self.args), daemon=self.daemon
         )
         self.process.start()
         child.close()

@@ -190,8 +190,10 @@ def main(argv: list[str] | None = None) -> int:
 
             # The same calls on a plain process pool: what P processes get on this machine
             # now, so that the load others put on it can be told from batchserve's overhead.
+            # (From a fork server: forked from this process, whose threads hold locks, a
+            # pool's children could start with one held, and hang.)
             start = time.perf_counter()
-            with multiprocessing.Pool(parallel) as workers:
+            with multiprocessing.get_context("forkserver").Pool(parallel) as workers:
                 workers.map(functools.partial(spin, rounds=rounds), range(n), chunksize=1)
             pool.runs.append(time.perf_counter() - start)
             share.runs.append(shares(rounds, n, parallel))

@@ -8,7 +8,9 @@ import pytest
 
 from batchserve.engine.costs import (
     FIXED_SHARE,
+    PROBE_GROWTH,
     PROBE_RECORDS,
+    SURE_SECONDS,
     CostEstimate,
     Costs,
     range_size,
@@ -27,13 +29,16 @@ def test_nothing_is_known_before_a_chunk_finished():
     assert CostEstimate().costs() is None
 
 
-def test_a_small_chunk_s_fixed_cost_is_not_taken_for_a_cost_per_record():
+def test_chunks_too_quick_to_measure_leave_the_estimate_unsure():
     estimate = CostEstimate()
-    # 100 records: 30 µs of records, 4 ms around them.
+    # 100 records: 30 µs of records, 4 ms around them: the fixed costs drown the records.
     estimate.observe(100, run_seconds=3e-5, chunk_seconds=0.004)
+    estimate.observe(800, run_seconds=2.4e-4, chunk_seconds=0.004)
+    assert estimate.costs() is None
+    estimate.observe(51_200, run_seconds=SURE_SECONDS * 1.5, chunk_seconds=0.004)
     costs = estimate.costs()
     assert costs is not None
-    assert costs.record == pytest.approx(3e-7)
+    assert costs.record == pytest.approx(SURE_SECONDS * 1.5 / 51_200, rel=0.2)
     assert costs.chunk == pytest.approx(0.004)
 
 
@@ -72,7 +77,7 @@ def test_the_noise_in_the_times_of_like_chunks_is_not_taken_for_a_fixed_part():
 def test_the_fixed_cost_per_chunk_is_the_median_of_the_last_chunks():
     estimate = CostEstimate()
     for seconds in (0.004, 0.005, 0.004, 0.060, 0.004):  # one chunk waited for the store
-        estimate.observe(1_000, 0.001, seconds)
+        estimate.observe(100_000, 0.03, seconds)
     costs = estimate.costs()
     assert costs is not None
     assert costs.chunk == pytest.approx(0.004)
@@ -97,10 +102,12 @@ def test_the_floor_keeps_the_fixed_cost_within_its_share_of_a_chunk():
     assert SLOW.floor() == 8  # 4 ms is 5% of 80 ms
 
 
-def test_an_unknown_service_gets_a_small_probe_bounded_by_the_batch():
+def test_an_unknown_service_gets_growing_probes_bounded_by_the_batch():
     assert range_size(1_000_000, 2, None) == PROBE_RECORDS["row"]
     assert range_size(1_000_000, 2, None, mode="vectorized") == PROBE_RECORDS["vectorized"]
-    assert range_size(40, 2, None) == 10  # a quarter: a small batch still spreads over slots
+    assert range_size(1_000_000, 2, None, probes=2) == PROBE_RECORDS["row"] * PROBE_GROWTH**2
+    assert range_size(1_000_000, 2, None, probes=9) == 250_000  # a quarter of the batch at most
+    assert range_size(40, 2, None) == 10
 
 
 def test_a_range_is_never_below_the_floor_while_there_is_work_for_every_slot():
@@ -152,7 +159,9 @@ def makespan(records: int, slots: int, true: Costs, estimate: CostEstimate, mode
             estimate.observe(n, true.call + n * true.record, true.chunk)
         costs = estimate.costs()
         busy = sum(max(0.0, e - now) for e, _ in running.values())
-        n = range_size(left, slots, costs, busy, mode=mode)
+        n = range_size(left, slots, costs, busy, mode=mode, probes=estimate.probes)
+        if costs is None:
+            estimate.probes += 1
         left -= n
         done = now + true.seconds(n)
         running[slot] = (done, n)
@@ -170,13 +179,21 @@ def makespan(records: int, slots: int, true: Costs, estimate: CostEstimate, mode
 def test_a_small_batch_first_leaves_the_next_big_one_no_more_than_ten_percent_slower(mode, true):
     records = 1_000_000 if true.record < 1e-4 else 400
     cold = makespan(records, 2, true, CostEstimate(), mode)
-    # What a 100-record batch run first leaves behind, as the store keeps it.
+    # What a 100-record batch run first leaves behind, as the store keeps it: nothing when its
+    # chunks were too quick to measure.
     small = CostEstimate()
     makespan(100, 2, true, small, mode)
     kept = small.costs()
-    assert kept is not None
     after = makespan(records, 2, true, CostEstimate(prior=kept), mode)
     assert after <= 1.1 * cold
+
+
+@pytest.mark.parametrize("true", [FAST, SLOW], ids=["fast", "cpu-bound"])
+def test_probing_costs_a_cold_batch_little(true):
+    records = 1_000_000 if true is FAST else 400
+    cold = makespan(records, 2, true, CostEstimate(), "row")
+    known = makespan(records, 2, true, CostEstimate(prior=true), "row")
+    assert cold <= 1.15 * known
 
 
 def test_a_failed_batch_of_quick_failures_leaves_the_next_batch_balanced():

@@ -21,6 +21,12 @@ records (mostly fixed cost) and one of a million (mostly records) each tell what
 plain average of chunk time over records takes the fixed cost of small chunks for a cost per
 record, and then cuts the next batch into thousands of tiny chunks.
 
+Nothing is taken for known before a chunk's records took ``SURE_SECONDS``: below that, the fixed
+costs (milliseconds, and noisy) drown the records' time. Until then chunks are probes, each
+``PROBE_GROWTH`` times the one before (100, 800, 6,400, ... records), so that a fast service is
+measured after a few quick chunks and a slow one after its first; and an estimate never sure is
+not kept for the next batch, which then probes too. So history can only make chunks better.
+
 :func:`range_size` turns the estimate into the size of the next range of records: never so
 small that the fixed cost is more than ``FIXED_SHARE`` of a chunk's time (unless the batch is
 too small to give every slot a chunk that large: then one chunk a slot); half a slot's share
@@ -37,9 +43,13 @@ from dataclasses import dataclass
 
 #: A chunk's fixed cost may be at most this share of its time.
 FIXED_SHARE = 0.05
-#: Records in a first chunk when nothing is known of the service: enough to measure it, small
-#: enough to cost little if its records are slow. (Its size is bounded by the batch too.)
+#: Records in a first chunk when nothing is known of the service: small enough to cost little
+#: if its records are slow. (Its size is bounded by the batch too.)
 PROBE_RECORDS = {"row": 100, "vectorized": 1000}
+#: Each probe has this many times the records of the one before.
+PROBE_GROWTH = 8
+#: An estimate is sure once a chunk's records took this long.
+SURE_SECONDS = 0.01
 #: How much an older chunk weighs against the next one (per chunk observed).
 DECAY = 0.7
 #: The fixed cost per chunk is the median of this many last chunks.
@@ -78,6 +88,8 @@ class CostEstimate:
         # Decayed sums over chunks of (1, n, t, n*n, n*t): n records, t seconds running them.
         self._w = self._n = self._t = self._nn = self._nt = 0.0
         self._chunks: deque[float] = deque(maxlen=CHUNK_WINDOW)
+        self.sure = prior is not None  # what the store kept was sure when it was kept
+        self.probes = 0  # probes handed out so far
         # The least time seen running a chunk's records: no chunk's fixed part is more.
         self._least = math.inf
         if prior is not None:
@@ -104,11 +116,12 @@ class CostEstimate:
             setattr(self, name, getattr(self, name) * DECAY)
         self._add(float(records), max(run_seconds, 0.0))
         self._least = min(self._least, max(run_seconds, 0.0))
+        self.sure = self.sure or run_seconds >= SURE_SECONDS
         self._chunks.append(max(chunk_seconds, 0.0))
 
     def costs(self) -> Costs | None:
-        """The estimate, or None before any chunk was seen."""
-        if self._w <= 0 or not self._chunks or self._n <= 0:
+        """The estimate, or None while it is not sure (see the module's docstring)."""
+        if not self.sure or self._w <= 0 or not self._chunks or self._n <= 0:
             return None
         # Chunks of one size: no line to fit, so all of their time is taken as the records'.
         call, record = 0.0, self._t / self._n
@@ -136,20 +149,22 @@ def range_size(
     mode: str = "row",
     target_seconds: float = 0.5,
     maximum: int = 1_000_000,
+    probes: int = 0,
 ) -> int:
     """How many of a batch's ``remaining`` unclaimed records the next chunk takes.
 
     ``slots`` is how many workers the batch may use at once; ``busy_seconds`` the estimated
-    seconds left on its chunks running now; ``costs`` the service's estimate (None: unknown, so
-    a small probe). ``target_seconds`` bounds a chunk's time while much work is left (a chunk is
-    also the unit of preemption and retry); ``maximum`` bounds its records (memory).
+    seconds left on its chunks running now; ``costs`` the service's estimate (None: not known
+    yet, so a probe, larger after each of the ``probes`` handed out before). ``target_seconds``
+    bounds a chunk's time while much work is left (a chunk is also the unit of preemption and
+    retry); ``maximum`` bounds its records (memory).
     """
     if remaining <= 0:
         return 0
     slots = max(slots, 1)
     if costs is None:
-        probe = PROBE_RECORDS.get(mode, PROBE_RECORDS["row"])
-        return max(1, min(remaining, probe, math.ceil(remaining / (2 * slots))))
+        probe = PROBE_RECORDS.get(mode, PROBE_RECORDS["row"]) * PROBE_GROWTH ** min(probes, 12)
+        return max(1, min(remaining, probe, maximum, math.ceil(remaining / (2 * slots))))
     record = costs.record
     floor = costs.floor()
     per_slot = (busy_seconds + remaining * record) / slots  # seconds of work left per slot

@@ -242,14 +242,16 @@ class Runtime:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         what = "call" if spec.mode == "vectorized" else "record"
         limits = TryLimits(task.max_task_retry_count, task.task_timeout, what)
-        # What the records take, from reading their range to writing their last results; the
-        # rest of the task (a few files opened and closed) is what a chunk costs around them.
-        running = time.perf_counter()
         table, bytes_in = read_range(self.blobs, task.parts, task.start_index, task.count)
         writer = ResultWriter(self.blobs.open_append_stream(task.result_key), spec.outputs)
         try:
             with _environment(task.environment), limits:
                 progress = Progress(writer, report, progress_interval)
+                # What the records take: their columns made ready, the calls, their results
+                # written. The rest of the task (the range read, files opened and closed) is
+                # what a chunk costs around them: a few milliseconds, which would drown the
+                # records' own time in a small chunk.
+                running = time.perf_counter()
                 if spec.artifacts and spec.mode != "vectorized":
                     succeeded, failed, _ = self._run_records(task, table, writer, limits, progress)
                 else:
@@ -263,9 +265,9 @@ class Runtime:
                         progress,
                         FLUSH_INTERVAL,
                     )
+                running = time.perf_counter() - running
         finally:
             writer.close()
-        running = time.perf_counter() - running
         spent = resource.getrusage(resource.RUSAGE_SELF)
         load = self.load_seconds - loaded
         return {

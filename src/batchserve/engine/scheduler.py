@@ -674,13 +674,18 @@ class Scheduler:
         timeout = options.get("task_timeout")
         while executor.free_slots() > 0 and self._per_batch[batch.id] < batch.parallel_count:
             spec = spec or self._spec(batch.service_id)
-            costs = self._estimate(batch.service_id, spec).costs()
+            estimate = self._estimate(batch.service_id, spec)
+            costs = estimate.costs()
             now = time.monotonic()
-            size_for = functools.partial(self._range_size, batch, spec.mode, costs, now)
+            size_for = functools.partial(
+                self._range_size, batch, spec.mode, costs, estimate.probes, now
+            )
             chunk = self.store.claim_chunk(batch.id, result_key, size_for)
             if chunk is None:
                 break
             claimed_any = True
+            if costs is None and not batch.chunk_size:
+                estimate.probes += 1
             task = ChunkTask(
                 task_id=uuid.uuid4().hex,
                 batch_id=batch.id,
@@ -730,6 +735,7 @@ class Scheduler:
         batch: Batch,
         mode: str,
         costs: Costs | None,
+        probes: int,
         now: float,
         remaining: int,
         sealed: bool,
@@ -759,6 +765,7 @@ class Scheduler:
             mode=mode,
             target_seconds=self.target_chunk_seconds,
             maximum=self.max_chunk_size,
+            probes=probes,
         )
 
     def _parts_of(self, batch: Batch, start: int, count: int) -> tuple[PartRef, ...]:
