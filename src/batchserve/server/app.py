@@ -21,9 +21,10 @@ def create_app(engine: Engine, manage_engine: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if manage_engine:
             await anyio.to_thread.run_sync(engine.start)
-        # pyarrow imports pandas on first use of some of the paths results take (a third of a
-        # second): paid here, not by the first export.
+        # pyarrow imports pandas and its own pandas layer on first use of some of the paths
+        # uploads and results take (a third of a second): paid here, not by the first batch.
         import pandas  # noqa: F401
+        import pyarrow.pandas_compat  # noqa: F401
 
         # Everything loaded so far lives as long as the server: kept out of the collector's
         # full passes, which otherwise stop every request for tens of milliseconds now and then.
