@@ -16,7 +16,8 @@ import pytest
 
 from batchserve import Client
 from batchserve.blobs import LocalBlobStore
-from batchserve.engine.batches import RESULT_FORMATS, BatchOps, json_lines
+from batchserve.engine.batch_results import RESULT_FORMATS, ResultOps, json_lines
+from batchserve.engine.batches import BatchOps
 from batchserve.engine.errors import BadRequest, UnsupportedMediaType
 from batchserve.engine.ingest import JSONL
 from batchserve.engine.inputs import PartRef, read_range
@@ -76,7 +77,7 @@ ROWS = [{"n": n, "customer": f"c{n:02d}"} for n in range(1, 11)]
 
 
 def read_stream(ops, batch, format) -> pd.DataFrame:
-    data = b"".join(ops.results_stream(batch, format))
+    data = b"".join(ResultOps(ops.store, ops.blobs).stream(batch, format))
     if format == "arrow":
         return pa.ipc.open_stream(data).read_all().to_pandas()
     if format == "parquet":
@@ -111,7 +112,7 @@ def test_each_format_streams_every_result_in_index_order_with_its_id(ops, who, s
 
 def test_a_stream_yields_one_piece_per_chunk_after_its_header(ops, who, service):
     batch = make_batch(ops, who, service, ROWS)  # chunks of 4: 4, 4 and 2 records
-    pieces = [p for p in ops.results_stream(batch, "jsonl")]
+    pieces = [p for p in ResultOps(ops.store, ops.blobs).stream(batch, "jsonl")]
     assert [p.count(b"\n") for p in pieces if p] == [4, 4, 2]
 
 
@@ -122,7 +123,9 @@ def test_partial_results_hold_only_the_finished_chunks(ops, who, service):
     assert frame["index"].tolist() == [0, 1, 2, 3]
     assert frame["id"].tolist() == ["c01", "c02", "c03", "c04"]
     empty = ops.create(who, service, jsonl(ROWS), JSONL, start=False, id_column="customer")
-    table = pa.ipc.open_stream(b"".join(ops.results_stream(empty, "arrow"))).read_all()
+    table = pa.ipc.open_stream(
+        b"".join(ResultOps(ops.store, ops.blobs).stream(empty, "arrow"))
+    ).read_all()
     assert table.num_rows == 0
     assert table.schema.field("id").type == pa.string()
 
@@ -130,16 +133,16 @@ def test_partial_results_hold_only_the_finished_chunks(ops, who, service):
 def test_json_pages_and_single_results_carry_the_id(ops, who, service):
     ids = [{"n": n, "customer": 100 + n} for n in range(1, 11)]
     batch = make_batch(ops, who, service, ids, id_column="customer")
-    page = ops.results(batch, 3, 4)
+    page = ResultOps(ops.store, ops.blobs).page(batch, 3, 4)
     assert [r["id"] for r in page] == [104, 105, 106, 107]
-    record = row_to_json(ops.result(batch, 8))
+    record = row_to_json(ResultOps(ops.store, ops.blobs).record(batch, 8))
     assert record["id"] == 109 and record["outputs"] == {"sq": 81}
 
 
 def test_without_an_id_column_there_is_no_id(ops, who, service):
     batch = make_batch(ops, who, service, ROWS)
     assert "id" not in read_stream(ops, batch, "arrow").columns
-    assert "id" not in row_to_json(ops.result(batch, 0))
+    assert "id" not in row_to_json(ResultOps(ops.store, ops.blobs).record(batch, 0))
 
 
 def test_the_id_option_is_kept_with_the_batch(ops, who, service):
@@ -166,7 +169,7 @@ def test_a_missing_id_column_is_refused_and_nothing_is_kept(ops, who, service, s
 def test_an_unknown_results_format_is_refused(ops, who, service):
     batch = make_batch(ops, who, service, ROWS)
     with pytest.raises(BadRequest, match="jsonl"):
-        list(ops.results_stream(batch, "xml"))
+        list(ResultOps(ops.store, ops.blobs).stream(batch, "xml"))
 
 
 def test_an_output_named_id_is_renamed_when_the_results_carry_ids():

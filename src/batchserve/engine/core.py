@@ -7,6 +7,7 @@ import logging
 
 from batchserve.blobs import BlobNotFound, LocalBlobStore, keys
 from batchserve.engine.auth import Accounts
+from batchserve.engine.batch_results import ResultOps
 from batchserve.engine.batches import BatchOps
 from batchserve.engine.endings import Endings
 from batchserve.engine.executors import ProcessExecutor
@@ -42,6 +43,7 @@ class Engine:
         )
         self.services = ServiceOps(self.store, self.blobs, self.scheduler)
         self.batches = BatchOps(self.store, self.blobs, self.scheduler)
+        self.results = ResultOps(self.store, self.blobs)
         self.executor = ProcessExecutor(
             settings.workers, self.blobs.url, self.scheduler.post, settings.progress_interval
         )

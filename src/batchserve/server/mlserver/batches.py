@@ -156,7 +156,7 @@ def get_batch(
     counts = engine.batches.counts(batch.id)
     partial = bool(showPartialResults or showPartialResult)
     final = BatchState(batch.state).is_final
-    rows = engine.batches.results(batch, 0, batch.total_count) if final or partial else []
+    rows = engine.results.page(batch, 0, batch.total_count) if final or partial else []
     return BatchWebServiceResult(
         state=STATES[BatchState(batch.state)],
         completedItemCount=counts.completed,
@@ -187,7 +187,7 @@ def list_files(
     name: str, version: str, execution_id: str, index: int, engine: EngineDep, who: PrincipalDep
 ) -> list[str]:
     batch = _batch(engine, who, name, version, execution_id)
-    return engine.batches.artifacts(batch, index)
+    return engine.results.artifacts(batch, index)
 
 
 @router.get(
@@ -205,7 +205,7 @@ def get_file(
     who: PrincipalDep,
 ) -> Response:
     batch = _batch(engine, who, name, version, execution_id)
-    data = engine.batches.artifact(batch, index, file_name)
+    data = engine.results.artifact(batch, index, file_name)
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in file_name)
     return Response(
         data,

@@ -430,11 +430,11 @@ def results(
             [c.strip() for v in columns for c in v.split(",") if c.strip()] if columns else None
         )
         return StreamingResponse(
-            engine.batches.results_stream(batch, format, wanted),
+            engine.results.stream(batch, format, wanted),
             media_type=RESULT_MEDIA_TYPES[format],
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
-    rows = engine.batches.results(batch, start, limit)
+    rows = engine.results.page(batch, start, limit)
     nxt = start + limit if start + limit < batch.total_count else None
     return ResultPage(
         batch=public(engine, batch),
@@ -452,7 +452,7 @@ def results(
 )
 def result(batch_id: str, index: int, engine: EngineDep, who: PrincipalDep) -> RecordResult:
     batch = engine.batches.get(who, batch_id)
-    return record(engine.batches.result(batch, index))
+    return record(engine.results.record(batch, index))
 
 
 @router.get(
@@ -462,7 +462,7 @@ def result(batch_id: str, index: int, engine: EngineDep, who: PrincipalDep) -> R
 )
 def artifacts(batch_id: str, index: int, engine: EngineDep, who: PrincipalDep) -> ArtifactList:
     batch = engine.batches.get(who, batch_id)
-    return ArtifactList(artifacts=engine.batches.artifacts(batch, index))
+    return ArtifactList(artifacts=engine.results.artifacts(batch, index))
 
 
 @router.get(
@@ -474,7 +474,7 @@ def artifact(
     batch_id: str, index: int, name: str, engine: EngineDep, who: PrincipalDep
 ) -> Response:
     batch = engine.batches.get(who, batch_id)
-    data = engine.batches.artifact(batch, index, name)
+    data = engine.results.artifact(batch, index, name)
     return Response(
         data,
         media_type="application/octet-stream",
