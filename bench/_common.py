@@ -332,6 +332,27 @@ class Side:
         return min(self.runs) if self.runs else None
 
 
+@dataclass
+class Runs:
+    """Prints each timed run as it comes, as ``rep/repeat side seconds rate``."""
+
+    repeat: int
+    unit: str = "records"
+    width: int = 44
+
+    def note(self, rep: int, side: Side, elapsed: float) -> None:
+        """Keep a run of ``side`` and print it."""
+        side.runs.append(elapsed)
+        self.say(rep, side, elapsed)
+
+    def say(self, rep: int, side: Side, elapsed: float) -> None:
+        print(
+            f"  {rep}/{self.repeat} {side.name:<{self.width}} {elapsed:7.2f} s "
+            f"{rate(side.records, elapsed):>12} {self.unit}/s",
+            flush=True,
+        )
+
+
 def time_ratio(side: Side, base: Side, best: bool = False) -> float | None:
     """The side's seconds per record over the base's (above 1: the base is faster), on the
     medians, or on the best runs. Per record, so that sides over different counts compare."""

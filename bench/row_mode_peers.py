@@ -55,6 +55,7 @@ from typing import Any
 from _common import (
     SMALL_BATCH,
     PeerProcess,
+    Runs,
     Side,
     Skipped,
     Target,
@@ -63,7 +64,6 @@ from _common import (
     exit_on_sigterm,
     head_csv,
     machine,
-    rate,
     run_peer,
     stage_table,
     stop_process_group,
@@ -370,16 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             worker = CeleryWorker(args.parallel, work)
             celery = run_peer("celery", lambda: stack.enter_context(worker))
 
-        def note(rep: int, side: Side, elapsed: float) -> None:
-            side.runs.append(elapsed)
-            say(rep, side, elapsed)
-
-        def say(rep: int, side: Side, elapsed: float) -> None:
-            print(
-                f"  {rep}/{args.repeat} {side.name:<44} {elapsed:7.2f} s "
-                f"{rate(side.records, elapsed):>12} records/s",
-                flush=True,
-            )
+        runs = Runs(args.repeat, "records", 44)
+        note, say = runs.note, runs.say
 
         for rep in range(1, args.repeat + 1):
             if pool_process is not None:

@@ -52,13 +52,13 @@ from typing import Any
 from _common import (
     SMALL_BATCH,
     PeerProcess,
+    Runs,
     Side,
     Target,
     Variant,
     comparison_table,
     head_csv,
     machine,
-    rate,
     run_peer,
     stage_table,
     time_ratio,
@@ -311,16 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             ray = run_peer("ray", lambda: stack.enter_context(peer))
 
-        def note(rep: int, side: Side, elapsed: float) -> None:
-            side.runs.append(elapsed)
-            say(rep, side, elapsed)
-
-        def say(rep: int, side: Side, elapsed: float) -> None:
-            print(
-                f"  {rep}/{args.repeat} {side.name:<34} {elapsed:7.2f} s "
-                f"{rate(n, elapsed):>12} rows/s",
-                flush=True,
-            )
+        runs = Runs(args.repeat, "rows", 34)
+        note, say = runs.note, runs.say
 
         for rep in range(1, args.repeat + 1):
             if "one-process" in wanted:

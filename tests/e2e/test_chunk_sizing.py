@@ -30,6 +30,18 @@ def ratios(frame):  # type: ignore[no-untyped-def]
     return frame["hp"] / frame["wt"]
 
 
+@pytest.fixture
+def service(client, unique_name):  # type: ignore[no-untyped-def]
+    """A row-mode ``ratio`` service of the test's own, version v1."""
+    return client.publish_service(
+        unique_name,
+        code=ratio,
+        inputs={"hp": float, "wt": float},
+        outputs={"r": float},
+        version="v1",
+    )
+
+
 def records(n: int) -> dict[str, list[float]]:
     rng = np.random.default_rng(n)
     return {
@@ -61,10 +73,8 @@ def test_after_a_small_batch_a_big_one_still_gets_a_few_large_chunks(
     assert batch.data["chunk_size"] is None  # cut to measure, not asked for
 
 
-def test_a_batch_tells_where_its_time_went(client, unique_name, tmp_path):  # type: ignore[no-untyped-def]
-    svc = client.publish_service(
-        unique_name, code=ratio, inputs={"hp": float, "wt": float}, outputs={"r": float}
-    )
+def test_a_batch_tells_where_its_time_went(service, tmp_path):  # type: ignore[no-untyped-def]
+    svc = service
     batch = svc.batch(records(20_000), parallel_count=2).start()
     batch.wait(timeout=120)
     stats = batch.info().job_statistics
@@ -76,10 +86,8 @@ def test_a_batch_tells_where_its_time_went(client, unique_name, tmp_path):  # ty
     assert batch.info().job_statistics.export_seconds > 0
 
 
-def test_an_export_keeps_only_the_columns_asked_for_in_their_order(client, unique_name, tmp_path):  # type: ignore[no-untyped-def]
-    svc = client.publish_service(
-        unique_name, code=ratio, inputs={"hp": float, "wt": float}, outputs={"r": float}
-    )
+def test_an_export_keeps_only_the_columns_asked_for_in_their_order(service, tmp_path):  # type: ignore[no-untyped-def]
+    svc = service
     given = records(1_000)
     batch = svc.batch(given, parallel_count=2).start()
     batch.wait(timeout=120)
@@ -96,10 +104,8 @@ def test_an_export_keeps_only_the_columns_asked_for_in_their_order(client, uniqu
     assert not (tmp_path / "bad.csv").exists()
 
 
-def test_a_rest_export_with_an_unknown_column_is_a_clear_400(client, unique_name, server):  # type: ignore[no-untyped-def]
-    svc = client.publish_service(
-        unique_name, code=ratio, inputs={"hp": float, "wt": float}, outputs={"r": float}
-    )
+def test_a_rest_export_with_an_unknown_column_is_a_clear_400(client, service, server):  # type: ignore[no-untyped-def]
+    svc = service
     batch = svc.batch(records(10)).start()
     batch.wait(timeout=120)
     r = httpx.get(
@@ -112,19 +118,13 @@ def test_a_rest_export_with_an_unknown_column_is_a_clear_400(client, unique_name
 
 
 def test_a_started_batch_runs_its_stored_records_while_the_upload_goes_on(
-    client, unique_name, server
+    client, service, unique_name, server
 ):  # type: ignore[no-untyped-def]
     import sqlite3
     import threading
     import time
 
-    svc = client.publish_service(
-        unique_name,
-        code=ratio,
-        inputs={"hp": float, "wt": float},
-        outputs={"r": float},
-        version="v1",
-    )
+    svc = service
     head = b"hp,wt\n" + b"".join(b"%d,2.0\n" % i for i in range(1, 1_200_001))
     tail = b"".join(b"%d,4.0\n" % i for i in range(10))
     released = threading.Event()
@@ -181,17 +181,11 @@ def test_a_started_batch_runs_its_stored_records_while_the_upload_goes_on(
 
 
 def test_an_upload_refused_halfway_leaves_nothing_even_if_its_first_records_ran(
-    client, unique_name, server
+    client, service, unique_name, server
 ):  # type: ignore[no-untyped-def]
     import time
 
-    svc = client.publish_service(
-        unique_name,
-        code=ratio,
-        inputs={"hp": float, "wt": float},
-        outputs={"r": float},
-        version="v1",
-    )
+    svc = service
 
     def body():  # type: ignore[no-untyped-def]
         yield b"hp,wt\n" + b"".join(b"%d,2.0\n" % i for i in range(1_200_000))
