@@ -1,7 +1,7 @@
 """A batch of millions of records runs with bounded memory in the server process: its peak
 resident size stays under a fixed bound and does not grow with the number of records.
 
-The records stream in and are cut into chunk files, workers read and write the records, and
+The records stream in and are written into upload parts, workers read and write the records, and
 results stream out chunk by chunk: the server holds metadata and at most a chunk or two. The test
 runs the same batch at two sizes, ten times apart, each on a server of its own (a process's peak
 only ever grows), and compares the peaks. It asserts memory, never time.

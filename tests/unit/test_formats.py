@@ -1,5 +1,5 @@
 """Results out: every result format streamed chunk by chunk in index order, with the record ids
-joined from the input chunk files; and the SDK's streamed exports and paged results."""
+joined from the upload parts; and the SDK's streamed exports and paged results."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The blob store: where chunk files, result files, artifacts and service bundles live."""
+"""The blob store: where upload parts, result files, artifacts and service bundles live."""
 
 from batchserve.blobs.base import BlobNotFound, BlobStore, blob_store_from_url
 from batchserve.blobs.local import LocalBlobStore

@@ -97,7 +97,7 @@ def worker_main(conn: Connection, blob_url: str, progress_interval: float) -> No
                 result = {}
             else:
                 result = runtime.run_consume(task)
-        except Exception as exc:  # an unreadable chunk file, a full disk: the task fails
+        except Exception as exc:  # an unreadable part file, a full disk: the task fails
             result = {"error": f"{type(exc).__name__}: {exc}"}
         try:
             conn.send(Finished(task.task_id, result))
