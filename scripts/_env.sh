@@ -89,6 +89,20 @@ if [[ ! -f "$_stamp" || "$(cat "$_stamp")" != "$_wanted" ]]; then
   printf '%s\n' "$_wanted" >"$_stamp"
 fi
 
+# Workers run service code in a bubblewrap sandbox on Linux (see "Sharing a server safely" in the
+# README). Installed here where the system's package manager can do it unattended; elsewhere the
+# server says at start that its workers are not sandboxed.
+if [[ "$(uname -s)" == Linux ]] && ! command -v bwrap >/dev/null 2>&1; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    _say "installing bubblewrap (the workers' sandbox)"
+    { apt-get install -y -qq bubblewrap >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1; }; } ||
+      _say "could not install bubblewrap; workers will run without a sandbox"
+  else
+    _say "bubblewrap (bwrap) is missing: workers will run without a sandbox. Install it (Debian/Ubuntu: sudo apt-get install bubblewrap) before sharing the server."
+  fi
+fi
+
 # Release the lock: the caller execs a long-running process (the server) that would inherit it.
 if [[ "$_locked" == 1 ]]; then
   exec 9>&-

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -22,12 +23,112 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 }
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: The highest record index (or count of records) a request may name: far beyond any batch, and
+#: the largest integer every JSON client reads exactly. Indexes past it would overflow the
+#: store's 64-bit integers once a page's end is added.
+MAX_RECORD_INDEX = 2**53 - 1
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
 
 
 class SchemaError(ValueError):
     """A value or a declaration that does not fit the schema; the message says what to do."""
+
+
+#: JSON that nests arrays and objects deeper than this is refused before it is parsed. Records
+#: hold single values and metadata holds text, so real requests stay far below it; Python's and
+#: pyarrow's JSON parsers recurse once per level, and 50,000 levels exhaust the stack.
+MAX_JSON_DEPTH = 64
+#: Bytes that are not structure, for ``bytes.translate`` to drop: all but quotes (which start and
+#: end strings), brackets and line breaks.
+_NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'"[]{}\n')
+_DEPTH_SLICE = 1 << 20  # bytes counted at a time, so the counting needs little memory
+
+
+def json_too_deep(data: bytes, *, lines: bool = False, limit: int = MAX_JSON_DEPTH) -> int | None:
+    """The 1-based line of JSON text where arrays and objects first nest more than ``limit``
+    levels deep, or None when they never do; read without parsing it (pyarrow's parser crashes
+    the process on such text, and Python's raises RecursionError).
+
+    With ``lines`` (JSON Lines) each line is a document of its own. Text that is not valid JSON
+    may be measured wrongly, but only past the point where a parser stops reading it.
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return None
+    # Only the structure is kept (the bytes methods run at memory speed): escaped backslashes,
+    # then escaped quotes (neither ends a string), then all but quotes, brackets and line
+    # breaks, then pairs of adjacent quotes (which leave every other quote's count as even or
+    # odd as it was). A bracket after an odd number of quotes (on its line) is text in a string.
+    if b"\\" in data:
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    data = data.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
+    codes = np.frombuffer(data, dtype=np.uint8)
+    depth = quotes = 0  # at the start of the slice (of its line, with ``lines``)
+    line = 1  # of the start of the slice
+    for start in range(0, len(codes), _DEPTH_SLICE):
+        part = codes[start : start + _DEPTH_SLICE]
+        newline = part == ord("\n")
+        restart = None
+        if lines and newline.any():
+            # Where each position's line starts in this slice (-1: before the slice).
+            restart = np.maximum.accumulate(np.where(newline, np.arange(len(part)), -1))
+        seen = _running(part == ord('"'), quotes, restart)
+        step = (part == ord("[")).astype(np.int64) + (part == ord("{"))
+        step -= (part == ord("]")).astype(np.int64) + (part == ord("}"))
+        step[seen % 2 == 1] = 0
+        level = _running(step, depth, restart)
+        over = level > limit
+        if over.any():
+            return line + int(np.count_nonzero(newline[: int(np.argmax(over))]))
+        depth, quotes = int(level[-1]), int(seen[-1])
+        line += int(np.count_nonzero(newline))
+    return None
+
+
+def _running(values: np.ndarray, carried: int, restart: np.ndarray | None) -> np.ndarray:
+    """The running sum of ``values`` from ``carried``, started again after each line break."""
+    total = np.cumsum(values, dtype=np.int64) + carried
+    if restart is None:
+        return total
+    return total - np.where(restart >= 0, total[np.maximum(restart, 0)], 0)
+
+
+def check_json_depth(
+    data: bytes | str, what: str, *, lines: bool = False, lines_before: int = 0
+) -> None:
+    """Raise :class:`SchemaError` when ``data`` nests deeper than :data:`MAX_JSON_DEPTH`.
+
+    ``what`` names the text in the message ("the body"); with ``lines`` (JSON Lines), the
+    message names the line, counting ``lines_before`` lines before ``data``.
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    line = json_too_deep(raw, lines=lines)
+    if line is not None:
+        where = f"Line {lines_before + line} of {what}" if lines else what[:1].upper() + what[1:]
+        raise SchemaError(
+            f"{where} nests arrays or objects more than {MAX_JSON_DEPTH} levels deep; "
+            f"at most {MAX_JSON_DEPTH} are accepted. Send each value as a single number, text "
+            "or boolean (a nested structure as JSON text in a str input)."
+        )
+
+
+def check_value_depth(value: Any, what: str) -> None:
+    """Raise :class:`SchemaError` when a parsed JSON value (lists and dicts) nests deeper than
+    :data:`MAX_JSON_DEPTH`: a body that the web framework parsed itself (below Python's recursion
+    limit) would otherwise reach code that walks it recursively. Walked without recursion."""
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            if depth >= MAX_JSON_DEPTH:
+                raise SchemaError(
+                    f"{what[:1].upper() + what[1:]} nest arrays or objects more than "
+                    f"{MAX_JSON_DEPTH} levels deep; at most {MAX_JSON_DEPTH} are accepted. Send "
+                    "each value as a single number, text or boolean."
+                )
+            pending.extend((child, depth + 1) for child in item)
 
 
 def normalize_schema(schema: dict[str, Any] | None, what: str) -> dict[str, str]:

@@ -194,14 +194,14 @@ def test_owners_add_list_change_and_remove_users(
     admin: Cli, fresh: Cli, server: ServerProcess, unique_name: str
 ) -> None:
     user = unique_name.lower()
-    added = admin("users", "add", user, "--role", "reader", "--password", "pw-1", "--json")
-    assert json.loads(added.stdout) == {"username": user, "role": "reader"}
+    added = admin("users", "add", user, "--role", "reader", "--password", "pw-12345", "--json")
+    assert json.loads(added.stdout) == {"username": user, "role": "reader", "active": True}
     listed = [json.loads(line) for line in admin("users", "list", "--json").stdout.splitlines()]
-    assert {"username": user, "role": "reader"} in listed
-    assert f"{user}\treader" in admin("users", "list").stdout.splitlines()
+    assert {"username": user, "role": "reader", "active": True} in listed
+    assert f"{user}\treader\tyes" in admin("users", "list").stdout.splitlines()
 
     # The new reader logs in with their own file; they may not manage users or publish.
-    fresh("login", server.url, "-u", user, "-p", "pw-1")
+    fresh("login", server.url, "-u", user, "-p", "pw-12345")
     assert "reader" in fresh("whoami").stdout
     assert "Only owners manage users" in fresh.error("users", "list")
     refused = fresh.error(

@@ -11,6 +11,7 @@ import pytest
 
 from batchserve.blobs import LocalBlobStore, keys
 from batchserve.engine import ingest as ingest_module
+from batchserve.engine.errors import PayloadTooLarge
 from batchserve.engine.ingest import (
     ARROW_FILE,
     ARROW_STREAM,
@@ -51,6 +52,7 @@ class Upload:
         id_column=None,
         spool=None,
         part_bytes=ingest_module.PART_BYTES,
+        max_line_bytes=ingest_module.MAX_LINE_BYTES,
     ):
         def on_part(seq, start, count, size, key):
             assert size > 0
@@ -67,6 +69,7 @@ class Upload:
             id_column=id_column,
             spool_dir=spool,
             part_bytes=part_bytes,
+            max_line_bytes=max_line_bytes,
         )
         return self.result.records
 
@@ -622,3 +625,107 @@ def test_damaged_binary_files_are_refused_as_unreadable(upload, content_type, da
     with pytest.raises(SchemaError, match=f"cannot be read as {content_type}"):
         upload(data, content_type)
     assert upload.parts == []
+
+
+# --- hostile uploads: bounded, and refused with a message ------------------------------------
+
+
+class Endless(io.RawIOBase):
+    """``size`` bytes of one byte value and no line break; counts what was read of them."""
+
+    def __init__(self, size, fill=b"a", head=b""):
+        self.left = size
+        self.fill = fill
+        self.head = head
+        self.read_bytes = 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        if self.head:
+            n = min(len(buffer), len(self.head))
+            buffer[:n], self.head = self.head[:n], self.head[n:]
+        else:
+            n = min(len(buffer), self.left)
+            buffer[:n] = self.fill * n
+            self.left -= n
+        self.read_bytes += n
+        return n
+
+
+@pytest.mark.parametrize(
+    ("content_type", "head", "line"),
+    [(JSONL, b'{"hp": 1, "cyl": 2}\n{"hp": "', 2), (CSV, b"hp,cyl\n1,2\n3,", 3)],
+)
+def test_a_line_past_the_limit_is_refused_before_it_is_read_whole(upload, content_type, head, line):
+    body = Endless(64 << 20, head=head)
+    with pytest.raises(PayloadTooLarge, match=f"Line {line} .* longer than the limit of 2097152"):
+        upload(io.BufferedReader(body), content_type, max_line_bytes=2 << 20)
+    assert body.read_bytes < 12 << 20  # about the limit and a block or two, not the whole line
+    assert upload.parts == []
+
+
+def test_a_line_up_to_the_limit_is_read(upload):
+    long = "x" * (3 << 20)
+    data = f'{{"hp": 1, "cyl": 2, "note": "{long}"}}\n{{"hp": 3, "cyl": 4}}\n'.encode()
+    assert upload(data, JSONL, max_line_bytes=4 << 20) == 2
+
+
+def test_a_csv_value_longer_than_pyarrows_block_is_read(upload):
+    data = b"hp,cyl,note\n1,2," + b"x" * (10 << 20) + b"\n3,4,short\n"
+    assert upload(data, CSV) == 2
+    assert upload.all().column("cyl").to_pylist() == [2, 4]
+
+
+def test_a_csv_header_name_over_the_csv_field_limit_is_refused(upload):
+    data = b"hp,cyl," + b"n" * (200 << 10) + b"\n1,2,3\n"
+    with pytest.raises(SchemaError, match=r"header row .* cannot be read"):
+        upload(data, CSV)
+
+
+def test_a_csv_header_line_without_end_is_refused(upload):
+    with pytest.raises(SchemaError, match=r"header row .* longer than"):
+        upload(io.BufferedReader(Endless(8 << 20, fill=b"h")), CSV)
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        pa.array([{"a": 1.0}]),
+        pa.array([[1.0]]),
+        pa.array([b"1"]),
+        pa.array([[("a", 1)]], pa.map_(pa.string(), pa.int64())),
+    ],
+    ids=["struct", "list", "binary", "map"],
+)
+@pytest.mark.parametrize("content_type", [PARQUET, ARROW_FILE, ARROW_STREAM])
+def test_a_nested_or_binary_input_column_is_refused_naming_it(upload, column, content_type):
+    table = pa.table({"hp": column, "cyl": [1]})
+    data = {
+        PARQUET: parquet_of,
+        ARROW_FILE: arrow_file,
+        ARROW_STREAM: arrow_stream,
+    }[content_type](table)
+    kind = str(column.type).split("<")[0]  # Parquet names a list's items otherwise
+    with pytest.raises(SchemaError, match=f"input column 'hp' holds values of type {kind}"):
+        upload(data, content_type)
+    assert upload.parts == []
+
+
+def test_other_columns_may_hold_anything(upload):
+    table = pa.table({"hp": [1.0], "cyl": [1], "extra": [{"a": [b"x"]}]})
+    assert upload(arrow_stream(table), ARROW_STREAM) == 1
+
+
+@pytest.mark.parametrize("depth", [65, 50_000])
+def test_json_lines_nested_too_deep_are_refused_before_parsing(upload, depth):
+    deep = "[" * depth + "]" * depth
+    data = f'{{"hp": 1, "cyl": 2}}\n{{"hp": 1, "cyl": 2, "x": {deep}}}\n'.encode()
+    with pytest.raises(SchemaError, match=r"Line 2 of the JSON Lines records nests .* 64 levels"):
+        upload(data, JSONL)
+
+
+def test_json_lines_nested_up_to_the_limit_are_read(upload):
+    deep = "[" * 60 + "]" * 60
+    assert upload(f'{{"hp": 1, "cyl": 2, "x": {deep}}}\n'.encode(), JSONL) == 1

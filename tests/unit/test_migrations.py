@@ -51,3 +51,78 @@ def test_a_batch_cut_into_chunk_files_by_an_earlier_version_becomes_parts_it_run
         assert (chunk.start_index, chunk.count) == (4, 4)
     finally:
         store.close()
+
+
+def test_names_published_before_owned_names_belong_to_their_first_publisher(tmp_path):  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'meta.db'}"
+    upgrade(url, "0005")
+    with sqlite3.connect(tmp_path / "meta.db") as db:
+        for uid, name in ((1, "ann"), (2, "bob"), (3, "cy")):
+            db.execute(
+                "INSERT INTO users (id, username, password_hash, role, created_at) "
+                "VALUES (?, ?, 'h', 'contributor', '2026-11-01 00:00:00')",
+                (uid, name),
+            )
+        versions = [
+            # id, name, version, publisher, published at
+            (1, "pricing", "v9", 2, "2026-11-02 00:00:00"),
+            (2, "pricing", "v1", 1, "2026-11-01 00:00:00"),
+            (3, "pricing", "v10", 2, "2026-11-03 00:00:00"),
+            (4, "solo", "v1", 3, "2026-11-01 00:00:00"),
+            (5, "tie", "a", 3, "2026-11-05 00:00:00"),  # same time: the first id wins
+            (6, "tie", "b", 1, "2026-11-05 00:00:00"),
+        ]
+        for sid, name, version, owner, at in versions:
+            db.execute(
+                "INSERT INTO services (id, name, version, description, alias, mode, inputs,"
+                " outputs, artifacts, bundle_key, bundle_kind, runtime, extra, owner_id,"
+                " created_at) VALUES (?, ?, ?, '', 's', 'row', '{}', '{}', '[]', 'k',"
+                " 'callable', 'python', '{}', ?, ?)",
+                (sid, name, version, owner, at),
+            )
+    upgrade(url)
+    store = Store(url)
+    try:
+        owners = {n: store.get_service_name(n).owner_id for n in ("pricing", "solo", "tie")}
+        assert owners == {"pricing": 1, "solo": 3, "tie": 3}
+        # Others who had published under a name keep publishing under it: they are granted it.
+        assert [(g.user_id, who) for g, who, _ in store.service_publishers("pricing")] == [
+            (2, "bob")
+        ]
+        assert store.may_publish("pricing", 2) and not store.may_publish("pricing", 3)
+        assert [g.user_id for g, _, _ in store.service_publishers("tie")] == [1]
+        assert store.service_publishers("solo") == []
+        assert store.get_service_name("never") is None
+    finally:
+        store.close()
+
+
+def test_users_of_an_earlier_version_stay_active_keep_their_tokens_and_ignore_case(tmp_path):  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'meta.db'}"
+    upgrade(url, "0005")
+    with sqlite3.connect(tmp_path / "meta.db") as db:
+        for user_id, name in [(1, "Ann"), (2, "ann"), (3, "Bob")]:  # two differ only in case
+            db.execute(
+                "INSERT INTO users (id, username, password_hash, role, created_at) "
+                "VALUES (?, ?, 'h', 'reader', '2026-11-01 00:00:00')",
+                (user_id, name),
+            )
+        db.execute(
+            "INSERT INTO tokens (token_hash, user_id, kind, pair, expires_at, revoked, created_at)"
+            " VALUES ('t', 3, 'access', 'p', '2999-01-01 00:00:00', 0, '2026-11-01 00:00:00')"
+        )
+    upgrade(url)
+    store = Store(url)
+    try:
+        users = {u.username: u for u in store.list_users()}
+        assert all(u.active and u.token_generation == 0 for u in users.values())
+        assert (users["Ann"].username_key, users["Bob"].username_key) == ("ann", "bob")
+        assert users["ann"].username_key == "ann#2"  # a key no new username can take
+        # Each logs in by their exact name; a case-insensitive lookup finds the first.
+        assert store.get_user("ann").id == 2  # type: ignore[union-attr]
+        assert store.get_user("ANN").id == 1  # type: ignore[union-attr]
+        assert store.get_user("bob").id == 3  # type: ignore[union-attr]
+        token, user = store.find_token("t", "access")  # type: ignore[misc]
+        assert token.generation == user.token_generation
+    finally:
+        store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -13,10 +14,12 @@ from hypothesis import strategies as st
 from batchserve.schema import (
     SchemaError,
     check_columns,
+    check_json_depth,
     coerce,
     coerce_record,
     conform_column,
     describe,
+    json_too_deep,
     normalize_schema,
 )
 
@@ -352,3 +355,58 @@ def test_a_two_in_a_bool_column_fails_its_record_as_it_would_alone():
     assert [coerce(v, "bool", "flag") for v in values[:2]] == [False, True]
     with pytest.raises(SchemaError):
         coerce(values[2], "bool", "flag")
+
+
+# --- JSON nesting, measured without parsing ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (b"[" * 65 + b"]" * 65, 1),
+        (b"[" * 64 + b"]" * 64, None),
+        (b"[" * 50_000 + b"]" * 50_000, 1),
+        (b'{"a": "' + b"[" * 100 + b'"}', None),  # brackets in a string are text
+        (b'{"a": "\\"' + b"[" * 100 + b'"}', None),  # an escaped quote does not end it
+        (b'{"a": "\\\\", "b": ' + b"[" * 100 + b"]" * 100 + b"}", 1),  # an escaped backslash
+        (b'{"a": 1}\n' * 3 + b"[" * 70, 4),
+    ],
+)
+def test_json_nesting_is_measured_without_parsing(text, line):
+    assert json_too_deep(text, lines=True) == line
+
+
+def test_json_lines_are_measured_one_by_one():
+    forty = (b"[" * 40 + b"]" * 40 + b"\n") * 3
+    assert json_too_deep(forty + b'{"a": "unended\n' + b"[" * 70, lines=True) == 5
+    assert json_too_deep(b"[" * 40 + b"\n" + b"[" * 40, lines=True) is None
+    assert json_too_deep(b"[" * 40 + b"\n" + b"[" * 40) == 2  # one document over two lines
+
+
+def test_too_deep_json_is_refused_naming_the_line():
+    with pytest.raises(SchemaError, match=r"Line 12 of the records nests .* more than 64 levels"):
+        check_json_depth(b"{}\n" + b"[" * 65, "the records", lines=True, lines_before=10)
+    with pytest.raises(SchemaError, match=r"^The body nests"):
+        check_json_depth("[" * 65, "the body")
+
+
+def _depth(value):
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab\n\t'),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=30,
+)
+
+
+@no_deadline
+@given(value=_JSON, limit=st.integers(0, 6))
+def test_json_nesting_measured_without_parsing_agrees_with_the_parsed_value(value, limit):
+    text = json.dumps(value).encode()
+    assert (json_too_deep(text, limit=limit) is not None) == (_depth(value) > limit)

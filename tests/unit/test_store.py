@@ -160,7 +160,7 @@ def test_lookups_by_text_holding_a_nul_character_find_nothing(store, service, ow
 def test_deleting_a_user_deletes_their_tokens(store):
     user = store.add_user("bob", "h", "reader")
     store.add_tokens(user.id, "p", [("access", "a1", later())])
-    store.delete_user(user.id)
+    assert store.remove_user(user.id) is True  # deleted: bob owns no service and no batch
     assert store.get_user("bob") is None
     assert store.find_token("a1", "access") is None
 
@@ -865,3 +865,27 @@ def test_record_counts_and_positions_past_two_to_the_31st_are_kept(store, servic
     add_chunks(store, batch.id, [4], first=first)
     assert store.get_batch(batch.id).total_count == first + 4
     assert [c.start_index for c in store.chunks(batch.id)] == [first]
+
+
+def test_a_service_name_is_claimed_once_and_granted_to_others(store, owner):  # type: ignore[no-untyped-def]
+    bob = store.add_user("bob", "hash-of-bob", "contributor")
+    cy = store.add_user("cy", "hash-of-cy", "contributor")
+    assert store.claim_service_name("pricing", owner.id).owner_id == owner.id
+    assert store.claim_service_name("pricing", bob.id).owner_id == owner.id  # taken already
+    assert store.grant_publisher("pricing", bob.id, owner.id) is True
+    assert store.grant_publisher("pricing", bob.id, owner.id) is False
+    assert store.may_publish("pricing", bob.id) and not store.may_publish("pricing", cy.id)
+    grants = store.service_publishers("pricing")
+    assert [(g.user_id, who, by) for g, who, by in grants] == [(bob.id, "bob", "ann")]
+    assert store.revoke_publisher("pricing", bob.id) is True
+    assert store.revoke_publisher("pricing", bob.id) is False
+    assert store.service_publishers("pricing") == []
+    assert store.get_service_name("pricing\x00") is None
+
+
+def test_a_services_batches_are_listed_with_their_owners(store, owner, service):  # type: ignore[no-untyped-def]
+    bob = store.add_user("bob", "hash-of-bob", "reader")
+    mine = add_batch(store, service, owner, chunks=[4])
+    theirs = add_batch(store, service, bob, sealed=False)
+    found = {b.id: (b.owner, b.sealed, b.deleting) for b in store.service_batches(service.id)}
+    assert found == {mine.id: ("ann", True, False), theirs.id: ("bob", False, False)}

@@ -90,6 +90,19 @@ class LocalBlobStore:
         p.parent.mkdir(parents=True, exist_ok=True)
         return open(p, "wb")
 
+    def grant_read(self, key: str) -> int:
+        """An open, read-only descriptor of a blob, to hand to a worker that cannot open it."""
+        try:
+            return os.open(self.path(key), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise BlobNotFound(key) from None
+
+    def grant_append(self, key: str) -> int:
+        """A descriptor of a new, empty blob to append to, to hand to a worker."""
+        p = self.path(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+
     def read_bytes(self, key: str) -> bytes:
         with self.open_read(key) as f:
             return f.read()

@@ -1,4 +1,5 @@
-"""``login``, ``logout``, ``whoami`` and, for owners, ``users add|list|remove|set-role``."""
+"""``login``, ``logout``, ``whoami``, ``password`` and, for owners,
+``users add|list|remove|set-role|set-password|deactivate|reactivate``."""
 
 from __future__ import annotations
 
@@ -126,16 +127,49 @@ def _role(role: str) -> str:
     return role
 
 
+def password(
+    current: Annotated[
+        str | None,
+        typer.Option("--current-password", help="Asked for (not echoed) when left out."),
+    ] = None,
+    new: Annotated[
+        str | None,
+        typer.Option("--new-password", help="Asked for twice (not echoed) when left out."),
+    ] = None,
+) -> None:
+    """Change your own password. Every token of yours stops working; this login gets new ones."""
+    if current is None:
+        current = typer.prompt("Current password", hide_input=True)
+    if new is None:
+        new = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    with connected() as conn:
+        tokens = conn.request(
+            "POST", "/v1/me/password", json={"current_password": current, "new_password": new}
+        )
+        session = conn.client._session
+        session.access_token = tokens["access_token"]
+        session.refresh_token = tokens["refresh_token"]
+        if conn.login is not None:
+            conn.login.expires_on = tokens.get("expires_on")
+    out = Output()
+    out.say("Password changed; every other login of yours has to log in again.")
+    if conn.login is None:
+        warn(f"The token in {TOKEN_ENV} no longer works: log in again.")
+
+
 @users_app.command("list")
 def users_list(json_mode: JsonOption = False) -> None:
-    """List the users and their roles."""
+    """List the users, their roles and whether they are active."""
     with connected() as conn:
         users = conn.request("GET", "/v1/users")
     out = Output(json_mode)
     if out.json:
         out.emit_lines(users)
     else:
-        out.table(["username", "role"], [[u["username"], u["role"]] for u in users])
+        out.table(
+            ["username", "role", "active"],
+            [[u["username"], u["role"], "yes" if u.get("active", True) else "no"] for u in users],
+        )
 
 
 @users_app.command("add")
@@ -145,11 +179,14 @@ def users_add(
         "reader"
     ),
     password: Annotated[
-        str | None, typer.Option("--password", "-p", help="Asked for twice when left out.")
+        str | None,
+        typer.Option(
+            "--password", "-p", help="At least 8 characters; asked for twice when left out."
+        ),
     ] = None,
     json_mode: JsonOption = False,
 ) -> None:
-    """Add a user."""
+    """Add a user (usernames: letters, digits, '.', '_', '-', '@'; case is ignored)."""
     _role(role)
     if password is None:
         password = typer.prompt(
@@ -168,10 +205,54 @@ def users_add(
 
 @users_app.command("remove")
 def users_remove(username: Annotated[str, typer.Argument(help="The user to remove.")]) -> None:
-    """Remove a user."""
+    """Remove a user; one who has published or run anything is deactivated instead."""
     with connected() as conn:
-        conn.request("DELETE", f"/v1/users/{q(username)}")
-    Output().say(f"Removed {username}.")
+        kept = conn.request("DELETE", f"/v1/users/{q(username)}")
+    if kept is None:
+        Output().say(f"Removed {username}.")
+    else:
+        name = kept["username"]
+        Output().say(
+            f"{name} has published services or run batches, so the account is deactivated "
+            f"rather than removed: its work stays (`batchserve users reactivate {name}` "
+            "undoes it)."
+        )
+
+
+@users_app.command("set-password")
+def users_set_password(
+    username: Annotated[str, typer.Argument(help="The user.")],
+    password: Annotated[
+        str | None,
+        typer.Option("--password", "-p", help="Asked for twice (not echoed) when left out."),
+    ] = None,
+) -> None:
+    """Set another user's password (for one who forgot theirs); their tokens stop working."""
+    if password is None:
+        password = typer.prompt(
+            f"New password for {username}", hide_input=True, confirmation_prompt=True
+        )
+    with connected() as conn:
+        user = conn.request(
+            "PUT", f"/v1/users/{q(username)}/password", json={"new_password": password}
+        )
+    Output().say(f"Set the password of {user['username']}; their tokens no longer work.")
+
+
+@users_app.command("deactivate")
+def users_deactivate(username: Annotated[str, typer.Argument(help="The user.")]) -> None:
+    """Deactivate a user: they cannot log in and their tokens stop; their work stays."""
+    with connected() as conn:
+        user = conn.request("PUT", f"/v1/users/{q(username)}/active", json={"active": False})
+    Output().say(f"Deactivated {user['username']}.")
+
+
+@users_app.command("reactivate")
+def users_reactivate(username: Annotated[str, typer.Argument(help="The user.")]) -> None:
+    """Reactivate a deactivated user: they can log in again."""
+    with connected() as conn:
+        user = conn.request("PUT", f"/v1/users/{q(username)}/active", json={"active": True})
+    Output().say(f"Reactivated {user['username']} ({user['role']}).")
 
 
 @users_app.command("set-role")
@@ -183,9 +264,7 @@ def users_set_role(
     """Change a user's role."""
     _role(role)
     with connected() as conn:
-        user = conn.request(
-            "PUT", f"/v1/users/{q(username)}/role", json={"username": username, "role": role}
-        )
+        user = conn.request("PUT", f"/v1/users/{q(username)}/role", json={"role": role})
     out = Output(json_mode)
     if out.json:
         out.emit(user)

@@ -52,44 +52,85 @@ def serve(
     ),
     workers: int = typer.Option(None, min=1, help="Worker processes (default: one per core)."),
     log_level: str = typer.Option("info", help="Log level: debug, info, warning, error."),
+    shutdown_timeout: float = typer.Option(
+        None,
+        min=0,
+        help="Seconds a stopping server waits for the requests in progress before it cancels "
+        "them (default 10).",
+    ),
+    sandbox: str = typer.Option(
+        None,
+        help="Where service code runs: auto (in a bubblewrap sandbox where it runs, Linux), "
+        "bwrap (refuse to start without it) or off (with the server's rights; trusted users "
+        "only). Default auto.",
+    ),
+    worker_network: str = typer.Option(
+        None, help="Network for sandboxed workers: none (default) or host."
+    ),
+    worker_memory: str = typer.Option(
+        None, help="Memory one worker may take (2GiB, 512MB); a record needing more fails."
+    ),
 ) -> None:
     """Run the embedded server: HTTP API, scheduler and a local worker pool."""
     import uvicorn
 
     from batchserve.engine.core import Engine
-    from batchserve.server.app import create_app
+    from batchserve.server.app import create_app, uvicorn_options
     from batchserve.settings import Settings
 
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in {"host": host, "port": port, "home": data_dir, "workers": workers}.items()
-        if v is not None
+    given = {
+        "host": host,
+        "port": port,
+        "home": data_dir,
+        "workers": workers,
+        "shutdown_timeout": shutdown_timeout,
+        "sandbox": sandbox,
+        "worker_network": worker_network,
+        "worker_memory": worker_memory,
     }
-    settings = Settings(**overrides)
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    from pydantic import ValidationError
+
+    from batchserve.worker.sandbox import SandboxUnavailable
+
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        typer.echo(f"error: {problems}", err=True)
+        raise typer.Exit(2) from None
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    engine = Engine(settings)
+    try:
+        engine = Engine(settings)
+    except SandboxUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     engine.start()
     url = f"http://{settings.host}:{settings.port}"
     typer.echo(f"batchserve is serving on {url} (API docs: {url}/docs)")
     typer.echo(f"data directory: {settings.home}; {settings.workers} worker process(es)")
+    typer.echo(f"workers: {engine.executor.describe()}")
     if engine.generated_admin_password:
+        # The password goes to the file only: a terminal's scrollback or a service manager's
+        # log would keep a copy of what is printed here.
         typer.echo(
-            f"created the user 'admin' (owner) with password: {engine.generated_admin_password}"
+            "created the user 'admin' (owner); its password is in "
+            f"{settings.admin_password_file} (readable only by you)"
         )
-        typer.echo(f"the password is also in {settings.admin_password_file} (readable only by you)")
     elif settings.admin_password:
         typer.echo("the admin password is the one in BATCHSERVE_ADMIN_PASSWORD")
     else:
         typer.echo(f"log in as 'admin'; its first password is in {settings.admin_password_file}")
     try:
         uvicorn.run(
-            create_app(engine, manage_engine=False),
+            create_app(engine, manage_engine=False, stop_engine=True),
             host=settings.host,
             port=settings.port,
             log_level=log_level.lower(),
             access_log=False,
+            **uvicorn_options(settings),
         )
     finally:
         engine.stop()
@@ -98,6 +139,7 @@ def serve(
 app.command()(auth.login)
 app.command()(auth.logout)
 app.command()(auth.whoami)
+app.command()(auth.password)
 app.add_typer(auth.users_app)
 app.command()(services.publish)
 app.add_typer(services.services_app)

@@ -1,4 +1,4 @@
-"""``publish``, ``services list|show|delete`` and ``consume``."""
+"""``publish``, ``services list|show|delete|publishers|grant|revoke`` and ``consume``."""
 
 from __future__ import annotations
 
@@ -239,14 +239,76 @@ def services_show(
 @services_app.command("delete")
 def services_delete(
     service: Annotated[str, typer.Argument(metavar="NAME:VERSION")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Owners only: delete it even though other users have batches of it (their "
+            "batches are deleted with it).",
+        ),
+    ] = False,
 ) -> None:
-    """Delete one service version."""
+    """Delete one service version, with its batches (refused while other users have some)."""
     name, version = split_service(service)
     if version is None:
         raise CliError(f"Say which version of {name} to delete: NAME:VERSION.")
     with connected() as conn:
-        conn.client.delete_service(name, version)
+        conn.client.delete_service(name, version, force=force)
     Output().say(f"Deleted {name}:{version}.")
+
+
+def _show_publishers(found: dict[str, Any], json_mode: bool) -> None:
+    out = Output(json_mode)
+    if out.json:
+        out.emit(found)
+        return
+    out.say(f"{found['name']} belongs to {found.get('owner') or '(a removed user)'}.")
+    out.table(
+        ["granted to", "by", "since"],
+        [
+            [g["username"], g.get("granted_by") or "", when(g.get("granted_at"))]
+            for g in found.get("granted") or []
+        ],
+        empty="granted to nobody else (owners may always publish)",
+    )
+
+
+@services_app.command("publishers")
+def services_publishers(
+    name: Annotated[str, typer.Argument(help="The service name.")],
+    json_mode: JsonOption = False,
+) -> None:
+    """Show who may add versions under a service name: its owner and the users granted it."""
+    with connected() as conn:
+        try:
+            found = conn.client.service_publishers(name)
+        except NotFoundError as exc:
+            raise CliError(exc.message) from None
+    _show_publishers(found, json_mode)
+
+
+@services_app.command("grant")
+def services_grant(
+    name: Annotated[str, typer.Argument(help="The service name.")],
+    username: Annotated[str, typer.Argument(help="The user who may publish under it.")],
+    json_mode: JsonOption = False,
+) -> None:
+    """Let a user add versions under a service name (its owner, or an owner, may)."""
+    with connected() as conn:
+        found = conn.client.grant_publisher(name, username)
+    _show_publishers(found, json_mode)
+
+
+@services_app.command("revoke")
+def services_revoke(
+    name: Annotated[str, typer.Argument(help="The service name.")],
+    username: Annotated[str, typer.Argument(help="The user to take the grant from.")],
+    json_mode: JsonOption = False,
+) -> None:
+    """Take back a user's grant of a service name; the versions they published stay."""
+    with connected() as conn:
+        found = conn.client.revoke_publisher(name, username)
+    _show_publishers(found, json_mode)
 
 
 def convert(value: str, kind: str, name: str) -> Any:

@@ -106,14 +106,34 @@ class ClientBase:
         infos = yield from _ops.list_services(name)
         return [service_from_info(info, self._runner) for info in infos]
 
-    def delete_service(self, name: str, version: str) -> None:
-        """Delete one version of a service."""
-        return self._runner.run(self._delete_service(name, version))
+    def delete_service(self, name: str, version: str, *, force: bool = False) -> None:
+        """Delete one version of a service, with its batches.
 
-    def _delete_service(self, name: str, version: str) -> Op[None]:
+        The server refuses (:class:`~batchserve.errors.ConflictError`) while other users have
+        batches of it; an owner may delete it anyway with ``force=True``, their batches too.
+        """
+        return self._runner.run(self._delete_service(name, version, force))
+
+    def _delete_service(self, name: str, version: str, force: bool) -> Op[None]:
         if not version:
             raise UsageError("delete_service() needs the version to delete, e.g. version='v1.0.0'.")
-        yield from _ops.delete_service(name, version)
+        yield from _ops.delete_service(name, version, force)
+
+    def service_publishers(self, name: str) -> dict[str, Any]:
+        """Who may add versions under the service name ``name``: ``{"name", "owner",
+        "granted": [{"username", "granted_by", "granted_at"}, ...]}``. The owner is the name's
+        first publisher; users with the owner role may always publish too."""
+        return self._runner.run(_ops.service_publishers(name))
+
+    def grant_publisher(self, name: str, username: str) -> dict[str, Any]:
+        """Let ``username`` add versions under the service name ``name`` (the name's owner, or
+        an owner, may); returns what :meth:`service_publishers` returns."""
+        return self._runner.run(_ops.grant_publisher(name, username))
+
+    def revoke_publisher(self, name: str, username: str) -> dict[str, Any]:
+        """Take back the grant of ``name`` to ``username``: the versions they published stay;
+        returns what :meth:`service_publishers` returns."""
+        return self._runner.run(_ops.revoke_publisher(name, username))
 
     def list_batches(
         self,

@@ -73,8 +73,24 @@ def list_services(name: str | None) -> Op[list[dict[str, Any]]]:
     return list(resp.json()["services"])
 
 
-def delete_service(name: str, version: str) -> Op[None]:
-    yield from call(Request("DELETE", _service_path(name, version)))
+def delete_service(name: str, version: str, force: bool = False) -> Op[None]:
+    params = {"force": "true"} if force else None
+    yield from call(Request("DELETE", _service_path(name, version), params=params))
+
+
+def service_publishers(name: str) -> Op[dict[str, Any]]:
+    resp = yield from call(Request("GET", f"/v1/services/{q(name)}/publishers"))
+    return dict(resp.json())
+
+
+def grant_publisher(name: str, username: str) -> Op[dict[str, Any]]:
+    resp = yield from call(Request("PUT", f"/v1/services/{q(name)}/publishers/{q(username)}"))
+    return dict(resp.json())
+
+
+def revoke_publisher(name: str, username: str) -> Op[dict[str, Any]]:
+    resp = yield from call(Request("DELETE", f"/v1/services/{q(name)}/publishers/{q(username)}"))
+    return dict(resp.json())
 
 
 def consume(name: str, version: str, inputs: dict[str, Any]) -> Op[dict[str, Any]]:

@@ -124,7 +124,8 @@ class Service:
         ``id_column`` names a column of the records (an input or not) whose values are carried
         into the results as each record's ``id``; ids are not checked for uniqueness.
 
-        ``priority`` (-1000..1000) orders batches waiting for workers, highest first;
+        ``priority`` (-1000..1000) orders batches waiting for workers, highest first (only
+        owners may go above the server's ``max_user_priority``, 0 unless configured);
         ``display_name`` and ``metadata`` (name -> value) are kept with the batch;
         ``environment`` (name -> value) is set for the service code while it runs the batch.
         ``max_failed_records`` fails the batch once more records than that have failed;

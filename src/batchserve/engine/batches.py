@@ -7,6 +7,7 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -14,9 +15,11 @@ from typing import Any, BinaryIO
 
 from batchserve.blobs import BlobStore
 from batchserve.engine.auth import Principal
+from batchserve.engine.environment import check_environment
 from batchserve.engine.errors import (
     BadRequest,
     Conflict,
+    Forbidden,
     NotFound,
     PreconditionFailed,
     UnsupportedMediaType,
@@ -24,6 +27,7 @@ from batchserve.engine.errors import (
 )
 from batchserve.engine.ingest import (
     FORMATS,
+    MAX_LINE_BYTES,
     encode_type,
     ingest,
     unsupported,
@@ -93,10 +97,33 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 class BatchOps:
-    def __init__(self, store: Store, blobs: BlobStore, scheduler: Scheduler) -> None:
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        scheduler: Scheduler,
+        *,
+        max_user_priority: int = 0,
+        allowed_environment: Collection[str] = (),
+    ) -> None:
         self.store = store
         self.blobs = blobs
         self.scheduler = scheduler
+        self.max_user_priority = max_user_priority
+        self.allowed_environment = frozenset(allowed_environment)
+
+    def _check_priority(self, who: Principal, priority: int) -> int:
+        """``priority`` if ``who`` may set it: owners up to 1000, others up to the ceiling."""
+        if not -1000 <= priority <= 1000:
+            raise BadRequest("priority must be from -1000 to 1000.")
+        if priority > self.max_user_priority and not who.is_owner:
+            raise Forbidden(
+                f"priority {priority} is above {self.max_user_priority}, the highest that a "
+                f"{who.role} may set on this server; only owners set higher priorities. Use a "
+                f"priority of at most {self.max_user_priority}, or ask an owner.",
+                max_user_priority=self.max_user_priority,
+            )
+        return priority
 
     # --- create and control -----------------------------------------------------------------
 
@@ -114,6 +141,7 @@ class BatchOps:
         options: dict[str, Any] | None = None,
         id_column: str | None = None,
         spool_dir: Path | None = None,
+        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> Batch:
         """Stream records into upload parts and create the batch (started unless ``start``).
 
@@ -121,7 +149,8 @@ class BatchOps:
         out, from what the service's chunks cost. ``record_count`` is the count the client
         announced (not needed: the upload tells it). ``id_column`` names a column of the records
         whose values are carried into the results as each record's ``id``; ``spool_dir`` holds
-        the temporary copy of a Parquet or Arrow file upload while it is read.
+        the temporary copy of a Parquet or Arrow file upload while it is read. A line of CSV, TSV
+        or JSON Lines longer than ``max_line_bytes`` is refused.
         """
         began = time.perf_counter()
         if content_type not in FORMATS:
@@ -141,10 +170,12 @@ class BatchOps:
             raise BadRequest("chunk_size must be at least 1.")
         batch_id = uuid.uuid4().hex
         opts = dict(options or {})
-        priority = int(opts.pop("priority", 0) or 0)
+        priority = self._check_priority(who, int(opts.pop("priority", 0) or 0))
         display_name = opts.pop("display_name", None)
-        if not -1000 <= priority <= 1000:
-            raise BadRequest("priority must be from -1000 to 1000.")
+        if opts.get("environment"):
+            opts["environment"] = check_environment(
+                opts["environment"], trusted=who.is_owner, allowed=self.allowed_environment
+            )
         if display_name is not None:
             check_text(display_name, "display_name", max_length=1024)
         _check_constraints(opts)
@@ -190,6 +221,7 @@ class BatchOps:
                 on_part=stored,
                 id_column=id_column,
                 spool_dir=spool_dir,
+                max_line_bytes=max_line_bytes,
             )
         except SchemaError as exc:
             self._abandon(batch_id)
@@ -339,10 +371,8 @@ class BatchOps:
                     "this server; read the batch for its etag."
                 ) from None
         fields: dict[str, Any] = {}
-        if priority is not None:
-            if not -1000 <= priority <= 1000:
-                raise BadRequest("priority must be from -1000 to 1000.")
-            fields["priority"] = priority
+        if priority is not None and priority != batch.priority:
+            fields["priority"] = self._check_priority(who, priority)
         if parallel_count is not None:
             if parallel_count < 1:
                 raise BadRequest("parallel_count must be at least 1.")

@@ -4,6 +4,8 @@ scheduler and the executor, and recovers unfinished work when it starts."""
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 from batchserve.blobs import BlobNotFound, LocalBlobStore, keys
 from batchserve.engine.auth import Accounts
@@ -18,14 +20,43 @@ from batchserve.settings import Settings
 from batchserve.states import BatchState, ChunkState
 from batchserve.store import Store, upgrade
 from batchserve.store.models import utcnow
+from batchserve.worker.sandbox import WorkerSandbox, not_dumpable
 
 log = logging.getLogger(__name__)
+
+
+def make_private(home: Path) -> None:
+    """Keep the data directory (database, blobs, the admin password file) to this server's
+    user: the folder 0700, and everything the server creates from now on 0600 / 0700."""
+    os.umask(0o077)
+    home.mkdir(parents=True, exist_ok=True)
+    mode = home.stat().st_mode & 0o777
+    if mode != 0o700:
+        if mode & 0o077:
+            log.warning("the data directory %s was open to others (%o); made it 0700", home, mode)
+        os.chmod(home, 0o700)
+
+
+def worker_sandbox(settings: Settings) -> WorkerSandbox:
+    """How the workers are confined: out of sight of everything the server keeps."""
+    hidden = [settings.home, settings.blobs_dir]
+    if settings.db_url.startswith("sqlite:///"):
+        hidden.append(Path(settings.db_url.removeprefix("sqlite:///")).parent)
+    config = Path(os.path.expanduser("~")) / ".config" / "batchserve"
+    hidden.append(config)
+    return WorkerSandbox.create(
+        settings.sandbox,
+        hidden,
+        network=settings.worker_network,
+        uid_base=settings.worker_uid_base,
+        memory_limit=settings.worker_memory,
+    )
 
 
 class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        settings.home.mkdir(parents=True, exist_ok=True)
+        make_private(settings.home)
         upgrade(settings.db_url)
         self.store = Store(settings.db_url)
         self.endings = Endings()
@@ -40,16 +71,33 @@ class Engine:
             settings.max_worker_loss_retries,
             target_chunk_seconds=settings.target_chunk_seconds,
             max_chunk_size=settings.max_chunk_size,
+            consume_workers=settings.consume_workers,
         )
-        self.services = ServiceOps(self.store, self.blobs, self.scheduler)
-        self.batches = BatchOps(self.store, self.blobs, self.scheduler)
+        self.services = ServiceOps(
+            self.store, self.blobs, self.scheduler, consume_timeout=settings.consume_timeout
+        )
+        self.batches = BatchOps(
+            self.store,
+            self.blobs,
+            self.scheduler,
+            max_user_priority=settings.max_user_priority,
+            allowed_environment=settings.allowed_environment,
+        )
         self.results = ResultOps(self.store, self.blobs)
         self.executor = ProcessExecutor(
-            settings.workers, self.blobs.url, self.scheduler.post, settings.progress_interval
+            settings.workers,
+            self.blobs,
+            self.scheduler.post,
+            worker_sandbox(settings),
+            settings.progress_interval,
         )
         self.generated_admin_password: str | None = None
+        self._stopped = False
 
     def start(self) -> None:
+        # Processes of this user (sandboxed workers share it when the server is not root) must
+        # not read this one's memory or environment through /proc.
+        not_dumpable()
         self.generated_admin_password = self.accounts.ensure_admin(
             self.settings.admin_password, self.settings.admin_password_file
         )
@@ -121,6 +169,9 @@ class Engine:
                 log.warning("chunk %s of batch %s, being cancelled, settled", chunk.seq, batch.id)
 
     def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         self.scheduler.stop()
         self.executor.shutdown()
         self.store.close()

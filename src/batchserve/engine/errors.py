@@ -50,6 +50,25 @@ class UnsupportedMediaType(EngineError):
     code = "unsupported_media_type"
 
 
+class TooManyRequests(EngineError):
+    """Refused for now: try again in ``retry_after`` seconds (the faces send it as the
+    ``Retry-After`` header)."""
+
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after: int, **details: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **details)
+        self.retry_after = retry_after
+
+
+class Busy(Unavailable):
+    """The server has no capacity for this request now: try again in ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int, **details: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **details)
+        self.retry_after = retry_after
+
+
 def check_text(value: str, what: str, max_length: int | None = None) -> str:
     """``value``, if the store can keep it as given on every backend; else a clear 400.
 

@@ -11,6 +11,11 @@ their declared types; JSON Lines and Arrow IPC streams are parsed as they arrive
 Arrow IPC files keep their index at the end, so they are first spooled to a temporary file
 (bounded by the upload limit) and then read row group by row group, or record batch by record
 batch.
+
+Every upload is bounded as it is read: a line of CSV, TSV or JSON Lines may be at most
+``max_line_bytes`` long (it is refused once it passes that, not once it has arrived whole), JSON
+may nest at most :data:`~batchserve.schema.MAX_JSON_DEPTH` levels deep, and a column must hold
+single values (:func:`check_column_types`).
 """
 
 from __future__ import annotations
@@ -36,7 +41,14 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from batchserve.blobs import BlobStore, keys
-from batchserve.schema import ARROW_TYPES, SchemaError, check_columns, conform_column
+from batchserve.engine.errors import PayloadTooLarge
+from batchserve.schema import (
+    ARROW_TYPES,
+    SchemaError,
+    check_columns,
+    check_json_depth,
+    conform_column,
+)
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 ARROW_FILE = "application/vnd.apache.arrow.file"
@@ -62,6 +74,17 @@ _MIN_BATCH_ROWS = 16_384
 #: CSV is parsed in blocks of whole lines of about this size, on this many threads.
 _CSV_BLOCK_BYTES = 4 << 20
 _CSV_THREADS = 2
+#: The longest line of CSV, TSV or JSON Lines read by default (BATCHSERVE_MAX_LINE_BYTES): a line
+#: is held whole in memory while it is parsed.
+MAX_LINE_BYTES = 64 << 20
+#: The longest CSV or TSV header line.
+MAX_HEADER_BYTES = 1 << 20
+
+#: What an accepted column's type is, as said in the message refusing another.
+ACCEPTED_TYPES = (
+    "integers, floating point numbers, decimals, booleans, text (string, large_string), dates, "
+    "times, timestamps, durations and nulls (or a dictionary of one of them)"
+)
 
 
 class UnsupportedFormat(SchemaError):
@@ -95,13 +118,74 @@ class Ingested:
     id_type: pa.DataType | None = None
 
 
+def line_too_long(line: int, limit: int, what: str) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"Line {line} of the {what} records is longer than the limit of {limit} bytes "
+        "(BATCHSERVE_MAX_LINE_BYTES) and was not read to its end. Each line must hold one "
+        "record: check that the lines end with a line break (\\n), and keep large values out "
+        "of the records."
+    )
+
+
+def _scalar(data_type: pa.DataType) -> bool:
+    """Whether a column of this type holds single values a service input can take."""
+    types = pa.types
+    if types.is_dictionary(data_type):
+        return _scalar(data_type.value_type)
+    return any(
+        check(data_type)
+        for check in (
+            types.is_null,
+            types.is_boolean,
+            types.is_integer,
+            types.is_floating,
+            types.is_decimal,
+            types.is_string,
+            types.is_large_string,
+            getattr(types, "is_string_view", lambda _: False),
+            types.is_date,
+            types.is_time,
+            types.is_timestamp,
+            types.is_duration,
+        )
+    )
+
+
+def check_column_types(schema: pa.Schema, names: list[str], id_column: str | None) -> None:
+    """Refuse a column of nested or binary values (struct, list, map, binary, ...) among
+    ``names``: no input type takes them, and they cannot be turned into text one by one."""
+    for name in names:
+        data_type = schema.field(name).type
+        if _scalar(data_type):
+            continue
+        role = "the id column" if name == id_column else "input column"
+        raise SchemaError(
+            f"The {role} {name!r} holds values of type {data_type}; a column must hold single "
+            f"values, of one of these types: {ACCEPTED_TYPES}. Convert the column before "
+            "uploading: flatten a struct into one column per field, send a list or binary value "
+            "as text (JSON or base64) in a str input."
+        )
+
+
 def _csv_header(source: Any, delimiter: str) -> list[str]:
-    """The column names of a CSV/TSV upload, read without consuming the stream."""
-    head = source.peek(1 << 20)[: 1 << 20]
-    line = head.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace").rstrip("\r")
-    if not line.strip():
+    """The column names of a CSV/TSV upload: its first line, read from the stream."""
+    line = source.readline(MAX_HEADER_BYTES + 1)
+    if len(line) > MAX_HEADER_BYTES and not line.endswith(b"\n"):
+        raise SchemaError(
+            f"The header row of the records is longer than {MAX_HEADER_BYTES} bytes; the first "
+            "line must name the columns, separated by commas (tabs in TSV), and end with a line "
+            "break."
+        )
+    text = line.decode("utf-8-sig", errors="replace").rstrip("\r\n")
+    if not text.strip():
         raise SchemaError("The upload holds no records (not even a header row).")
-    return next(csv.reader([line], delimiter=delimiter))
+    try:
+        return next(csv.reader([text], delimiter=delimiter))
+    except csv.Error as exc:  # a column name longer than the csv module's field limit (128 KiB)
+        raise SchemaError(
+            f"The header row of the records cannot be read ({exc}); it must name the columns, "
+            "each name shorter than 128 KiB."
+        ) from None
 
 
 def _buffered(source: BinaryIO) -> Any:
@@ -121,8 +205,10 @@ class _Reader:
         service: str,
         id_column: str | None,
         spool_dir: Path | None,
+        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> None:
         self.source = source
+        self.max_line_bytes = max_line_bytes
         self.content_type = content_type
         self.inputs = inputs
         self.service = service
@@ -131,7 +217,7 @@ class _Reader:
         self.record_count: int | None = None
         self.wanted = list(inputs) + ([id_column] if id_column and id_column not in inputs else [])
 
-    def check(self, columns: list[str]) -> None:
+    def check(self, columns: list[str], schema: pa.Schema | None = None) -> None:
         check_columns(columns, self.inputs, self.service)
         if self.id_column is not None and self.id_column not in columns:
             raise SchemaError(
@@ -139,6 +225,8 @@ class _Reader:
                 f"(id_column); they have the columns {', '.join(repr(c) for c in columns)}. "
                 "Name one of them, or leave id_column out."
             )
+        if schema is not None:
+            check_column_types(schema, self.wanted, self.id_column)
 
     def batches(self, spool: Callable[[], Path]) -> Iterator[pa.RecordBatch]:
         kind = self.content_type
@@ -147,7 +235,9 @@ class _Reader:
         path = spool() if kind in (PARQUET, ARROW_FILE) else None
         try:
             if kind == ARROW_STREAM:
-                yield from pa.ipc.open_stream(self.source)
+                stream = pa.ipc.open_stream(self.source)
+                self.check(stream.schema.names, stream.schema)
+                yield from stream
             elif kind in (CSV, TSV):
                 yield from self._csv("\t" if kind == TSV else ",")
             elif kind in (JSONL, NDJSON):
@@ -170,7 +260,13 @@ class _Reader:
         header = _csv_header(buffered, delimiter)
         self.check(header)
         yield from _CsvBlocks(
-            buffered, header, delimiter, self.inputs, self.wanted, self.id_column
+            buffered,
+            header,
+            delimiter,
+            self.inputs,
+            self.wanted,
+            self.id_column,
+            self.max_line_bytes,
         ).batches()
 
     def _parquet(self, path: Path) -> Iterator[pa.RecordBatch]:
@@ -179,7 +275,7 @@ class _Reader:
         # Mapped and not pre-buffered: only the row group being read is in memory (pre-buffering
         # would read every row group's columns up front).
         with pq.ParquetFile(path, memory_map=True, pre_buffer=False) as parquet:
-            self.check(parquet.schema_arrow.names)
+            self.check(parquet.schema_arrow.names, parquet.schema_arrow)
             self.record_count = parquet.metadata.num_rows
             yield from parquet.iter_batches(batch_size=64 * 1024, columns=self.wanted)
 
@@ -188,13 +284,19 @@ class _Reader:
             raise SchemaError("The upload is empty: it holds no Arrow file, so no records.")
         with pa.memory_map(str(path)) as mapped:
             reader = pa.ipc.open_file(mapped)
-            self.check(reader.schema.names)
+            self.check(reader.schema.names, reader.schema)
             # Mapped, so counting reads only the batches' headers.
             self.record_count = sum(
                 reader.get_batch(i).num_rows for i in range(reader.num_record_batches)
             )
             for i in range(reader.num_record_batches):
                 yield reader.get_batch(i).select(self.wanted)
+
+
+#: The texts a CSV value is missing as (pyarrow's, "NA", "null" and the like), but for the
+#: spellings of NaN: a float input takes NaN as a value, as in every other format (the README,
+#: "NaN and Infinity").
+_CSV_NULLS = [v for v in pacsv.ConvertOptions().null_values if v.lower().lstrip("-") != "nan"]
 
 
 class _CsvBlocks:
@@ -205,7 +307,8 @@ class _CsvBlocks:
     of them does not parse is parsed again with those columns as text, which the upload keeps as
     text so that only the records with a bad value fail, each naming its value (see
     :func:`~batchserve.schema.conform_column`). Like pyarrow's own CSV readers by default, the
-    cut assumes no line break inside a quoted value.
+    cut assumes no line break inside a quoted value. A line longer than ``max_line_bytes`` is
+    refused as soon as that much of it has arrived.
     """
 
     def __init__(
@@ -216,8 +319,10 @@ class _CsvBlocks:
         inputs: dict[str, str],
         wanted: list[str],
         id_column: str | None,
+        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> None:
         self.source = source
+        self.max_line_bytes = max_line_bytes
         self.header = header
         self.parse_options = pacsv.ParseOptions(delimiter=delimiter)
         # (An input that is the id column too is read as text: the id keeps it as written.)
@@ -227,17 +332,22 @@ class _CsvBlocks:
         # Ids stay text, as written (a leading zero is part of an id).
         text = {name: pa.string() for name in wanted}
         self.typed = pacsv.ConvertOptions(
-            column_types={**text, **typed}, include_columns=wanted, strings_can_be_null=True
+            column_types={**text, **typed},
+            include_columns=wanted,
+            strings_can_be_null=True,
+            null_values=_CSV_NULLS,
         )
         self.as_text = pacsv.ConvertOptions(
-            column_types=text, include_columns=wanted, strings_can_be_null=True
+            column_types=text,
+            include_columns=wanted,
+            strings_can_be_null=True,
+            null_values=_CSV_NULLS,
         )
-        self.read_options = pacsv.ReadOptions(column_names=header, use_threads=False)
 
     def _pieces(self) -> Iterator[bytes]:
-        """The body after the header line, as it arrives: each read returns what one read of
-        the body gives, so a slow upload is parsed as far as it has come."""
-        self.source.readline()  # the header, read by _csv_header already
+        """The body after the header line (read by _csv_header already), as it arrives: each
+        read returns what one read of the body gives, so a slow upload is parsed as far as it
+        has come."""
         while True:
             piece = self.source.read1(_CSV_BLOCK_BYTES)
             if not piece:
@@ -253,28 +363,39 @@ class _CsvBlocks:
             return self._read(block, self.as_text)
 
     def _read(self, block: bytes, convert: pacsv.ConvertOptions) -> pa.Table:
+        # The block is one piece of pyarrow's reading: it is in memory whole anyway, and a value
+        # longer than pyarrow's own block size (1 MiB) would otherwise straddle two of them.
+        read_options = pacsv.ReadOptions(
+            column_names=self.header, use_threads=False, block_size=max(len(block) + 1, 1 << 20)
+        )
         return pacsv.read_csv(
             pa.py_buffer(block),
-            read_options=self.read_options,
+            read_options=read_options,
             parse_options=self.parse_options,
             convert_options=convert,
         )
 
     def _blocks(self) -> Iterator[bytes]:
-        """The body in blocks of whole lines of about ``_CSV_BLOCK_BYTES``."""
+        """The body in blocks of whole lines of about ``_CSV_BLOCK_BYTES`` (or of one longer
+        line)."""
         parts: list[bytes] = []  # the start of the next block
         size = 0
+        line = 0  # bytes of the last line in parts, not ended yet
+        lines = 1  # lines before parts (the header)
         for piece in self._pieces():
             parts.append(piece)
             size += len(piece)
-            if size >= _CSV_BLOCK_BYTES:
+            end = piece.rfind(b"\n")
+            line = len(piece) - end - 1 if end >= 0 else line + len(piece)
+            if line > self.max_line_bytes:
+                counted = sum(p.count(b"\n") for p in parts)
+                raise line_too_long(lines + counted + 1, self.max_line_bytes, "CSV")
+            if size >= _CSV_BLOCK_BYTES and end >= 0:  # else read on to the end of a line
                 data = b"".join(parts)
-                cut = data.rfind(b"\n") + 1
-                if cut:  # else one line longer than a block: read on to its end
-                    yield data[:cut]
-                    parts, size = [data[cut:]], len(data) - cut
-                else:
-                    parts = [data]
+                cut = len(data) - line
+                lines += data.count(b"\n", 0, cut)
+                yield data[:cut]
+                parts, size = [data[cut:]], line
         rest = b"".join(parts)
         if rest.strip():
             yield rest
@@ -334,14 +455,22 @@ class _JsonLines:
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         source = _buffered(self.reader.source)
+        limit = self.reader.max_line_bytes
         while True:
             block = source.read(_BLOCK_BYTES)
             if not block:
                 break
             if not block.endswith(b"\n"):
-                block += source.readline()
+                # The rest of the last line, read no further than the limit.
+                start = block.rfind(b"\n") + 1
+                block += source.readline(max(limit - (len(block) - start), 0) + 1)
+                if len(block.rstrip(b"\r\n")) - start > limit:
+                    line = self.line + block.count(b"\n", 0, start) + 1
+                    raise line_too_long(line, limit, "JSON Lines")
             if self.line == 0 and block.startswith(b"\xef\xbb\xbf"):
                 block = block[3:]
+            # Before any parser sees it: pyarrow's crashes the process on deep nesting.
+            check_json_depth(block, "the JSON Lines records", lines=True, lines_before=self.line)
             table = self._parse(block)
             self.line += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
             if table is not None:
@@ -495,17 +624,20 @@ def ingest(
     id_column: str | None = None,
     spool_dir: Path | None = None,
     part_bytes: int = PART_BYTES,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> Ingested:
     """Write the parts of an upload.
 
     ``on_part(seq, start_index, count, bytes, key)`` is called after each part file is written.
     ``spool_dir`` holds the temporary copy of a Parquet or Arrow file upload while it is read.
     Raises :class:`~batchserve.schema.SchemaError` with a clear message on bad records
-    (:class:`UnsupportedFormat` for an unknown content type).
+    (:class:`UnsupportedFormat` for an unknown content type), and
+    :class:`~batchserve.engine.errors.PayloadTooLarge` for a line longer than
+    ``max_line_bytes``.
     """
     if content_type not in FORMATS:
         raise unsupported(content_type)
-    reader = _Reader(source, content_type, inputs, service, id_column, spool_dir)
+    reader = _Reader(source, content_type, inputs, service, id_column, spool_dir, max_line_bytes)
     cleanups: list[Callable[[], None]] = []
 
     def spool() -> Path:
@@ -551,15 +683,7 @@ class _Parts:
         try:
             for rb in batches:
                 if not checked:
-                    reader.check(rb.schema.names)
-                    id_column = reader.id_column
-                    if id_column is not None and pa.types.is_nested(
-                        rb.schema.field(id_column).type
-                    ):
-                        raise SchemaError(
-                            f"The id column {id_column!r} holds {rb.schema.field(id_column).type} "
-                            "values; record ids must be single values (text, numbers, dates)."
-                        )
+                    reader.check(rb.schema.names, rb.schema)
                     checked = True
                 if rb.num_rows == 0:
                     continue

@@ -98,8 +98,17 @@ def warm_up() -> None:
 class Runtime:
     """Loads services (once per process each) and runs records for one worker process."""
 
-    def __init__(self, blobs: BlobStore, scratch: str | None = None, cache_size: int = 4) -> None:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        scratch: str | None = None,
+        cache_size: int = 4,
+        artifacts: Callable[[ChunkTask, int, str, bytes], None] | None = None,
+    ) -> None:
         self.blobs = blobs
+        # Where a record's artifact goes: by default into the blob store; a sandboxed worker
+        # hands it to the server instead, which decides where it is kept.
+        self.put_artifact = artifacts or self._store_artifact
         self._cache: OrderedDict[str, bundles.LoadedService | bundles.BundleError] = OrderedDict()
         self._cache_size = cache_size
         self.scratch = scratch or tempfile.mkdtemp(prefix="batchserve-worker-")
@@ -306,7 +315,7 @@ class Runtime:
         records = table.select(columns).to_pylist()
 
         def sink(index: int, name: str, data: bytes) -> None:
-            self.blobs.write_bytes(artifact_key(task.batch_id, index, name), data)
+            self.put_artifact(task, index, name, data)
 
         succeeded = failed = 0
         began = last_flush = time.perf_counter()
@@ -331,6 +340,9 @@ class Runtime:
                 progress.flushed(succeeded, failed)
                 last_flush = now
         return succeeded, failed, time.perf_counter() - began
+
+    def _store_artifact(self, task: ChunkTask, index: int, name: str, data: bytes) -> None:
+        self.blobs.write_bytes(artifact_key(task.batch_id, index, name), data)
 
     def run_consume(self, task: ConsumeTask) -> dict[str, Any]:
         files: dict[str, str] = {}

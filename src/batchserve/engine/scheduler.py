@@ -3,8 +3,9 @@
 It is the only writer of chunk states while a batch runs. Its loop takes events (task progress,
 finished and lost tasks from the executor; start, cancel, disable, delete and consume requests
 from the API), applies them to the store, then dispatches: consume requests first, then chunks
-of the runnable batches, highest priority first and first-come within a priority, each batch
-capped by its ``parallel_count`` and the machine by its workers. A batch waits until the batches
+of the runnable batches, highest priority first and, within a priority, users in turn (the
+oldest batch first between equals), each batch capped by its ``parallel_count`` and the machine
+by its workers. A batch waits until the batches
 it depends on have completed. When the machine is full, a batch that still wants workers takes
 them from running chunks of lower-priority batches that allow preemption; those chunks go back
 to the queue (requeued, not failed).
@@ -92,6 +93,15 @@ class ConsumeRequest:
     future: Future[dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class ConsumeOver:
+    """A consume ended (answered), or its caller gave up on it (``abandoned``: it timed out or
+    the client went away), so its worker must stop."""
+
+    task_id: str
+    abandoned: bool = False
+
+
 @dataclass
 class _Running:
     batch_id: str
@@ -117,6 +127,7 @@ def service_spec(service: Service) -> ServiceSpec:
         inputs=dict(service.inputs),
         outputs=dict(service.outputs),
         artifacts=tuple(service.artifacts),
+        publisher=str(service.owner_id),
     )
 
 
@@ -146,8 +157,13 @@ class Scheduler:
         *,
         target_chunk_seconds: float = 0.5,
         max_chunk_size: int = 1_000_000,
+        consume_workers: int | None = None,
     ) -> None:
         self.store = store
+        # Workers that may run consumes at once (None: half of them, at least one): the rest
+        # stay for batches, whatever the request load. A waiting consume takes the next free
+        # worker before any chunk, so batches hold it off for one chunk's time at most.
+        self.consume_workers = consume_workers
         self.blobs = blobs
         self.max_worker_loss_retries = max_worker_loss_retries
         self.target_chunk_seconds = target_chunk_seconds
@@ -164,6 +180,7 @@ class Scheduler:
         self._per_batch: Counter[str] = Counter()
         self._consumes: dict[str, Future[dict[str, Any]]] = {}
         self._consume_queue: list[ConsumeTask] = []
+        self._consuming: set[str] = set()  # consumes on a worker now
         self._warm: list[ServiceSpec] = []  # services for the workers that stay idle to load
         self._preempted: set[str] = set()  # stopped for a higher priority; Lost not heard yet
         # Finished chunks whose results are written down after the next dispatch.
@@ -182,7 +199,7 @@ class Scheduler:
             future = self._consumes.pop(event.task_id, None)
             if future is not None:
                 future.set_result(event.result)
-                event = Wake()
+                event = ConsumeOver(event.task_id)
         self._events.put(event)
 
     def start(self, executor: Executor) -> None:
@@ -197,9 +214,19 @@ class Scheduler:
             self._thread.join(timeout=10)
 
     def consume(self, spec: ServiceSpec, inputs: dict[str, Any]) -> Future[dict[str, Any]]:
+        """Run one record on a worker; the future has its result. Call :meth:`abandon` with
+        the future when nobody waits for it any more."""
         future: Future[dict[str, Any]] = Future()
-        self.post(ConsumeRequest(ConsumeTask(uuid.uuid4().hex, inputs, spec), future))
+        task = ConsumeTask(uuid.uuid4().hex, inputs, spec)
+        future.task_id = task.task_id  # type: ignore[attr-defined]
+        self.post(ConsumeRequest(task, future))
         return future
+
+    def abandon(self, future: Future[dict[str, Any]]) -> None:
+        """Stop a consume nobody waits for: dropped if it has not started, its worker stopped
+        if it runs."""
+        if not future.done():
+            self.post(ConsumeOver(future.task_id, abandoned=True))  # type: ignore[attr-defined]
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -265,8 +292,23 @@ class Scheduler:
         elif isinstance(event, ConsumeRequest):
             self._consumes[event.task.task_id] = event.future
             self._consume_queue.append(event.task)
+        elif isinstance(event, ConsumeOver):
+            self._consume_over(event)
+
+    def _consume_over(self, event: ConsumeOver) -> None:
+        if not event.abandoned:
+            self._consuming.discard(event.task_id)
+            return
+        future = self._consumes.pop(event.task_id, None)
+        if future is not None and not future.done():
+            future.set_exception(RuntimeError("abandoned"))
+        self._consume_queue = [t for t in self._consume_queue if t.task_id != event.task_id]
+        if event.task_id in self._consuming:
+            assert self.executor is not None
+            self.executor.stop_task(event.task_id)  # its Lost event ends it
 
     def _finished(self, event: Finished) -> None:
+        self._consuming.discard(event.task_id)
         consumer = self._consumes.pop(event.task_id, None)
         if consumer is not None:
             consumer.set_result(event.result)
@@ -318,6 +360,7 @@ class Scheduler:
         self._maybe_paused(batch_id, batch)
 
     def _lost(self, event: Lost) -> None:
+        self._consuming.discard(event.task_id)
         future = self._consumes.pop(event.task_id, None)
         if future is not None:
             future.set_exception(RuntimeError(event.reason))
@@ -597,8 +640,14 @@ class Scheduler:
     def _dispatch(self) -> None:
         executor = self.executor
         assert executor is not None
-        while self._consume_queue and executor.free_slots() > 0:
-            executor.submit(self._consume_queue.pop(0))
+        while (
+            self._consume_queue
+            and executor.free_slots() > 0
+            and len(self._consuming) < (self.consume_workers or max(1, executor.capacity() // 2))
+        ):
+            task = self._consume_queue.pop(0)
+            self._consuming.add(task.task_id)
+            executor.submit(task)
         if executor.free_slots() == 0 and not any(r.preemptible for r in self._running.values()):
             return  # nothing could start now, nor be preempted: no need to read the batches
         # Started batches whose upload goes on too: their stored records may run already.
@@ -609,10 +658,7 @@ class Scheduler:
         for gone in self._parts.keys() - live:
             del self._parts[gone]
         runnable = [b for b in batches if self._dependencies_met(b)]
-        for batch in runnable:
-            if executor.free_slots() == 0:
-                break
-            self._dispatch_batch(batch, executor)
+        self._share(runnable, batches, executor)
         if executor.free_slots() == 0 and not self._preempted:
             self._preempt(runnable, {b.id: b for b in batches})
         self._load_ahead(executor)
@@ -667,12 +713,52 @@ class Scheduler:
                 wanted -= 1
             return  # one batch at a time: the freed workers go to it on the next dispatch
 
-    def _dispatch_batch(self, batch: Batch, executor: Executor) -> None:
+    def _share(self, runnable: list[Batch], batches: list[Batch], executor: Executor) -> None:
+        """Hand the free workers to the runnable batches (highest priority, then oldest, first).
+        Within one priority, users take turns: a chunk at a time goes to the user with the
+        fewest running chunks (the older batch first between equals), so that the oldest batch
+        does not take every worker while another user's batch waits at the same priority. One
+        user's batches at a priority take as many workers as they can, oldest first."""
+        running: Counter[int] = Counter()
+        for b in batches:
+            running[b.owner_id] += self._per_batch[b.id]
+        for priority in sorted({b.priority for b in runnable}, reverse=True):
+            waiting = [b for b in runnable if b.priority == priority]
+            if len({b.owner_id for b in waiting}) == 1:
+                for batch in waiting:
+                    if executor.free_slots() == 0:
+                        return
+                    self._dispatch_batch(batch, executor)
+                continue
+            while waiting and executor.free_slots() > 0:
+                i = min(range(len(waiting)), key=lambda j: running[waiting[j].owner_id])
+                batch = waiting[i]
+                if not self._dispatch_batch(batch, executor, most=1):
+                    del waiting[i]  # nothing of it to run now (or at its parallel_count)
+                    continue
+                running[batch.owner_id] += 1
+                if batch.state == BatchState.PENDING.value:  # it was moved to running
+                    moved = self.store.get_batch(batch.id)
+                    if moved is None:
+                        del waiting[i]
+                    else:
+                        waiting[i] = moved
+            if executor.free_slots() == 0:
+                return
+
+    def _dispatch_batch(self, batch: Batch, executor: Executor, most: int | None = None) -> bool:
+        """Hand out chunks of the batch (at ``most`` this many) while workers are free and its
+        parallel_count allows; True when it handed out any."""
         claimed_any = False
         spec: ServiceSpec | None = None
         options = batch.options
         timeout = options.get("task_timeout")
-        while executor.free_slots() > 0 and self._per_batch[batch.id] < batch.parallel_count:
+        claimed = 0
+        while (
+            executor.free_slots() > 0
+            and self._per_batch[batch.id] < batch.parallel_count
+            and (most is None or claimed < most)
+        ):
             spec = spec or self._spec(batch.service_id)
             estimate = self._estimate(batch.service_id, spec)
             costs = estimate.costs()
@@ -718,6 +804,7 @@ class Scheduler:
                 costs_key=(batch.service_id, spec.bundle_key),
             )
             self._per_batch[batch.id] += 1
+            claimed += 1
             executor.submit(task)
             self._running[task.task_id].claim_seconds = time.monotonic() - now
         if claimed_any and batch.state == BatchState.PENDING.value:
@@ -729,6 +816,7 @@ class Scheduler:
             )
         elif not claimed_any and self._per_batch[batch.id] == 0:
             self._maybe_complete(batch.id)
+        return claimed_any
 
     def _range_size(
         self,

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 import uuid
+from collections import Counter
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from batchserve.blobs import BlobStore, keys
@@ -20,22 +25,44 @@ from batchserve.engine.errors import (
 from batchserve.engine.scheduler import Scheduler, WarmService, service_spec
 from batchserve.schema import SchemaError, normalize_schema
 from batchserve.states import BatchState
-from batchserve.store import AlreadyExists, Store
-from batchserve.store.models import Service
+from batchserve.store import AlreadyExists, ServiceBatch, Store
+from batchserve.store.models import Service, ServiceName, User
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 MODES = ("row", "vectorized")
+# Words a version may not be: 'latest' names the newest version, and 'publishers' is the path
+# of a name's grants (/v1/services/{name}/publishers).
+RESERVED_VERSIONS = ("latest", "publishers")
 
 
-def _check_name(value: str, what: str) -> str:
-    if not isinstance(value, str) or not _NAME.match(value) or value == "latest":
+def _check_name(value: str, what: str, reserved: tuple[str, ...] = ("latest",)) -> str:
+    if not isinstance(value, str) or not _NAME.match(value) or value in reserved:
         raise BadRequest(
             f"{what} {value!r} is not allowed: use 1-200 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit"
-            + (" ('latest' is reserved)" if value == "latest" else "")
+            + (f" ({value!r} is reserved)" if value in reserved else "")
             + "."
         )
     return value
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A user allowed to publish under a service name that is not theirs."""
+
+    username: str
+    granted_by: str | None  # None once that user is removed
+    granted_at: datetime
+
+
+@dataclass(frozen=True)
+class NamePublishers:
+    """Who may add versions under a service name: its owner, and the users granted it (owners
+    may too, always)."""
+
+    name: str
+    owner: str | None  # None once that user is removed: then only owners publish under it
+    granted: list[Grant]
 
 
 def _check_artifacts(names: list[str]) -> list[str]:
@@ -97,7 +124,9 @@ class ServiceOps:
                 "contributor role."
             )
         _check_name(name, "The service name")
-        version = _check_name(version, "The version") if version else uuid.uuid4().hex
+        version = (
+            _check_name(version, "The version", RESERVED_VERSIONS) if version else uuid.uuid4().hex
+        )
         if mode not in MODES:
             raise BadRequest(f"Unknown service mode {mode!r}; use one of {', '.join(MODES)}.")
         if mode == "vectorized" and bundle_kind != "callable":
@@ -108,6 +137,7 @@ class ServiceOps:
         names = _check_artifacts(list(artifacts or []))
         alias = _check_alias(alias or "consume")
         check_text(description or "", "The description")
+        self._claim_name(who, name)
         if self.store.get_service(name, version) is not None:
             raise Conflict(
                 f"Service {name} version {version} exists already; publish a new version instead."
@@ -148,21 +178,46 @@ class ServiceOps:
     def list_services(self, name: str | None = None) -> list[Service]:
         return self.store.list_services(name)
 
-    def _changeable(self, who: Principal, name: str, version: str, verb: str) -> Service:
-        """The service, if ``who`` may change it and no batch of it is unfinished."""
+    def _changeable(
+        self, who: Principal, name: str, version: str, verb: str
+    ) -> tuple[Service, list[ServiceBatch]]:
+        """The service and its batches, if ``who`` may ``verb`` it and no batch of it is
+        unfinished.
+
+        Its publisher may delete it, and so may the owner of its name; its publisher changes
+        its code only while they may still publish under the name (a revoked grant ends that:
+        else they could put new code behind "latest" of a name that is no longer theirs)."""
         svc = self.get(name, version)
-        if not who.is_owner and (not who.can_publish or svc.owner_id != who.id):
-            raise Forbidden(
-                f"User {who.username!r} may not {verb} service {name} {version}: "
-                "only its publisher or an owner may."
-            )
+        if not who.is_owner:
+            taken = self._name(name)
+            publisher = who.can_publish and svc.owner_id == who.id
+            name_owner = who.can_publish and taken.owner_id == who.id
+            if verb == "delete" and not (publisher or name_owner):
+                raise Forbidden(
+                    f"User {who.username!r} may not delete service {name} {version}: only its "
+                    "publisher or an owner may, besides the owner of its name."
+                )
+            if verb != "delete" and not publisher:
+                raise Forbidden(
+                    f"User {who.username!r} may not {verb} service {name} {version}: "
+                    "only its publisher or an owner may."
+                )
+            if verb != "delete" and not name_owner and not self.store.may_publish(name, who.id):
+                holder = self._username(taken.owner_id) or "a removed user"
+                raise Forbidden(
+                    f"User {who.username!r} may no longer {verb} service {name} {version}: the "
+                    f"name {name!r} belongs to {holder!r}, who no longer grants it to them. Ask "
+                    "them or an owner to grant it again.",
+                    name=name,
+                    owner=holder,
+                )
         # A batch runs one bundle from its first record to its last.
-        batches = self.store.list_batches(
-            service_ids=[svc.id], limit=100_000, include_deleting=True
-        )
-        deleting = [b.id for b in batches if b.deleting_since is not None]
+        batches = self.store.service_batches(svc.id)
+        deleting = [b.id for b in batches if b.deleting]
         active = [
-            b.id for b in batches if b.deleting_since is None and not BatchState(b.state).is_final
+            b.id
+            for b in batches
+            if not b.deleting and (not b.sealed or not BatchState(b.state).is_final)
         ]
         if active:
             raise Conflict(
@@ -175,13 +230,29 @@ class ServiceOps:
                 f"Service {name} {version} has deleted batches whose removal is not finished "
                 f"({', '.join(deleting[:5])}); try again in a moment."
             )
-        return svc
+        return svc, batches
 
-    def delete(self, who: Principal, name: str, version: str) -> None:
-        svc = self._changeable(who, name, version, "delete")
-        for b in self.store.list_batches(
-            service_ids=[svc.id], limit=100_000, include_deleting=True
-        ):
+    def delete(self, who: Principal, name: str, version: str, *, force: bool = False) -> None:
+        """Delete a service version with its batches. Batches of other users than ``who`` are
+        theirs: while any exists the delete is refused, unless an owner ``force``s it."""
+        if force and not who.is_owner:
+            raise Forbidden(
+                f"User {who.username!r} is a {who.role}: only owners may force the deletion of "
+                "a service whose batches belong to other users. Leave force out."
+            )
+        svc, batches = self._changeable(who, name, version, "delete")
+        others = Counter(b.owner or f"user {b.owner_id}" for b in batches if b.owner_id != who.id)
+        if others and not force:
+            whose = ", ".join(f"{user}: {n}" for user, n in sorted(others.items()))
+            total = sum(others.values())
+            raise Conflict(
+                f"Service {name} {version} has {total} batch{'es' if total > 1 else ''} of other "
+                f"users ({whose}), which deleting it would delete with their results. Ask them "
+                "to delete their batches first, or have an owner delete the service anyway "
+                "with force=true.",
+                batches=dict(others),
+            )
+        for b in batches:
             self.store.delete_batch(b.id)
             self.blobs.delete_prefix(keys.batch_prefix(b.id))
         self.store.delete_service(svc.id)
@@ -203,7 +274,7 @@ class ServiceOps:
         extra: dict[str, Any] | None = None,
     ) -> Service:
         """Change a published version in place (ML Server's redeploy); None keeps a field."""
-        svc = self._changeable(who, name, version, "change")
+        svc, _ = self._changeable(who, name, version, "change")
         fields: dict[str, Any] = dict(_schemas(inputs=inputs, outputs=outputs))
         if artifacts is not None:
             fields["artifacts"] = _check_artifacts(artifacts)
@@ -231,8 +302,113 @@ class ServiceOps:
             self.scheduler.post(WarmService(service_spec(updated)))
         return updated
 
-    def consume(self, name: str, version: str | None, inputs: dict[str, Any]) -> dict[str, Any]:
-        """Run one record on a worker and return its result, artifacts inline."""
+    # --- who may publish under a name --------------------------------------------------------
+
+    def _claim_name(self, who: Principal, name: str) -> None:
+        """Let ``who`` add a version under ``name`` if it is new (they become its owner), theirs,
+        granted to them, or if they are an owner; else a 403 naming the name's owner."""
+        taken = self._name(name, claim_for=who.id)
+        if who.is_owner or taken.owner_id == who.id or self.store.may_publish(name, who.id):
+            return
+        holder = self._username(taken.owner_id)
+        if holder is None:
+            raise Forbidden(
+                f"The service name {name!r} belongs to a user who was removed: only owners may "
+                "publish under it or grant it. Ask an owner, or publish under another name.",
+                name=name,
+            )
+        raise Forbidden(
+            f"The service name {name!r} belongs to {holder!r}, who published under it first: "
+            f"only they, the users they grant it to, and owners may add versions to it. Ask "
+            f"{holder!r} or an owner to grant it to you, or publish under another name.",
+            name=name,
+            owner=holder,
+        )
+
+    def _username(self, user_id: int | None) -> str | None:
+        user = self.store.get_user_by_id(user_id) if user_id is not None else None
+        return user.username if user else None
+
+    def _name(self, name: str, claim_for: int | None = None) -> ServiceName:
+        """The name's row. A name nobody published under yet is claimed for ``claim_for`` (else
+        not found); one whose versions were stored without it (by hand, say) for the first
+        publisher of those."""
+        taken = self.store.get_service_name(name)
+        if taken is not None:
+            return taken
+        versions = self.store.list_services(name)
+        if versions:
+            return self.store.claim_service_name(name, versions[0].owner_id)
+        if claim_for is None:
+            raise NotFound(f"No service named {name!r} exists.")
+        return self.store.claim_service_name(name, claim_for)
+
+    def publishers(self, name: str) -> NamePublishers:
+        """Who may add versions under ``name``."""
+        taken = self._name(name)
+        return NamePublishers(
+            name=name,
+            owner=self._username(taken.owner_id),
+            granted=[
+                Grant(username, granter, grant.created_at)
+                for grant, username, granter in self.store.service_publishers(name)
+            ],
+        )
+
+    def _grantable(
+        self, who: Principal, name: str, username: str, verb: str
+    ) -> tuple[ServiceName, User]:
+        """The name's row and the user, if ``who`` may ``verb`` grants of the name."""
+        taken = self._name(name)
+        if not who.is_owner and taken.owner_id != who.id:
+            holder = self._username(taken.owner_id)
+            owned = f"belongs to {holder!r}" if holder else "belongs to a removed user"
+            raise Forbidden(
+                f"User {who.username!r} may not {verb} the service name {name!r}: it {owned}, "
+                "and only the name's owner or an owner may.",
+                name=name,
+                owner=holder,
+            )
+        user = self.store.get_user(username)
+        if user is None:
+            raise NotFound(f"No user named {username!r} exists.")
+        return taken, user
+
+    def grant(self, who: Principal, name: str, username: str) -> NamePublishers:
+        """Let ``username`` add versions under ``name``; granting twice changes nothing."""
+        taken, user = self._grantable(who, name, username, "grant")
+        if user.role not in ("owner", "contributor"):
+            raise BadRequest(
+                f"User {username!r} is a {user.role}, who may not publish at all; an owner can "
+                "give them the contributor role first."
+            )
+        if user.id != taken.owner_id:
+            self.store.grant_publisher(name, user.id, who.id)
+        return self.publishers(name)
+
+    def revoke(self, who: Principal, name: str, username: str) -> NamePublishers:
+        """Take back a grant: ``username`` adds no more versions under ``name``. Those they
+        published stay: theirs to delete, no longer to change."""
+        taken, user = self._grantable(who, name, username, "revoke grants of")
+        if user.id == taken.owner_id:
+            raise BadRequest(
+                f"User {username!r} owns the service name {name!r}; only grants to other users "
+                "can be taken back."
+            )
+        if not self.store.revoke_publisher(name, user.id):
+            raise NotFound(f"User {username!r} was not granted the service name {name!r}.")
+        return self.publishers(name)
+
+    def consume(
+        self,
+        name: str,
+        version: str | None,
+        inputs: dict[str, Any],
+        gone: threading.Event | None = None,
+    ) -> dict[str, Any]:
+        """Run one record on a worker and return its result, artifacts inline. The record is
+        stopped when it takes longer than the consume timeout, or when ``gone`` is set (the
+        client went away)."""
         svc = self.store.find_service(name, version) or self.get(name, version)
         if not isinstance(inputs, dict):
             raise BadRequest("inputs must be an object mapping input names to values.")
@@ -244,9 +420,24 @@ class ServiceOps:
                 f"{', '.join(svc.inputs) or '(none)'}."
             )
         future = self.scheduler.consume(service_spec(svc), inputs)
+        deadline = time.monotonic() + self.consume_timeout
         try:
-            return future.result(timeout=self.consume_timeout)
+            while True:
+                # In slices, to notice a caller that went away: its request is stopped then.
+                left = deadline - time.monotonic()
+                if left <= 0 or (gone is not None and gone.is_set()):
+                    raise FutureTimeout
+                try:
+                    return future.result(timeout=min(left, 0.25))
+                except FutureTimeout:
+                    continue
         except FutureTimeout:
-            raise Unavailable("The service did not answer in time.") from None
+            self.scheduler.abandon(future)
+            if gone is not None and gone.is_set():
+                raise Unavailable("The client went away; the request was stopped.") from None
+            raise Unavailable(
+                f"The service did not answer within {self.consume_timeout:g} s; the request "
+                "was stopped. Run long work as a batch instead."
+            ) from None
         except RuntimeError as exc:
             raise Unavailable(f"The worker running the request failed: {exc}.") from None

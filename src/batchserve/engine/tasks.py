@@ -1,7 +1,13 @@
-"""What the scheduler sends to executors and what comes back: plain, picklable values."""
+"""What the scheduler sends to executors and what comes back: plain values.
+
+Tasks cross to worker processes as JSON (:func:`task_to_wire`, :func:`task_from_wire`); what
+comes back is checked as data (:func:`chunk_result`), never unpickled.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +24,9 @@ class ServiceSpec:
     inputs: dict[str, str]
     outputs: dict[str, str]
     artifacts: tuple[str, ...]
+    # Who published the code: a worker process only ever runs one publisher's code, so no
+    # service can reach what another publisher's services were given.
+    publisher: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,3 +102,61 @@ class Lost:
 
 
 TaskEvent = Progress | Finished | Lost
+
+
+Task = ChunkTask | ConsumeTask | LoadTask
+_KINDS: dict[str, type[Any]] = {"chunk": ChunkTask, "consume": ConsumeTask, "load": LoadTask}
+
+
+def task_to_wire(task: Task) -> dict[str, Any]:
+    kind = next(k for k, t in _KINDS.items() if isinstance(task, t))
+    return {"kind": kind, **dataclasses.asdict(task)}
+
+
+def task_from_wire(data: dict[str, Any]) -> Task:
+    fields = dict(data)
+    cls = _KINDS[fields.pop("kind")]
+    service = dict(fields["service"])
+    service["artifacts"] = tuple(service["artifacts"])
+    fields["service"] = ServiceSpec(**service)
+    if cls is ChunkTask:
+        fields["parts"] = tuple(PartRef(**p) for p in fields["parts"])
+    return cls(**fields)
+
+
+#: The figures a finished chunk reports (see :class:`Finished`).
+CHUNK_FIGURES = (
+    "succeeded",
+    "failed",
+    "retried",
+    "timed_out",
+    "cpu_user",
+    "cpu_system",
+    "bytes_in",
+    "bytes_out",
+    "run_seconds",
+    "records_seconds",
+    "load_seconds",
+)
+_COUNTS = {"succeeded", "failed", "retried", "timed_out", "bytes_in", "bytes_out"}
+
+
+def chunk_result(raw: Any, count: int) -> dict[str, Any]:
+    """A chunk's result as a worker reported it, checked: known figures only, as numbers in
+    range (a worker runs untrusted code, so what it says is input like any other)."""
+    if not isinstance(raw, dict):
+        return {"error": "the worker sent an unreadable result"}
+    if "error" in raw:
+        return {"error": str(raw["error"])[:10_000]}
+    out: dict[str, Any] = {}
+    for name in CHUNK_FIGURES:
+        value = raw.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            value = 0
+        value = float(value)
+        if not math.isfinite(value) or value < 0:
+            value = 0.0
+        out[name] = int(value) if name in _COUNTS else value
+    out["succeeded"] = min(out["succeeded"], count)
+    out["failed"] = min(out["failed"], count - out["succeeded"])
+    return out

@@ -110,4 +110,17 @@ class TryLimits:
 
 def describe_failure(error: BaseException) -> tuple[str, str]:
     """A failed try as the result row's ``error`` and ``error_type``."""
+    if isinstance(error, MemoryError):
+        limit = worker_memory_limit
+        where = f"the worker's memory limit ({limit >> 20} MiB)" if limit else "memory"
+        return (
+            f"The record ran out of {where}{': ' + str(error) if str(error) else ''}. Give it "
+            "less data at once, or ask the operator for a higher --worker-memory.",
+            "MemoryError",
+        )
     return str(error) or repr(error), type(error).__name__
+
+
+#: Set in a worker whose memory is limited: the limit in bytes, for the message of a record
+#: that runs out of it.
+worker_memory_limit: int | None = None

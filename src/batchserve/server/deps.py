@@ -1,16 +1,18 @@
-"""FastAPI dependencies: the engine and the caller."""
+"""FastAPI dependencies: the engine, the caller, and the threads of uploads and consumes."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import anyio.to_thread
+from anyio import CapacityLimiter
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from batchserve.engine.auth import Principal
 from batchserve.engine.core import Engine
 from batchserve.engine.errors import Unauthorized
+from batchserve.server.threads import Threads
 
 NO_TOKEN = (
     "This route needs a bearer token: log in with POST /login and send "
@@ -46,14 +48,35 @@ async def principal_of(engine: Engine, token: str) -> Principal:
     return who
 
 
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header; Unauthorized without one."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized(NO_TOKEN)
+    return token.strip()
+
+
 async def caller(request: Request) -> tuple[Engine, Principal]:
     """The engine and the caller of a request, read straight from it: what EngineDep and
     PrincipalDep give, for the hottest route, without FastAPI solving three dependencies."""
     engine: Engine = request.app.state.engine
-    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized(NO_TOKEN)
-    return engine, await principal_of(engine, token.strip())
+    return engine, await principal_of(engine, bearer_token(request.headers.get("authorization")))
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def upload_threads(request: Request) -> CapacityLimiter:
+    threads: Threads = request.app.state.threads
+    return threads.uploads
+
+
+async def consume_threads(request: Request) -> CapacityLimiter:
+    threads: Threads = request.app.state.threads
+    return threads.consumes
+
+
+# Pass these to anyio.to_thread.run_sync (``limiter=``) for work that holds a thread while an
+# upload arrives or a consume runs; see batchserve.server.threads.
+UploadThreadsDep = Annotated[CapacityLimiter, Depends(upload_threads)]
+ConsumeThreadsDep = Annotated[CapacityLimiter, Depends(consume_threads)]

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from batchserve.engine.errors import EngineError
+from batchserve.engine.errors import Busy, EngineError, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +20,12 @@ STATUS = {
     "forbidden": 403,
     "not_found": 404,
     "conflict": 409,
+    "request_timeout": 408,
     "precondition_failed": 412,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "validation_error": 422,
+    "too_many_requests": 429,
     "unavailable": 503,
 }
 _CODES = {v: k for k, v in STATUS.items()}
@@ -43,12 +45,18 @@ def error_response(
     )
 
 
+def engine_error_response(exc: EngineError) -> JSONResponse:
+    status = STATUS.get(exc.code, 500)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if isinstance(exc, (TooManyRequests, Busy)):
+        headers = {"Retry-After": str(exc.retry_after)}
+    return error_response(status, exc.code, exc.message, exc.details, headers)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(EngineError)
     async def _engine_error(request: Request, exc: EngineError) -> JSONResponse:
-        status = STATUS.get(exc.code, 500)
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return error_response(status, exc.code, exc.message, exc.details, headers)
+        return engine_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

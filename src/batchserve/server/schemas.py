@@ -33,6 +33,12 @@ class UserPublic(BaseModel):
     role: str
 
 
+class AccountPublic(UserPublic):
+    """A user as owners manage them."""
+
+    active: bool = Field(description="False: deactivated (cannot log in; their work stays).")
+
+
 class ServiceCreate(BaseModel):
     """The ``metadata`` part of a publish request."""
 
@@ -79,6 +85,21 @@ class ServicePublic(BaseModel):
 
 class ServiceList(BaseModel):
     services: list[ServicePublic]
+
+
+class GrantPublic(BaseModel):
+    username: str
+    granted_by: str | None = Field(description="Who granted it (null once removed).")
+    granted_at: datetime
+
+
+class PublishersPublic(BaseModel):
+    """Who may add versions under a service name: its owner (its first publisher), the users
+    granted it, and every user with the owner role."""
+
+    name: str
+    owner: str | None = Field(description="The name's owner (null once that user is removed).")
+    granted: list[GrantPublic]
 
 
 class ConsumeRequest(BaseModel):

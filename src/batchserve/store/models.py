@@ -97,9 +97,18 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(200), unique=True)
+    # The username in lower case: no two users differ only in case, and logins ignore case.
+    username_key: Mapped[str] = mapped_column(String(200), unique=True, index=True)
     password_hash: Mapped[str] = mapped_column(String(400))
     role: Mapped[str] = mapped_column(String(20))  # owner | contributor | reader
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A deactivated user can no longer log in, and their tokens stop working; their services
+    # and batches stay. (A user who owns none is deleted instead.)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Bumped when the password changes or the user is deactivated: a token issued under an
+    # earlier generation is refused, even one issued by a login that was checking the old
+    # password at that very moment.
+    token_generation: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Token(Base):
@@ -113,6 +122,7 @@ class Token(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    generation: Mapped[int] = mapped_column(Integer, default=0)  # the user's token_generation
 
 
 class Service(Base):
@@ -143,6 +153,38 @@ class Service(Base):
     record_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     call_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     chunk_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ServiceName(Base):
+    """A service name and the user it belongs to: its first publisher. Only they, the users
+    they grant it to (:class:`ServicePublisher`) and owners add versions under it, so that
+    "latest" never resolves to code of someone else."""
+
+    __tablename__ = "service_names"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # None once that user is removed: the name stays taken, and only owners publish under it.
+    owner_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ServicePublisher(Base):
+    """A user allowed to add versions under a service name that is not theirs."""
+
+    __tablename__ = "service_publishers"
+
+    name: Mapped[str] = mapped_column(
+        ForeignKey("service_names.name", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    granted_by: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Batch(Base):

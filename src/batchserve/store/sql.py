@@ -34,7 +34,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, instrumentation, sessionmaker
+from sqlalchemy.orm import Session, aliased, instrumentation, sessionmaker
 
 from batchserve.states import (
     BatchState,
@@ -47,6 +47,8 @@ from batchserve.store.models import (
     Chunk,
     Part,
     Service,
+    ServiceName,
+    ServicePublisher,
     Token,
     User,
     UTCDateTime,
@@ -81,12 +83,28 @@ class AlreadyExists(Exception):
     """A row with the same unique key exists."""
 
 
+class LastOwner(Exception):
+    """The change would leave no active owner."""
+
+
 class RevisionMismatch(Exception):
     """The row changed since the caller read it (a stale etag)."""
 
     def __init__(self, current: int) -> None:
         super().__init__(f"the current revision is {current}")
         self.current = current
+
+
+@dataclass(frozen=True)
+class ServiceBatch:
+    """A batch of a service, as much as deciding whether the service may be deleted needs."""
+
+    id: str
+    owner_id: int
+    owner: str | None  # the owner's username
+    state: str
+    sealed: bool  # its upload has finished
+    deleting: bool  # its deletion was asked for
 
 
 @dataclass(frozen=True)
@@ -200,7 +218,14 @@ class Store:
     # --- users and tokens -------------------------------------------------------------------
 
     def add_user(self, username: str, password_hash: str, role: str) -> User:
-        user = User(username=username, password_hash=password_hash, role=role)
+        user = User(
+            username=username,
+            username_key=username.lower(),
+            password_hash=password_hash,
+            role=role,
+            active=True,
+            token_generation=0,
+        )
         try:
             with self.session() as s:
                 s.add(user)
@@ -209,10 +234,15 @@ class Store:
         return user
 
     def get_user(self, username: str) -> User | None:
+        """The user of that name, its case aside (an exact match first: users of an earlier
+        version that differ only in case keep their own names)."""
         if not _storable(username):
             return None
         with self.session() as s:
-            return s.scalar(select(User).where(User.username == username))
+            found = s.scalar(select(User).where(User.username == username))
+            if found is None:
+                found = s.scalar(select(User).where(User.username_key == username.lower()))
+            return found
 
     def get_user_by_id(self, user_id: int) -> User | None:
         with self.session() as s:
@@ -222,18 +252,93 @@ class Store:
         with self.session() as s:
             s.execute(update(User).where(User.id == user_id).values(**fields))
 
+    def change_user(self, user_id: int, **fields: Any) -> None:
+        """Update a user, refusing (:class:`LastOwner`) a change that would leave no active
+        owner. The check and the change are one locked transaction, so two owners demoting
+        each other at once cannot both succeed."""
+        with self.session(locked=True) as s:
+            user = s.get(User, user_id)
+            if user is None:
+                return
+            stays_owner = fields.get("role", user.role) == "owner" and fields.get(
+                "active", user.active
+            )
+            if not stays_owner:
+                self._keep_an_owner(s, user)
+            s.execute(update(User).where(User.id == user_id).values(**fields))
+
+    def set_password(self, user_id: int, password_hash: str) -> None:
+        """A new password: every token of the user stops working."""
+        with self.session() as s:
+            s.execute(
+                update(User)
+                .where(User.id == user_id)
+                .values(password_hash=password_hash, token_generation=User.token_generation + 1)
+            )
+            s.execute(update(Token).where(Token.user_id == user_id).values(revoked=True))
+
+    def remove_user(self, user_id: int) -> bool:
+        """Delete a user who owns no service and no batch, and return True. A user who does
+        (or whom another row refers to) is deactivated instead, and False is returned: their
+        work keeps its owner. Refuses (:class:`LastOwner`) to remove the last active owner."""
+        try:
+            with self.session(locked=True) as s:
+                user = s.get(User, user_id)
+                if user is None:
+                    return True
+                self._keep_an_owner(s, user)
+                owns = s.scalar(
+                    select(
+                        exists().where(Service.owner_id == user_id)
+                        | exists().where(Batch.owner_id == user_id)
+                    )
+                )
+                if not owns:
+                    s.execute(delete(User).where(User.id == user_id))
+                    return True
+        except IntegrityError:
+            pass  # a row of another kind refers to the user: deactivate them
+        self.change_user(user_id, active=False)
+        self.revoke_user_tokens(user_id)
+        return False
+
+    def revoke_user_tokens(self, user_id: int) -> None:
+        """Stop every token of a user (bumps their token generation)."""
+        with self.session() as s:
+            s.execute(
+                update(User)
+                .where(User.id == user_id)
+                .values(token_generation=User.token_generation + 1)
+            )
+            s.execute(update(Token).where(Token.user_id == user_id).values(revoked=True))
+
+    @staticmethod
+    def _keep_an_owner(s: Session, user: User) -> None:
+        """Raise :class:`LastOwner` when ``user`` is the only active owner. The other owners'
+        rows are locked (PostgreSQL) until the caller's transaction ends."""
+        if user.role != "owner" or not user.active:
+            return
+        others = s.scalars(
+            select(User.id)
+            .where(User.role == "owner", User.active.is_(True), User.id != user.id)
+            .with_for_update()
+        ).all()
+        if not others:
+            raise LastOwner(user.username)
+
     def list_users(self) -> list[User]:
         with self.session() as s:
             return list(s.scalars(select(User).order_by(User.id)))
 
-    def delete_user(self, user_id: int) -> None:
-        with self.session() as s:
-            s.execute(delete(User).where(User.id == user_id))
-
     def add_tokens(
-        self, user_id: int, pair: str, tokens: Sequence[tuple[str, str, datetime]]
+        self,
+        user_id: int,
+        pair: str,
+        tokens: Sequence[tuple[str, str, datetime]],
+        generation: int = 0,
     ) -> None:
-        """Store ``(kind, token_hash, expires_at)`` rows issued together as ``pair``."""
+        """Store ``(kind, token_hash, expires_at)`` rows issued together as ``pair``, under
+        the user's token ``generation`` read before the password was checked."""
         with self.session() as s:
             for kind, token_hash, expires_at in tokens:
                 s.add(
@@ -243,6 +348,7 @@ class Store:
                         pair=pair,
                         token_hash=token_hash,
                         expires_at=expires_at,
+                        generation=generation,
                     )
                 )
 
@@ -320,6 +426,94 @@ class Store:
     def delete_service(self, service_id: int) -> None:
         with self.session() as s:
             s.execute(delete(Service).where(Service.id == service_id))
+
+    def service_batches(self, service_id: int) -> list[ServiceBatch]:
+        """Every batch of a service version, uploads under way and batches being deleted
+        included, with its owner's username: what deleting the service would take with it."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    Batch.id,
+                    Batch.owner_id,
+                    User.username,
+                    Batch.state,
+                    Batch.sealed,
+                    Batch.deleting_since.is_not(None),
+                )
+                .select_from(Batch)
+                .outerjoin(User, User.id == Batch.owner_id)
+                .where(Batch.service_id == service_id)
+                .order_by(Batch.creation_time, Batch.id)
+            )
+            return [ServiceBatch(*row) for row in rows]
+
+    # --- service names ----------------------------------------------------------------------
+
+    def get_service_name(self, name: str) -> ServiceName | None:
+        if not _storable(name):
+            return None
+        with self.session() as s:
+            return s.get(ServiceName, name)
+
+    def claim_service_name(self, name: str, user_id: int) -> ServiceName:
+        """The name's row; made with ``user_id`` as the name's owner when it has none yet."""
+        found = self.get_service_name(name)
+        if found is not None:
+            return found
+        row = ServiceName(name=name, owner_id=user_id, created_at=utcnow())
+        try:
+            with self.session() as s:
+                s.add(row)
+        except IntegrityError:
+            found = self.get_service_name(name)  # another publisher claimed it first
+            if found is None:
+                raise
+            return found
+        return row
+
+    def may_publish(self, name: str, user_id: int) -> bool:
+        """True when ``user_id`` was granted the service name ``name``."""
+        with self.session() as s:
+            return s.get(ServicePublisher, (name, user_id)) is not None
+
+    def grant_publisher(self, name: str, user_id: int, granted_by: int) -> bool:
+        """Let ``user_id`` publish under ``name``; False when it could already."""
+        try:
+            with self.session() as s:
+                if s.get(ServicePublisher, (name, user_id)) is not None:
+                    return False
+                s.add(
+                    ServicePublisher(
+                        name=name, user_id=user_id, granted_by=granted_by, created_at=utcnow()
+                    )
+                )
+        except IntegrityError:  # granted by someone else at the same moment
+            return False
+        return True
+
+    def revoke_publisher(self, name: str, user_id: int) -> bool:
+        """Take back a grant; False when there was none."""
+        with self.session() as s:
+            res = s.execute(
+                delete(ServicePublisher).where(
+                    ServicePublisher.name == name, ServicePublisher.user_id == user_id
+                )
+            )
+            return res.rowcount == 1  # type: ignore[attr-defined]
+
+    def service_publishers(self, name: str) -> list[tuple[ServicePublisher, str, str | None]]:
+        """The grants of a service name, oldest first: each with the grantee's username and
+        the username of who granted it (None once that user is removed)."""
+        granter = aliased(User)
+        with self.session() as s:
+            rows = s.execute(
+                select(ServicePublisher, User.username, granter.username)
+                .join(User, User.id == ServicePublisher.user_id)
+                .outerjoin(granter, granter.id == ServicePublisher.granted_by)
+                .where(ServicePublisher.name == name)
+                .order_by(ServicePublisher.created_at, User.username)
+            )
+            return [(row[0], row[1], row[2]) for row in rows]
 
     # --- batches ----------------------------------------------------------------------------
 

@@ -1,31 +1,47 @@
 """A supervised pool of local worker processes: the embedded default executor.
 
 Each worker is a long-lived child process holding loaded services, fed one task at a time over
-a pipe. One reader thread per worker turns its messages into events; when a worker dies (a
-crash, an out-of-memory kill, or a stop on cancel) the reader reports its task as lost and a
-fresh worker takes the slot. Workers start from a fork server, so a new one does not inherit
-the API process's threads and starts fast.
+a Unix socket (:mod:`batchserve.worker.channel`: JSON messages, the task's files as open
+descriptors). One reader thread per worker turns its messages into events, checking them as
+the untrusted input they are; when a worker dies (a crash, an out-of-memory kill, or a stop on
+cancel) the reader reports its task as lost and a fresh worker takes the slot. Workers start
+from a fork server, so a new one does not inherit the API process's threads and starts fast;
+on Linux the fork server runs in the workers' sandbox (:mod:`batchserve.worker.sandbox`).
+
+A worker process only ever runs the code of one publisher: a slot whose worker ran another
+publisher's services is given a fresh worker first, so no service can find, in its process,
+what another publisher's code was handed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import multiprocessing as mp
 import os
-import signal
+import re
+import socket
 import threading
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol
 
+from batchserve.blobs import keys
 from batchserve.engine.executors.base import EventSink
-from batchserve.engine.tasks import ChunkTask, ConsumeTask, Finished, LoadTask, Lost, Progress
+from batchserve.engine.tasks import (
+    ChunkTask,
+    ConsumeTask,
+    Finished,
+    LoadTask,
+    Lost,
+    Progress,
+    Task,
+    chunk_result,
+    task_to_wire,
+)
+from batchserve.worker.channel import Channel, ChannelError
+from batchserve.worker.sandbox import WorkerSandbox
 
 log = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1
 
 #: The variables that size the thread pools of native numeric libraries (OpenMP, OpenBLAS, MKL,
 #: and the like), which otherwise each start as many threads as the machine has cores, in every
@@ -51,143 +67,198 @@ MEMORY_VARIABLES = {
     "MIMALLOC_PURGE_DELAY": "-1",
 }
 
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
 
 def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(workers, 1))
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to kill this worker when the process that started it goes away."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def worker_environment(workers: int) -> dict[str, str]:
+    """The variables every worker starts with (besides PATH, HOME and the like): the thread
+    caps and the allocator settings, as the server's own environment sets them or by default."""
+    threads = str(threads_per_worker(workers))
+    env = {name: os.environ.get(name, threads) for name in THREAD_VARIABLES}
+    env.update({name: os.environ.get(name, value) for name, value in MEMORY_VARIABLES.items()})
+    return env
 
 
-def worker_main(conn: Connection, blob_url: str, progress_interval: float) -> None:
-    """The body of a worker process."""
-    _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
-    import pyarrow as pa
+class GrantingBlobStore(Protocol):
+    """What the pool needs of the blob store: descriptors of its files for the workers."""
 
-    from batchserve.blobs import blob_store_from_url
-    from batchserve.engine.runtime import Runtime, warm_up
+    def grant_read(self, key: str) -> int: ...
 
-    pa.set_cpu_count(int(os.environ.get("OMP_NUM_THREADS") or 1))
-    warm_up()
-    runtime = Runtime(blob_store_from_url(blob_url))
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):
-            return
-        if task is None:
-            return
-        try:
-            if isinstance(task, ChunkTask):
-                tid = task.task_id
+    def grant_append(self, key: str) -> int: ...
 
-                def report(succeeded: int, failed: int, tid: str = tid) -> None:
-                    try:
-                        conn.send(Progress(tid, succeeded, failed))
-                    except OSError:  # the server is gone
-                        os._exit(0)
-
-                result: dict[str, Any] = runtime.run_chunk(task, report, progress_interval)
-            elif isinstance(task, LoadTask):
-                runtime.load(task.service)
-                result = {}
-            else:
-                result = runtime.run_consume(task)
-        except Exception as exc:  # an unreadable part file, a full disk: the task fails
-            result = {"error": f"{type(exc).__name__}: {exc}"}
-        try:
-            conn.send(Finished(task.task_id, result))
-        except OSError:  # the server is gone: nobody is waiting for the result
-            return
+    def open_write(self, key: str) -> Any: ...
 
 
 @dataclass
 class _Slot:
     number: int
     process: Any = None
-    conn: Connection | None = None
-    task_id: str | None = None
+    channel: Channel | None = None
+    setup: dict[str, Any] = field(default_factory=dict)
+    task: Task | None = None
     task_info: dict[str, Any] = field(default_factory=dict)
+    publisher: str | None = None  # whose code the worker has run, once it ran any
     stopping: bool = False
+    generation: int = 0
 
 
 class ProcessExecutor:
     def __init__(
-        self, workers: int, blob_url: str, sink: EventSink, progress_interval: float = 0.25
+        self,
+        workers: int,
+        blobs: GrantingBlobStore,
+        sink: EventSink,
+        sandbox: WorkerSandbox,
+        progress_interval: float = 0.25,
     ) -> None:
         self._n = workers
-        self._blob_url = blob_url
+        self._blobs = blobs
         self._sink = sink
+        self._sandbox = sandbox
         self._progress_interval = progress_interval
         self._ctx = mp.get_context("forkserver")
         # pandas too: pyarrow imports it on first use (about 0.25 s), which would otherwise be
         # paid by every new worker's first task, after each cancel and crash as well.
-        self._ctx.set_forkserver_preload(["batchserve.engine.runtime", "pandas"])
+        self._ctx.set_forkserver_preload(
+            ["batchserve.worker.main", "batchserve.engine.runtime", "pandas"]
+        )
         self._slots = [_Slot(i) for i in range(workers)]
         self._lock = threading.RLock()
         self._closing = False
 
     def start(self) -> None:
-        # Read by the native libraries when they load, in the fork server (which preloads
-        # numpy) and so in every worker forked from it: set before the first worker starts.
-        threads = str(threads_per_worker(self._n))
-        for name in THREAD_VARIABLES:
-            os.environ.setdefault(name, threads)
-        for name, value in MEMORY_VARIABLES.items():
-            os.environ.setdefault(name, value)
+        env = worker_environment(self._n)
+        self._sandbox = self._sandbox.with_env(env)
+        executable = self._sandbox.executable()
+        if executable is not None:
+            self._ctx.set_executable(executable)
+        else:
+            # Read by the native libraries when they load, in the fork server (which preloads
+            # numpy) and so in every worker forked from it: set before the first one starts.
+            for name, value in env.items():
+                os.environ.setdefault(name, value)
         for slot in self._slots:
             self._spawn(slot)
 
     def _spawn(self, slot: _Slot) -> None:
-        parent, child = self._ctx.Pipe(duplex=True)
+        slot.generation += 1
+        setup = self._sandbox.prepare_slot(slot.number, slot.generation)
+        ours, theirs = socket.socketpair()
+        from batchserve.worker.main import worker_main
+
         proc = self._ctx.Process(
             target=worker_main,
             name=f"batchserve-worker-{slot.number}",
-            args=(child, self._blob_url, self._progress_interval),
+            args=(theirs, setup, self._progress_interval),
             daemon=True,
         )
-        proc.start()
-        child.close()
-        slot.process, slot.conn, slot.task_id, slot.stopping = proc, parent, None, False
+        try:
+            proc.start()
+        finally:
+            theirs.close()
+        channel = Channel(ours)
+        slot.process, slot.channel, slot.setup = proc, channel, setup
+        slot.task, slot.task_info, slot.publisher, slot.stopping = None, {}, None, False
         threading.Thread(
             target=self._read,
-            args=(slot, proc, parent),
+            args=(slot, proc, channel, setup),
             daemon=True,
             name=f"batchserve-worker-reader-{slot.number}",
         ).start()
 
-    def _read(self, slot: _Slot, proc: Any, conn: Connection) -> None:
+    # --- what workers say -------------------------------------------------------------------
+
+    def _read(self, slot: _Slot, proc: Any, channel: Channel, setup: dict[str, Any]) -> None:
         while True:
             try:
-                msg = conn.recv()
+                message, fds, payload = channel.recv()
+                for fd in fds:  # a worker has no business sending files
+                    os.close(fd)
+                self._heard(slot, proc, channel, message, payload)
             except (EOFError, OSError):
                 break
-            if isinstance(msg, Finished):
-                with self._lock:
-                    if slot.process is proc:
-                        slot.task_id = None
-                        slot.task_info = {}
-            self._sink(msg)
+            except (ChannelError, ValueError, TypeError, KeyError) as exc:
+                log.warning("worker %s broke the protocol (%s); stopping it", proc.pid, exc)
+                with contextlib.suppress(Exception):
+                    proc.kill()
+                break
         proc.join(timeout=5)
+        channel.close()
+        self._sandbox.release_slot(setup)
         with self._lock:
             if slot.process is not proc:
                 return
-            task_id, stopped = slot.task_id, slot.stopping
-            slot.task_id, slot.task_info = None, {}
+            task, stopped = slot.task, slot.stopping
+            slot.task, slot.task_info = None, {}
             if not self._closing:
                 try:
                     self._spawn(slot)
                 except Exception:  # the fork server is gone: the process is shutting down
                     log.exception("could not start a new worker")
-        if task_id is not None:
+        if task is not None:
             reason = (
                 "stopped" if stopped else f"the worker process died (exit code {proc.exitcode})"
             )
-            self._sink(Lost(task_id, reason, stopped))
+            self._sink(Lost(task.task_id, reason, stopped))
+
+    def _heard(
+        self, slot: _Slot, proc: Any, channel: Channel, message: dict[str, Any], payload: int
+    ) -> None:
+        with self._lock:
+            task = slot.task if slot.process is proc else None
+        kind = message.get("type")
+        if task is None or message.get("task_id") != task.task_id:
+            channel.skip_payload(payload)  # about a task that is over: nothing to do
+            return
+        if kind == "artifact":
+            self._keep_artifact(task, message, channel, payload)
+            return
+        channel.skip_payload(payload)
+        if kind == "progress" and isinstance(task, ChunkTask):
+            succeeded, failed = message["succeeded"], message["failed"]
+            if not all(isinstance(v, int) and 0 <= v <= task.count for v in (succeeded, failed)):
+                raise ValueError(f"progress counts out of range: {succeeded}, {failed}")
+            self._sink(Progress(task.task_id, succeeded, failed))
+        elif kind == "finished":
+            raw = message.get("result")
+            if isinstance(task, ChunkTask):
+                result = chunk_result(raw, task.count)
+            elif isinstance(raw, dict):
+                result = raw
+            else:
+                raise ValueError("a finished task without a result")
+            with self._lock:
+                if slot.process is proc:
+                    slot.task, slot.task_info = None, {}
+            self._sink(Finished(task.task_id, result))
+        else:
+            raise ValueError(f"unknown message {kind!r}")
+
+    def _keep_artifact(
+        self, task: Task, message: dict[str, Any], channel: Channel, payload: int
+    ) -> None:
+        """Write an artifact a worker produced, where the server decides: under the task's own
+        batch, for a record of the task, by a name the service declared."""
+        index, name = message.get("index"), message.get("name")
+        ok = (
+            isinstance(task, ChunkTask)
+            and isinstance(index, int)
+            and task.start_index <= index < task.start_index + task.count
+            and name in task.service.artifacts
+            and isinstance(name, str)
+            and _SAFE_NAME.match(name) is not None
+        )
+        if not ok:
+            raise ValueError(f"an artifact {name!r} of record {index!r} it may not write")
+        assert isinstance(task, ChunkTask) and isinstance(index, int) and isinstance(name, str)
+        with self._blobs.open_write(keys.artifact_key(task.batch_id, index, name)) as f:
+            channel.read_payload(payload, f)
+
+    # --- the pool ---------------------------------------------------------------------------
 
     def shutdown(self) -> None:
         with self._lock:
@@ -195,40 +266,94 @@ class ProcessExecutor:
             slots = list(self._slots)
         for slot in slots:
             with contextlib.suppress(Exception):
-                slot.conn.send(None)  # type: ignore[union-attr]
+                slot.channel.send({"type": "stop"})  # type: ignore[union-attr]
         for slot in slots:
             if slot.process is not None:
                 slot.process.join(timeout=1)
                 if slot.process.is_alive():
                     slot.process.kill()
                     slot.process.join(timeout=2)
+        self._sandbox.close()
+
+    def describe(self) -> str:
+        return self._sandbox.describe()
 
     def capacity(self) -> int:
         return self._n
 
     def free_slots(self) -> int:
         with self._lock:
-            return sum(1 for s in self._slots if s.task_id is None and not s.stopping)
+            return sum(1 for s in self._slots if s.task is None and not s.stopping)
 
     def submit(self, task: ChunkTask | ConsumeTask | LoadTask) -> None:
+        publisher = task.service.publisher
         with self._lock:
-            slot = next((s for s in self._slots if s.task_id is None and not s.stopping), None)
-            if slot is None:
+            free = [s for s in self._slots if s.task is None and not s.stopping]
+            if not free:
                 raise RuntimeError("no free worker")
-            slot.task_id = task.task_id
+            # A worker that ran this publisher's code, then one that ran nobody's; else a fresh
+            # worker in place of one that ran someone else's.
+            slot = next((s for s in free if s.publisher == publisher), None) or next(
+                (s for s in free if s.publisher is None), None
+            )
+            if slot is None:
+                if isinstance(task, LoadTask):
+                    return  # loading ahead is not worth another publisher's warm worker
+                slot = free[0]
+                self._recycle(slot)
+            slot.task, slot.publisher = task, publisher
             if isinstance(task, ChunkTask):
                 slot.task_info = {"batch_id": task.batch_id, "chunk_id": task.chunk_id}
             elif isinstance(task, LoadTask):
                 slot.task_info = {"loading": task.service.key}
             else:
                 slot.task_info = {"consume": True}
-            conn = slot.conn
-        assert conn is not None
-        conn.send(task)
+            channel = slot.channel
+        assert channel is not None
+        self._send(channel, task)
+
+    def _recycle(self, slot: _Slot) -> None:
+        """Replace the slot's idle worker by a fresh one (called with the lock held)."""
+        old, old_channel = slot.process, slot.channel
+        self._spawn(slot)
+        with contextlib.suppress(Exception):
+            old.kill()
+        with contextlib.suppress(Exception):
+            old_channel.close()  # type: ignore[union-attr]
+
+    def _send(self, channel: Channel, task: Task) -> None:
+        """Send a task with the descriptors of its files: read-only ones for its bundle and
+        parts, and its new result file to append to."""
+        fds: list[int] = []
+        read: dict[str, int] = {}
+        append: dict[str, int] = {}
+        try:
+            wanted = [task.service.bundle_key]
+            if isinstance(task, ChunkTask):
+                wanted += [p.key for p in task.parts]
+            for key in wanted:
+                if key in read:
+                    continue
+                try:
+                    fds.append(self._blobs.grant_read(key))
+                except KeyError:
+                    continue  # missing: the worker reports it as the task's error
+                read[key] = len(fds) - 1
+            if isinstance(task, ChunkTask):
+                fds.append(self._blobs.grant_append(task.result_key))
+                append[task.result_key] = len(fds) - 1
+            message = {"type": "task", "task": task_to_wire(task), "read": read, "append": append}
+            channel.send(message, fds)
+        except OSError:
+            # The worker is gone; its reader reports the task as lost.
+            log.debug("could not send a task to a worker that is gone", exc_info=True)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def stop_task(self, task_id: str) -> bool:
         with self._lock:
-            slot = next((s for s in self._slots if s.task_id == task_id), None)
+            slot = next((s for s in self._slots if s.task and s.task.task_id == task_id), None)
             if slot is None:
                 return False
             slot.stopping = True
@@ -243,8 +368,8 @@ class ProcessExecutor:
                 {
                     "slot": s.number,
                     "pid": s.process.pid if s.process else None,
-                    "busy": s.task_id is not None,
-                    "task": s.task_id,
+                    "busy": s.task is not None,
+                    "task": s.task.task_id if s.task else None,
                     **s.task_info,
                 }
                 for s in self._slots

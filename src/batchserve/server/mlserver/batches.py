@@ -1,23 +1,38 @@
 """Batch executions on ML Server's paths: start from a JSON array, poll with (partial) results,
-read each record's files, cancel-and-delete. The engine's batch operations do the work."""
+read each record's files, cancel-and-delete. The engine's batch operations do the work.
+
+A poll returns at most ``mlserver_results_limit`` results (10,000 by default), written out a
+slice at a time as they are read: a batch of millions of records is read a page at a time with
+``start`` and ``limit``, which ML Server's clients do not send, and its ``Link`` header names the
+next page. ML Server's clients index the results of one answer, which holds all of a batch of up
+to that many records.
+"""
 
 from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from collections.abc import Iterator
+from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import anyio.to_thread
 import pyarrow as pa
-from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from batchserve.engine.auth import Principal
 from batchserve.engine.core import Engine
 from batchserve.engine.errors import BadRequest, NotFound
 from batchserve.engine.ingest import ARROW_STREAM
-from batchserve.schema import ARROW_TYPES, SchemaError, check_columns
-from batchserve.server.deps import EngineDep, PrincipalDep
+from batchserve.schema import (
+    ARROW_TYPES,
+    MAX_RECORD_INDEX,
+    SchemaError,
+    check_columns,
+    check_json_depth,
+)
+from batchserve.server.deps import EngineDep, PrincipalDep, UploadThreadsDep
 from batchserve.server.mlserver.consume import web_result
 from batchserve.server.mlserver.errors import MLServerRoute
 from batchserve.server.mlserver.schemas import (
@@ -32,6 +47,10 @@ from batchserve.store.models import Batch
 router = APIRouter(tags=["ML Server: batch"], route_class=MLServerRoute)
 
 BATCH = "/api/{name}/{version}/batch"
+#: Results read and written out at a time by a poll.
+RESULT_SLICE = 1000
+#: The index of a record in a path.
+Index = Annotated[int, Path(ge=0, le=MAX_RECORD_INDEX, description="The record's index, from 0.")]
 
 
 def records_stream(records: Any, inputs: dict[str, str], service: str) -> tuple[bytes, int]:
@@ -97,20 +116,25 @@ async def start_batch(
     request: Request,
     engine: EngineDep,
     who: PrincipalDep,
+    threads: UploadThreadsDep,
     parallelCount: int = Query(10, ge=1, le=10_000),
 ) -> JSONResponse:
     service = await anyio.to_thread.run_sync(engine.services.get, name, version)
-    limit = engine.settings.max_upload_bytes
+    limit = engine.settings.max_json_batch_bytes
     raw = await read_body(
         request.stream(),
         limit,
-        f"The records are larger than the limit of {limit} bytes; split them into several "
-        "batches, or stream them to the native API.",
+        f"The records are larger than the limit of {limit} bytes "
+        "(BATCHSERVE_MAX_JSON_BATCH_BYTES); split them into several batches, or stream them "
+        "to the native API.",
     )
 
     def create() -> str:
         try:
+            check_json_depth(raw, "the body")
             records = json.loads(raw or b"null")
+        except SchemaError as exc:
+            raise BadRequest(str(exc)) from None
         except ValueError as exc:
             raise BadRequest(f"The body is not valid JSON: {exc}.") from None
         data, count = records_stream(
@@ -126,7 +150,7 @@ async def start_batch(
         )
         return batch.id
 
-    batch_id = await anyio.to_thread.run_sync(create)
+    batch_id = await anyio.to_thread.run_sync(create, limiter=threads)
     body = StartBatchExecutionResponse(batchExecutionId=batch_id, BatchExecutionId=batch_id)
     return JSONResponse(body.model_dump(), status_code=202)
 
@@ -140,29 +164,67 @@ def list_batches(name: str, version: str, engine: EngineDep, who: PrincipalDep) 
 @router.get(
     BATCH + "/{execution_id}",
     response_model=BatchWebServiceResult,
-    summary="A batch execution's state and results",
+    summary="A batch execution's state and results (a page of them for a large batch)",
 )
 def get_batch(
     name: str,
     version: str,
     execution_id: str,
+    request: Request,
     engine: EngineDep,
     who: PrincipalDep,
     showPartialResults: bool | None = Query(None),
     # ML Server's Python client sends the singular spelling.
     showPartialResult: bool | None = Query(None),
-) -> BatchWebServiceResult:
+    start: int = Query(
+        0,
+        ge=0,
+        le=MAX_RECORD_INDEX,
+        description="batchserve: the results of records from this index on.",
+    ),
+    limit: int | None = Query(
+        None,
+        ge=1,
+        le=MAX_RECORD_INDEX,
+        description="batchserve: the results of at most this many records (and at most the "
+        "server's limit, BATCHSERVE_MLSERVER_RESULTS_LIMIT, 10,000 by default).",
+    ),
+) -> Response:
     batch = _batch(engine, who, name, version, execution_id)
     counts = engine.batches.counts(batch.id)
     partial = bool(showPartialResults or showPartialResult)
     final = BatchState(batch.state).is_final
-    rows = engine.results.page(batch, 0, batch.total_count) if final or partial else []
-    return BatchWebServiceResult(
+    cap = engine.settings.mlserver_results_limit
+    count = min(limit or cap, cap)
+    stop = min(start + count, batch.total_count) if final or partial else start
+    head = BatchWebServiceResult(
         state=STATES[BatchState(batch.state)],
         completedItemCount=counts.completed,
         totalItemCount=batch.total_count,
-        batchExecutionResults=[web_result(r) for r in rows],
+        batchExecutionResults=[],
+    ).model_dump_json(exclude={"batchExecutionResults"})
+    headers = {}
+    if stop < batch.total_count and stop > start:
+        query = urlencode({**request.query_params, "start": stop, "limit": count})
+        headers["Link"] = f'<{request.url.path}?{query}>; rel="next"'
+    return StreamingResponse(
+        _answer(engine, batch, head, start, stop), media_type="application/json", headers=headers
     )
+
+
+def _answer(engine: Engine, batch: Batch, head: str, start: int, stop: int) -> Iterator[bytes]:
+    """The answer's JSON: the ``head`` object's fields, then its results, read and written out
+    ``RESULT_SLICE`` records at a time."""
+    yield head.removesuffix("}").encode() + b',"batchExecutionResults":['
+    first = True
+    for at in range(start, stop, RESULT_SLICE):
+        rows = engine.results.page(batch, at, min(RESULT_SLICE, stop - at))
+        if not rows:
+            continue
+        body = ",".join(web_result(r).model_dump_json() for r in rows)
+        yield (body if first else "," + body).encode()
+        first = False
+    yield b"]}"
 
 
 @router.delete(
@@ -184,7 +246,7 @@ def delete_batch(
     summary="The file names a record of the batch produced",
 )
 def list_files(
-    name: str, version: str, execution_id: str, index: int, engine: EngineDep, who: PrincipalDep
+    name: str, version: str, execution_id: str, index: Index, engine: EngineDep, who: PrincipalDep
 ) -> list[str]:
     batch = _batch(engine, who, name, version, execution_id)
     return engine.results.artifacts(batch, index)
@@ -199,7 +261,7 @@ def get_file(
     name: str,
     version: str,
     execution_id: str,
-    index: int,
+    index: Index,
     file_name: str,
     engine: EngineDep,
     who: PrincipalDep,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request
 
+from batchserve.engine.errors import BadRequest
 from batchserve.engine.results import STATUS_SUCCEEDED
-from batchserve.server.deps import EngineDep, PrincipalDep
+from batchserve.schema import SchemaError, check_value_depth
+from batchserve.server.consumes import consume_for
+from batchserve.server.deps import ConsumeThreadsDep, EngineDep, PrincipalDep
 from batchserve.server.mlserver.errors import MLServerRoute
 from batchserve.server.mlserver.schemas import WebServiceResult
 
@@ -33,12 +36,19 @@ def web_result(row: dict[str, Any], files: dict[str, str] | None = None) -> WebS
     response_model=WebServiceResult,
     summary="Run the service once with the given inputs",
 )
-def consume(
+async def consume(
     name: str,
     version: str,
     engine: EngineDep,
     who: PrincipalDep,
+    threads: ConsumeThreadsDep,
+    request: Request,
     body: Annotated[dict[str, Any] | None, Body()] = None,
 ) -> WebServiceResult:
-    row = engine.services.consume(name, version, body or {})
+    try:
+        check_value_depth(body, "the inputs")
+    except SchemaError as exc:
+        raise BadRequest(str(exc)) from None
+    # A consume holds its thread until the service answers: one of the consumes' own threads.
+    row = await consume_for(request, engine, name, version, body or {}, threads)
     return web_result(row, row.get("artifact_data") or {})

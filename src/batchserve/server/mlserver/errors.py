@@ -15,6 +15,7 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from batchserve.engine.errors import EngineError
 from batchserve.server.errors import STATUS
@@ -30,6 +31,7 @@ _CODES = {
     "conflict": "Conflict",
     "precondition_failed": "PreconditionFailed",
     "payload_too_large": "PayloadTooLarge",
+    "too_many_requests": "TooManyRequests",
     "unavailable": "ServiceUnavailable",
 }
 
@@ -51,6 +53,9 @@ def error_response(
 def engine_error_response(exc: EngineError) -> JSONResponse:
     status = STATUS.get(exc.code, 500)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers = {"Retry-After": str(retry_after)}
     return error_response(
         status, _CODES.get(exc.code, "InternalServerError"), exc.message, exc.details, headers
     )
@@ -60,6 +65,19 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
     fields = {".".join(str(p) for p in e.get("loc", ())): str(e.get("msg")) for e in exc.errors()}
     summary = "; ".join(f"{k}: {v}" for k, v in list(fields.items())[:5])
     return error_response(400, "BadRequest", f"The request is not valid: {summary}", fields)
+
+
+def http_error_response(exc: StarletteHTTPException) -> JSONResponse:
+    code = next((c for c, status in STATUS.items() if status == exc.status_code), "bad_request")
+    message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if message == "There was an error parsing the body":
+        message = (
+            "The body cannot be read: it is not valid JSON, or it nests arrays or objects too "
+            "deeply. Send one JSON object."
+        )
+    return error_response(
+        exc.status_code, _CODES.get(code, "BadRequest"), message, headers=dict(exc.headers or {})
+    )
 
 
 class MLServerRoute(APIRoute):
@@ -75,5 +93,7 @@ class MLServerRoute(APIRoute):
                 return engine_error_response(exc)
             except RequestValidationError as exc:
                 return validation_response(exc)
+            except StarletteHTTPException as exc:  # the framework's own (a body it cannot parse)
+                return http_error_response(exc)
 
         return handle

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from batchserve.engine.auth import Principal
 from batchserve.engine.core import Engine
-from batchserve.engine.errors import BadRequest
+from batchserve.engine.errors import BadRequest, Forbidden
 from batchserve.server.deps import EngineDep, PrincipalDep
 from batchserve.server.mlserver.bundle import build_bundle
 from batchserve.server.mlserver.errors import MLServerRoute
@@ -25,9 +25,13 @@ router = APIRouter(tags=["ML Server: services"], route_class=MLServerRoute)
 EXTRA = "mlserver"  # the key of this face's fields in a service's ``extra`` column
 
 
-def metadata(engine: Engine, svc: Service) -> ServiceMetadata:
+def metadata(engine: Engine, svc: Service, who: Principal) -> ServiceMetadata:
+    """ML Server's description of a version. Its ``code`` and ``initCode`` are shown to its
+    publisher and to owners only: others may consume it, and its source may hold what its
+    publisher keeps to themself (ML Server's clients never read them back)."""
     user = engine.store.get_user_by_id(svc.owner_id)
     extra = (svc.extra or {}).get(EXTRA, {})
+    shown = who.is_owner or svc.owner_id == who.id
     return ServiceMetadata(
         name=svc.name,
         version=svc.version,
@@ -35,8 +39,8 @@ def metadata(engine: Engine, svc: Service) -> ServiceMetadata:
         description=svc.description,
         creationTime=svc.created_at.isoformat(),
         snapshotId=extra.get("snapshotId"),
-        initCode=extra.get("initCode"),
-        code=extra.get("code"),
+        initCode=extra.get("initCode") if shown else None,
+        code=extra.get("code") if shown else None,
         operationId=svc.alias,
         inputParameterDefinitions=types_out(svc.inputs),
         outputParameterDefinitions=types_out(svc.outputs),
@@ -51,6 +55,25 @@ def _check_runtime(body: PublishRequest) -> None:
         )
 
 
+def _may_publish(who: Principal) -> None:
+    """Refuse a reader before anything of the request is looked at (its code is compiled to
+    check it, which costs the server time)."""
+    if not who.can_publish:
+        raise Forbidden(
+            f"User {who.username!r} has the role '{who.role}', which may list and consume "
+            "services but not publish or change them; ask an owner for the contributor role."
+        )
+
+
+def _may_change(who: Principal, svc: Service) -> None:
+    _may_publish(who)
+    if not who.is_owner and svc.owner_id != who.id:
+        raise Forbidden(
+            f"User {who.username!r} may not change service {svc.name} {svc.version}: only its "
+            "publisher or an owner may."
+        )
+
+
 def _objects(engine: Engine, who: Principal, snapshot_id: str | None) -> dict[str, bytes]:
     return Workspaces(engine.blobs).snapshot_objects(who, snapshot_id) if snapshot_id else {}
 
@@ -58,6 +81,7 @@ def _objects(engine: Engine, who: Principal, snapshot_id: str | None) -> dict[st
 def _publish(
     engine: Engine, who: Principal, name: str, version: str | None, body: PublishRequest
 ) -> JSONResponse:
+    _may_publish(who)
     _check_runtime(body)
     if not body.code:
         raise BadRequest("The publish request has no code; send the Python source to run.")
@@ -102,8 +126,9 @@ def patch(
     """Fields left out stay as they are. The code, init code and workspace objects are rebuilt
     together: from the request, the code and init code falling back to the published ones, and
     the objects coming from the snapshot the request names (none when it names none)."""
-    _check_runtime(body)
     svc = engine.services.get(name, version)
+    _may_change(who, svc)
+    _check_runtime(body)
     extra = dict((svc.extra or {}).get(EXTRA, {}))
     fields = body.model_fields_set
     if "code" in fields and body.code:
@@ -146,7 +171,7 @@ def patch(
 
 @router.get("/services", response_model=list[ServiceMetadata], summary="All services")
 def list_services(engine: EngineDep, who: PrincipalDep) -> list[ServiceMetadata]:
-    return [metadata(engine, s) for s in engine.services.list_services()]
+    return [metadata(engine, s, who) for s in engine.services.list_services()]
 
 
 @router.get(
@@ -158,7 +183,7 @@ def list_versions(name: str, engine: EngineDep, who: PrincipalDep) -> list[Servi
     found = engine.services.list_services(name)
     if not found:
         engine.services.get(name, None)  # raises the not-found error
-    return [metadata(engine, s) for s in found]
+    return [metadata(engine, s, who) for s in found]
 
 
 @router.get(
@@ -169,7 +194,7 @@ def list_versions(name: str, engine: EngineDep, who: PrincipalDep) -> list[Servi
 def get_service(
     name: str, version: str, engine: EngineDep, who: PrincipalDep
 ) -> list[ServiceMetadata]:
-    return [metadata(engine, engine.services.get(name, version))]
+    return [metadata(engine, engine.services.get(name, version), who)]
 
 
 @router.delete("/services/{name}/{version}", summary="Delete a version")

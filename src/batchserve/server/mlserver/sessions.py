@@ -7,7 +7,7 @@ from typing import Annotated
 import anyio.to_thread
 from fastapi import APIRouter, Body, Depends, Request, Response
 
-from batchserve.server.deps import EngineDep, PrincipalDep
+from batchserve.server.deps import EngineDep, PrincipalDep, UploadThreadsDep
 from batchserve.server.mlserver.errors import MLServerRoute
 from batchserve.server.mlserver.schemas import (
     CreateSessionRequest,
@@ -64,13 +64,19 @@ async def put_object(
     engine: EngineDep,
     who: PrincipalDep,
     spaces: WorkspacesDep,
+    threads: UploadThreadsDep,
 ) -> Response:
-    limit = engine.settings.max_upload_bytes
+    limit = engine.settings.max_bundle_bytes  # the object goes into a service bundle
     data = await read_body(
-        request.stream(), limit, f"The object {object_name!r} is larger than {limit} bytes."
+        request.stream(),
+        limit,
+        f"The object {object_name!r} is larger than the limit of {limit} bytes "
+        "(BATCHSERVE_MAX_BUNDLE_BYTES).",
     )
     # The bytes stay opaque here: they are only ever unpickled by the workers.
-    await anyio.to_thread.run_sync(spaces.put_object, who, session_id, object_name, data)
+    await anyio.to_thread.run_sync(
+        spaces.put_object, who, session_id, object_name, data, limiter=threads
+    )
     return Response(status_code=201)
 
 

@@ -7,16 +7,17 @@ import contextlib
 import json
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from batchserve.engine.batches import BatchPage
 from batchserve.engine.errors import BadRequest
 from batchserve.engine.ingest import ARROW_STREAM, CSV, FORMATS, JSONL, PARQUET, TSV
-from batchserve.server.deps import EngineDep, PrincipalDep, caller
+from batchserve.schema import MAX_RECORD_INDEX, SchemaError, check_json_depth
+from batchserve.server.deps import EngineDep, PrincipalDep, UploadThreadsDep, caller
 from batchserve.server.schemas import (
     ArtifactList,
     BatchList,
@@ -34,6 +35,9 @@ from batchserve.store.models import Batch
 LONG_POLL_STEP = 1.0  # seconds between looks at a batch a long poll waits for
 
 router = APIRouter(tags=["batches"])
+
+#: The index of a record in a path.
+Index = Annotated[int, Path(ge=0, le=MAX_RECORD_INDEX, description="The record's index, from 0.")]
 
 
 def public(engine: EngineDep, batch: Batch) -> BatchPublic:
@@ -65,9 +69,10 @@ async def create_batch(
     request: Request,
     engine: EngineDep,
     who: PrincipalDep,
+    threads: UploadThreadsDep,
     parallel_count: int = Query(10, ge=1, le=10_000),
     chunk_size: int | None = Query(None, ge=1, le=10_000_000),
-    record_count: int | None = Query(None, ge=0),
+    record_count: int | None = Query(None, ge=0, le=MAX_RECORD_INDEX),
     start: bool = Query(True),
     priority: int = Query(0, ge=-1000, le=1000, description="Higher runs first."),
     display_name: str | None = Query(None, max_length=1024),
@@ -76,7 +81,10 @@ async def create_batch(
         None, description="JSON object of environment variables set for the service code"
     ),
     max_failed_records: int | None = Query(
-        None, ge=0, description="Fail the batch once more records than this have failed."
+        None,
+        ge=0,
+        le=MAX_RECORD_INDEX,
+        description="Fail the batch once more records than this have failed.",
     ),
     task_failure_mode: str = Query(
         "noaction",
@@ -87,7 +95,10 @@ async def create_batch(
         None, gt=0, description="Seconds from start after which the batch is failed."
     ),
     max_task_retry_count: int = Query(
-        0, ge=-1, description="Tries of a failed record after its first; -1 for no limit."
+        0,
+        ge=-1,
+        le=1_000_000,
+        description="Tries of a failed record after its first; -1 for no limit.",
     ),
     task_timeout: float | None = Query(
         None, gt=0, description="Seconds one record (one call, if vectorized) may run."
@@ -139,10 +150,12 @@ async def create_batch(
             options=options,
             id_column=id_column,
             spool_dir=engine.settings.home / "uploads",
+            max_line_bytes=engine.settings.max_line_bytes,
         )
         return public(engine, batch)
 
-    return await anyio.to_thread.run_sync(create)
+    # The parser holds its thread while the body arrives: one of the uploads' own threads.
+    return await anyio.to_thread.run_sync(create, limiter=threads)
 
 
 STATE_HELP = (
@@ -414,7 +427,7 @@ def results(
     batch_id: str,
     engine: EngineDep,
     who: PrincipalDep,
-    start: int = Query(0, ge=0),
+    start: int = Query(0, ge=0, le=MAX_RECORD_INDEX),
     limit: int = Query(1000, ge=1, le=100_000),
     format: str = Query("json", pattern="^(json|jsonl|csv|tsv|parquet|arrow)$"),
     columns: list[str] | None = Query(
@@ -450,7 +463,7 @@ def results(
     response_model=RecordResult,
     summary="The result of one record",
 )
-def result(batch_id: str, index: int, engine: EngineDep, who: PrincipalDep) -> RecordResult:
+def result(batch_id: str, index: Index, engine: EngineDep, who: PrincipalDep) -> RecordResult:
     batch = engine.batches.get(who, batch_id)
     return record(engine.results.record(batch, index))
 
@@ -460,7 +473,7 @@ def result(batch_id: str, index: int, engine: EngineDep, who: PrincipalDep) -> R
     response_model=ArtifactList,
     summary="Artifact names of one record",
 )
-def artifacts(batch_id: str, index: int, engine: EngineDep, who: PrincipalDep) -> ArtifactList:
+def artifacts(batch_id: str, index: Index, engine: EngineDep, who: PrincipalDep) -> ArtifactList:
     batch = engine.batches.get(who, batch_id)
     return ArtifactList(artifacts=engine.results.artifacts(batch, index))
 
@@ -471,7 +484,7 @@ def artifacts(batch_id: str, index: int, engine: EngineDep, who: PrincipalDep) -
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 def artifact(
-    batch_id: str, index: int, name: str, engine: EngineDep, who: PrincipalDep
+    batch_id: str, index: Index, name: str, engine: EngineDep, who: PrincipalDep
 ) -> Response:
     batch = engine.batches.get(who, batch_id)
     data = engine.results.artifact(batch, index, name)
@@ -487,8 +500,11 @@ def _text_mapping(text: str | None, what: str) -> dict[str, str]:
     if not text:
         return {}
     try:
+        check_json_depth(text, f"the {what} parameter")
         value = json.loads(text)
-    except json.JSONDecodeError:
+    except SchemaError as exc:
+        raise BadRequest(str(exc)) from None
+    except ValueError:
         value = None
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
