@@ -130,3 +130,25 @@ def test_granted_files_are_all_a_worker_can_touch(tmp_path) -> None:  # type: ig
     with pytest.raises(PermissionError):
         granted.list("")
     granted.close()
+
+
+def test_a_consume_result_keeps_only_what_the_service_declared() -> None:
+    from batchserve.engine.tasks import consume_result
+
+    row = consume_result(
+        {
+            "status": "succeeded",
+            "outputs": {"y": 2.0, "z": {"nested": 1}, "y2": 3},
+            "artifacts": ["a.png", "../../etc/passwd"],
+            "artifact_data": {"a.png": "aGk=", "b.png": 5},
+            "console_output": 7,
+            "attempts": "many",
+        },
+        {"y": "float"},
+        ("a.png",),
+    )
+    assert row["outputs"] == {"y": 2.0}
+    assert row["artifacts"] == ["a.png"] and row["artifact_data"] == {"a.png": "aGk="}
+    assert row["console_output"] == "7" and row["attempts"] == 1
+    failed = consume_result({"error": "the bundle is missing"}, {"y": "float"}, ())
+    assert failed["status"] == "failed" and failed["error"] == "the bundle is missing"

@@ -160,3 +160,39 @@ def chunk_result(raw: Any, count: int) -> dict[str, Any]:
     out["succeeded"] = min(out["succeeded"], count)
     out["failed"] = min(out["failed"], count - out["succeeded"])
     return out
+
+
+def consume_result(raw: Any, outputs: dict[str, str], artifacts: tuple[str, ...]) -> dict[str, Any]:
+    """A consume's result row as a worker reported it, checked: the declared outputs with
+    scalar values, the declared artifacts, text where text belongs."""
+    if not isinstance(raw, dict):
+        raw = {}
+    if "error" in raw and "status" not in raw:  # the task itself failed (see the worker)
+        raw = {"status": "failed", "error": raw["error"], "error_type": "WorkerError"}
+    status = "succeeded" if raw.get("status") == "succeeded" else "failed"
+    given = raw.get("outputs") if isinstance(raw.get("outputs"), dict) else {}
+    files = raw.get("artifact_data") if isinstance(raw.get("artifact_data"), dict) else {}
+
+    def text(value: Any) -> str | None:
+        return None if value is None else str(value)
+
+    def number(value: Any) -> float | None:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return float(value) if ok else None
+
+    return {
+        "index": 0,
+        "status": status,
+        "outputs": {
+            n: v
+            for n, v in given.items()
+            if n in outputs and (v is None or isinstance(v, (int, float, str, bool)))
+        },
+        "error": text(raw.get("error")),
+        "error_type": text(raw.get("error_type")),
+        "console_output": text(raw.get("console_output")) or "",
+        "artifacts": [a for a in raw.get("artifacts") or [] if a in artifacts],
+        "artifact_data": {n: v for n, v in files.items() if n in artifacts and isinstance(v, str)},
+        "duration_ms": number(raw.get("duration_ms")),
+        "attempts": int(number(raw.get("attempts")) or 1),
+    }

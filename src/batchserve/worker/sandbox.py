@@ -183,7 +183,8 @@ class WorkerSandbox:
                 args += ["--ro-bind", path, path]
                 made.add(path)
         args += ["--dev", "/dev", "--tmpfs", "/dev/shm", "--proc", "/proc", "--tmpfs", "/tmp"]
-        made |= {"/dev", "/proc", "/tmp"}
+        # New, empty file systems: what is under them is not shown unless bound below.
+        made |= {"+/dev", "+/proc", "+/tmp"}
         for path in _python_paths(self.hidden):
             if _within(path, made):
                 continue
@@ -267,7 +268,7 @@ def _base_env(extra: dict[str, str]) -> dict[str, str]:
 
 def _python_paths(hidden: tuple[Path, ...]) -> list[str]:
     """The folders Python and the installed packages are read from, shortest first; never the
-    current folder, a home folder or anything holding a hidden path."""
+    current folder, a home folder or a hidden folder itself."""
     cwd = os.path.realpath(os.getcwd())
     home = os.path.realpath(os.path.expanduser("~"))
     candidates = {
@@ -283,8 +284,8 @@ def _python_paths(hidden: tuple[Path, ...]) -> list[str]:
         path = os.path.realpath(candidate)
         if not os.path.exists(path) or path in ("/", cwd, home):
             continue
-        if any(str(h) == path or str(h).startswith(path.rstrip("/") + "/") for h in hidden):
-            continue  # shown with the hidden path in it would mean masking it; keep it simple
+        if any(str(h) == path for h in hidden):
+            continue  # a hidden folder inside a shown one is masked (see _bwrap_arguments)
         out.add(path)
     # The interpreter's own prefix may hold the venv (python -m venv inside a project): fine.
     return sorted(out, key=lambda p: (p.count("/"), p))

@@ -36,6 +36,7 @@ from batchserve.engine.tasks import (
     Progress,
     Task,
     chunk_result,
+    consume_result,
     task_to_wire,
 )
 from batchserve.worker.channel import Channel, ChannelError
@@ -227,10 +228,11 @@ class ProcessExecutor:
             raw = message.get("result")
             if isinstance(task, ChunkTask):
                 result = chunk_result(raw, task.count)
-            elif isinstance(raw, dict):
-                result = raw
+            elif isinstance(task, ConsumeTask):
+                spec = task.service
+                result = consume_result(raw, spec.outputs, spec.artifacts)
             else:
-                raise ValueError("a finished task without a result")
+                result = {}
             with self._lock:
                 if slot.process is proc:
                     slot.task, slot.task_info = None, {}
