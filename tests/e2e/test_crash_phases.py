@@ -163,13 +163,21 @@ def children(pid: int) -> list[int]:
 
 
 def fork_server(server: ServerProcess) -> int:
+    """The Python fork server that starts the workers: a child of the server, or, in the
+    workers' sandbox, a descendant of the bubblewrap processes that hold it."""
     assert server.process is not None
-    for pid in children(server.process.pid):
+    pending = children(server.process.pid)
+    while pending:
+        pid = pending.pop(0)
         try:
-            if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return pid
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
+        if comm == "bwrap":
+            pending += children(pid)
+        elif b"forkserver" in cmdline:
+            return pid
     pytest.fail("the server has no fork server process")
 
 

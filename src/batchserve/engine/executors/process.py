@@ -299,8 +299,6 @@ class ProcessExecutor:
                 (s for s in free if s.publisher is None), None
             )
             if slot is None:
-                if isinstance(task, LoadTask):
-                    return  # loading ahead is not worth another publisher's warm worker
                 slot = free[0]
                 self._recycle(slot)
             slot.task, slot.publisher = task, publisher
