@@ -17,6 +17,7 @@
     │   ├── ConflictError           409: the name+version exists; the batch's state forbids it
     │   ├── PreconditionFailedError 412: an If-Match etag is stale
     │   ├── PayloadTooLargeError    413: an upload over the server's limit
+    │   ├── TooManyRequestsError    429: too many log-ins or uploads at once (.retry_after)
     │   └── ServerError             5xx: the server failed
     ├── UsageError (ValueError)     the call cannot be made as written; nothing was sent
     │   └── InvalidRecordsError     records that cannot be turned into a batch upload
@@ -44,6 +45,7 @@ __all__ = [
     "PermissionDeniedError",
     "PreconditionFailedError",
     "ServerError",
+    "TooManyRequestsError",
     "TransportError",
     "UsageError",
     "ValidationError",
@@ -148,6 +150,18 @@ class PayloadTooLargeError(APIError):
     default_code = "payload_too_large"
 
 
+class TooManyRequestsError(APIError):
+    """429: too many failed log-ins, or too many uploads at once; try again after
+    :attr:`retry_after` seconds (None when the server did not say)."""
+
+    default_code = "too_many_requests"
+
+    @property
+    def retry_after(self) -> float | None:
+        value = (self.details or {}).get("retry_after")
+        return float(value) if isinstance(value, (int, float)) else None
+
+
 class ServerError(APIError):
     """5xx: the server failed while handling the request."""
 
@@ -184,6 +198,7 @@ _BY_STATUS: dict[int, type[APIError]] = {
     412: PreconditionFailedError,
     413: PayloadTooLargeError,
     422: ValidationError,
+    429: TooManyRequestsError,
 }
 
 

@@ -17,6 +17,7 @@ from batchserve.errors import (
     InvalidRecordsError,
     NotFoundError,
     PayloadTooLargeError,
+    TooManyRequestsError,
     PermissionDeniedError,
     PreconditionFailedError,
     ServerError,
@@ -45,6 +46,7 @@ def error_body(code: str, message: str, details: dict | None = None) -> bytes:
         (412, "precondition_failed", PreconditionFailedError),
         (413, "payload_too_large", PayloadTooLargeError),
         (422, "validation_error", ValidationError),
+        (429, "too_many_requests", TooManyRequestsError),
         (500, "internal", ServerError),
         (503, "unavailable", ServerError),
     ],
@@ -116,6 +118,7 @@ def test_hierarchy_is_the_documented_tree():
         ConflictError,
         PreconditionFailedError,
         PayloadTooLargeError,
+        TooManyRequestsError,
         ServerError,
     ):
         assert issubclass(cls, APIError)
@@ -199,3 +202,10 @@ def test_bad_credentials_fail_when_the_client_is_made():
 def test_bad_client_arguments_are_refused_before_anything_is_sent(kwargs):
     with pytest.raises(UsageError):
         Client(**kwargs, transport=httpx.MockTransport(lambda r: httpx.Response(500)))
+
+
+def test_a_429_says_when_to_try_again():
+    err = error_from_response(
+        429, error_body("too_many_requests", "Too many failed log-ins.", {"retry_after": 4})
+    )
+    assert isinstance(err, TooManyRequestsError) and err.retry_after == 4.0
