@@ -161,7 +161,10 @@ class WorkerSandbox:
             return None
         script = self.root / "python-in-sandbox"
         command = [*self._bwrap_arguments(), "--", sys.executable]
-        script.write_text("#!/bin/sh\nexec " + shlex.join(command) + ' "$@"\n')
+        # Ctrl-C in a terminal goes to its whole process group: the server stops its workers
+        # itself, so bwrap must not die of it first (taking the workers with it). An ignored
+        # SIGINT is inherited through exec, and Python then leaves it ignored.
+        script.write_text("#!/bin/sh\ntrap '' INT\nexec " + shlex.join(command) + ' "$@"\n')
         os.chmod(script, 0o700)
         return str(script)
 
