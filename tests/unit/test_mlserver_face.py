@@ -8,11 +8,11 @@ import dill
 import pyarrow as pa
 import pytest
 
-from batchserve.engine import bundles
 from batchserve.engine.errors import BadRequest
 from batchserve.server.mlserver.batches import records_stream
 from batchserve.server.mlserver.bundle import build_bundle
 from batchserve.server.mlserver.schemas import ParameterDefinition, types_in, types_out
+from batchserve.worker import bundles
 
 
 def defs(**types: str) -> list[ParameterDefinition]:

@@ -1,4 +1,4 @@
-"""The service runtime (batchserve.engine.runtime and bundles), run in-process.
+"""The service runtime (batchserve.worker.runtime and bundles), run in-process.
 
 Service functions are defined inside the tests so that cloudpickle stores them by value, as it
 does for functions a data scientist defines in a notebook.
@@ -18,15 +18,15 @@ import pyarrow as pa
 import pytest
 
 from batchserve.blobs import LocalBlobStore
-from batchserve.engine import frames as frames_module
-from batchserve.engine import rows as rows_module
-from batchserve.engine import runtime as runtime_module
-from batchserve.engine.bundles import BundleError, frame_outputs
 from batchserve.engine.inputs import PartRef
 from batchserve.engine.results import STATUS_FAILED, STATUS_SUCCEEDED, read_results
-from batchserve.engine.runtime import MAX_CONSOLE_CHARS, Runtime, artifact_key
 from batchserve.engine.tasks import ChunkTask, ConsumeTask, ServiceSpec
 from batchserve.schema import ARROW_TYPES
+from batchserve.worker import frames as frames_module
+from batchserve.worker import rows as rows_module
+from batchserve.worker import runtime as runtime_module
+from batchserve.worker.bundles import BundleError, frame_outputs
+from batchserve.worker.runtime import MAX_CONSOLE_CHARS, Runtime, artifact_key
 
 _keys = itertools.count()
 

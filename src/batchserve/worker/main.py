@@ -22,8 +22,8 @@ def worker_main(sock: socket.socket, setup: dict[str, Any], progress_interval: f
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     import pyarrow as pa
 
-    from batchserve.engine.runtime import Runtime, warm_up
     from batchserve.engine.tasks import ChunkTask, LoadTask, task_from_wire
+    from batchserve.worker.runtime import Runtime, warm_up
 
     pa.set_cpu_count(int(os.environ.get("OMP_NUM_THREADS") or 1))
     channel = Channel(sock)

@@ -240,7 +240,7 @@ def enter(setup: dict[str, Any]) -> None:
     limit = setup.get("memory_limit")
     if limit:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        from batchserve.engine import tries
+        from batchserve.worker import tries
 
         tries.worker_memory_limit = limit
     if not sys.platform.startswith("linux"):

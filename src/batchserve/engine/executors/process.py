@@ -125,7 +125,7 @@ class ProcessExecutor:
         # pandas too: pyarrow imports it on first use (about 0.25 s), which would otherwise be
         # paid by every new worker's first task, after each cancel and crash as well.
         self._ctx.set_forkserver_preload(
-            ["batchserve.worker.main", "batchserve.engine.runtime", "pandas"]
+            ["batchserve.worker.main", "batchserve.worker.runtime", "pandas"]
         )
         self._slots = [_Slot(i) for i in range(workers)]
         self._lock = threading.RLock()

@@ -4,7 +4,7 @@ ML Server's clients publish in steps: open a session, upload each model and obje
 workspace (dill-serialized), take a snapshot, publish naming the snapshot, then close the session
 and delete the snapshot. Here a session is a folder of opaque byte strings; a snapshot is a copy
 of it. Nothing is ever unpickled in the API process: the bytes go into the service bundle as
-they are and are opened by the workers (see ``batchserve.engine.bundles``).
+they are and are opened by the workers (see ``batchserve.worker.bundles``).
 
 Layout: ``mlserver/sessions/<id>/session.json`` + ``workspace/<name>``, and the same under
 ``mlserver/snapshots/<id>/`` with ``snapshot.json``.

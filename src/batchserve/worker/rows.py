@@ -17,7 +17,7 @@ faster ones are timed in blocks, where a clock reading per record would cost mor
 record.
 
 Services with artifacts need a working directory per record and run record by record instead
-(:meth:`batchserve.engine.runtime.Runtime.run_record`), with the same results.
+(:meth:`batchserve.worker.runtime.Runtime.run_record`), with the same results.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from batchserve.engine.bundles import BundleError, LoadedService
 from batchserve.engine.results import ResultWriter, failed_row
 from batchserve.engine.tasks import ChunkTask
-from batchserve.engine.tries import TaskTimeout, TryLimits, describe_failure
 from batchserve.schema import ARROW_TYPES, INT64_MAX, INT64_MIN, SchemaError, coerce
+from batchserve.worker.bundles import BundleError, LoadedService
+from batchserve.worker.tries import TaskTimeout, TryLimits, describe_failure
 
 MAX_CONSOLE_CHARS = 64 * 1024
 

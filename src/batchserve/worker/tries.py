@@ -13,8 +13,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from batchserve.engine.bundles import BundleError
 from batchserve.schema import SchemaError
+from batchserve.worker.bundles import BundleError
 
 
 class TaskTimeout(BaseException):

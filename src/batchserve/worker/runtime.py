@@ -6,11 +6,11 @@ result stream file and its artifacts under the batch's folder; the scheduler onl
 and statistics.
 
 Row mode has two paths with the same results: a service without artifacts runs a chunk in one
-tight loop (:mod:`batchserve.engine.rows`); one with artifacts needs a working directory per
+tight loop (:mod:`batchserve.worker.rows`); one with artifacts needs a working directory per
 record, so its records run one by one (:meth:`Runtime.run_record`). Vectorized mode calls the
 service with a DataFrame of the chunk, and handles inputs and outputs as columns
-(:mod:`batchserve.engine.frames`). Failed tries are retried and long ones stopped as the batch's
-limits say (:mod:`batchserve.engine.tries`).
+(:mod:`batchserve.worker.frames`). Failed tries are retried and long ones stopped as the batch's
+limits say (:mod:`batchserve.worker.tries`).
 """
 
 from __future__ import annotations
@@ -31,20 +31,20 @@ import numpy as np
 import pyarrow as pa
 
 from batchserve.blobs import BlobNotFound, BlobStore, keys
-from batchserve.engine import bundles
-from batchserve.engine.frames import run_frames
 from batchserve.engine.inputs import read_range
 from batchserve.engine.results import STATUS_SUCCEEDED, ResultWriter, failed_row, read_results
-from batchserve.engine.rows import (
+from batchserve.engine.tasks import ChunkTask, ConsumeTask, ServiceSpec
+from batchserve.schema import ARROW_TYPES, SchemaError, coerce, coerce_record
+from batchserve.worker import bundles
+from batchserve.worker.frames import run_frames
+from batchserve.worker.rows import (
     MAX_CONSOLE_CHARS,
     Progress,
     console_text,
     input_columns,
     run_rows,
 )
-from batchserve.engine.tasks import ChunkTask, ConsumeTask, ServiceSpec
-from batchserve.engine.tries import TaskTimeout, TryLimits, describe_failure
-from batchserve.schema import ARROW_TYPES, SchemaError, coerce, coerce_record
+from batchserve.worker.tries import TaskTimeout, TryLimits, describe_failure
 
 __all__ = ["FLUSH_INTERVAL", "MAX_CONSOLE_CHARS", "Runtime", "TaskTimeout", "artifact_key"]
 

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from batchserve.engine.bundles import BundleError, LoadedService
 from batchserve.engine.results import ResultWriter
-from batchserve.engine.rows import Progress, console_text
 from batchserve.engine.tasks import ChunkTask
-from batchserve.engine.tries import TaskTimeout, TryLimits, describe_failure
 from batchserve.schema import ARROW_TYPES, INT64_MAX, INT64_MIN, SchemaError, coerce
+from batchserve.worker.bundles import BundleError, LoadedService
+from batchserve.worker.rows import Progress, console_text
+from batchserve.worker.tries import TaskTimeout, TryLimits, describe_failure
 
 # pandas is imported where it is used: the API process and row-mode workers import this module
 # (through the runtime) but never need it.
