@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     # Default: SQLite in the data directory. PostgreSQL: postgresql://user:password@host/db.
     database_url: str | None = None
+    # Where upload parts, results, artifacts and bundles live. Default: the blobs folder of the
+    # data directory; file:///path for another folder (a shared one, for several nodes).
+    blob_url: str | None = None
     admin_password: str | None = None  # set the admin password instead of generating one
     access_token_lifetime: int = 3600  # seconds, as ML Server
     refresh_token_lifetime: int = 336 * 3600  # seconds of inactivity, as ML Server
@@ -148,6 +151,16 @@ class Settings(BaseSettings):
     def _memory(cls, value: object) -> object:
         return parse_size(value) if isinstance(value, str) else value
 
+    @field_validator("blob_url")
+    @classmethod
+    def _blob_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith("file:///"):
+            raise ValueError(
+                f"{url!r} is not a blob store this server can use; give a folder as "
+                "file:///absolute/path."
+            )
+        return url
+
     @field_validator("database_url")
     @classmethod
     def _database_driver(cls, url: str | None) -> str | None:
@@ -160,6 +173,10 @@ class Settings(BaseSettings):
     @property
     def blobs_dir(self) -> Path:
         return self.home / "blobs"
+
+    @property
+    def blob_store_url(self) -> str:
+        return self.blob_url or f"file://{self.blobs_dir}"
 
     @property
     def admin_password_file(self) -> Path:

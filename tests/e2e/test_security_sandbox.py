@@ -236,3 +236,23 @@ def _busy_count(url: str) -> int:
         ]
         workers = http.get("/v1/workers", headers={"Authorization": f"Bearer {token}"}).json()
     return sum(1 for w in workers["workers"] if w["busy"])
+
+
+def test_a_blob_store_outside_the_data_directory_holds_the_files_and_is_hidden_too(
+    fresh_server: ServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    problem = bwrap_problem()
+    if problem is not None:
+        missing_service(f"workers are not sandboxed here: {problem}")
+    shared = tmp_path / "shared-blobs"
+    monkeypatch.setenv("BATCHSERVE_BLOB_URL", f"file://{shared}")
+    fresh_server.start()
+    owner = Client(fresh_server.url, username="admin", password=ADMIN_PASSWORD)
+    svc = owner.publish_service(
+        "snoop", snoop, inputs={"probe": str}, outputs={"found": str}, version="v1"
+    )
+    batch = svc.batch({"probe": [f"list:{shared}", f"list:{shared / 'batches'}"]}).start()
+    found = batch.wait(60).to_pandas()["found"].tolist()
+    assert all(f.startswith("denied") for f in found), found
+    assert (shared / "batches" / batch.execution_id).is_dir()
+    assert not (fresh_server.home / "blobs" / "batches").exists()

@@ -194,3 +194,11 @@ def test_the_url_is_a_file_url_of_the_absolute_root(tmp_path):
 def test_an_unknown_url_scheme_is_refused():
     with pytest.raises(ValueError, match="Unsupported blob store URL"):
         blob_store_from_url("ftp://example.org/blobs")
+
+
+def test_folders_are_the_names_right_under_a_prefix(blobs):
+    blobs.write_bytes("batches/b2/results/0.arrow", b"x")
+    blobs.write_bytes("batches/b1/inputs/0.arrow", b"x")
+    blobs.write_bytes("batches/file", b"x")
+    assert blobs.folders("batches") == ["b1", "b2"]
+    assert blobs.folders("missing") == []

@@ -42,3 +42,13 @@ def test_without_a_database_url_the_store_is_sqlite_in_the_data_directory(
 ):
     monkeypatch.delenv("BATCHSERVE_DATABASE_URL", raising=False)
     assert Settings(home=tmp_path).db_url == f"sqlite:///{tmp_path / 'batchserve.db'}"
+
+
+def test_the_blob_store_is_the_data_directorys_folder_unless_given(tmp_path):
+    from batchserve.settings import Settings
+
+    assert Settings(home=tmp_path).blob_store_url == f"file://{tmp_path / 'blobs'}"
+    other = Settings(home=tmp_path, blob_url=f"file://{tmp_path / 'shared'}")
+    assert other.blob_store_url == f"file://{tmp_path / 'shared'}"
+    with pytest.raises(ValueError, match="file:///absolute/path"):
+        Settings(home=tmp_path, blob_url="s3://bucket/prefix")

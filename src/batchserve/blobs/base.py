@@ -46,6 +46,10 @@ class BlobStore(Protocol):
 
     def size(self, key: str) -> int: ...
 
+    def folders(self, prefix: str) -> list[str]:
+        """The names of the folders right under ``prefix``, sorted (``batches`` -> batch ids)."""
+        ...
+
     def list(self, prefix: str) -> list[str]:
         """Keys under ``prefix`` (a folder), sorted."""
         ...

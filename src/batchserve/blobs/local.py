@@ -120,6 +120,12 @@ class LocalBlobStore:
         except FileNotFoundError:
             raise BlobNotFound(key) from None
 
+    def folders(self, prefix: str) -> list[str]:
+        base = self.path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir())
+
     def list(self, prefix: str) -> list[str]:
         base = self.path(prefix)
         if not base.is_dir():

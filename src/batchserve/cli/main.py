@@ -58,6 +58,12 @@ def serve(
         help="Seconds a stopping server waits for the requests in progress before it cancels "
         "them (default 10).",
     ),
+    blob_url: str = typer.Option(
+        None,
+        "--blob-url",
+        help="Where batch data lives (default: the data directory's blobs folder); "
+        "file:///path for another folder.",
+    ),
     sandbox: str = typer.Option(
         None,
         help="Where service code runs: auto (in a bubblewrap sandbox where it runs, Linux), "
@@ -84,6 +90,7 @@ def serve(
         "home": data_dir,
         "workers": workers,
         "shutdown_timeout": shutdown_timeout,
+        "blob_url": blob_url,
         "sandbox": sandbox,
         "worker_network": worker_network,
         "worker_memory": worker_memory,

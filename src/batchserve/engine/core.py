@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from batchserve.blobs import BlobNotFound, LocalBlobStore, keys
+from batchserve.blobs import BlobNotFound, LocalBlobStore, blob_store_from_url, keys
 from batchserve.engine.auth import Accounts
 from batchserve.engine.batch_results import ResultOps
 from batchserve.engine.batches import BatchOps
@@ -39,7 +39,9 @@ def make_private(home: Path) -> None:
 
 def worker_sandbox(settings: Settings) -> WorkerSandbox:
     """How the workers are confined: out of sight of everything the server keeps."""
-    hidden = [settings.home, settings.blobs_dir]
+    hidden = [settings.home]
+    if settings.blob_store_url.startswith("file://"):
+        hidden.append(Path(settings.blob_store_url.removeprefix("file://")))
     if settings.db_url.startswith("sqlite:///"):
         hidden.append(Path(settings.db_url.removeprefix("sqlite:///")).parent)
     config = Path(os.path.expanduser("~")) / ".config" / "batchserve"
@@ -61,7 +63,10 @@ class Engine:
         self.store = Store(settings.db_url)
         self.endings = Endings()
         self.store.on_end = self.endings.ended
-        self.blobs = LocalBlobStore(settings.blobs_dir)
+        blobs = blob_store_from_url(settings.blob_store_url)
+        # The local worker pool hands its workers the files of their tasks by descriptor.
+        assert isinstance(blobs, LocalBlobStore)
+        self.blobs = blobs
         self.accounts = Accounts(
             self.store, settings.access_token_lifetime, settings.refresh_token_lifetime
         )
@@ -130,13 +135,10 @@ class Engine:
         """Remove the files of batches that no longer exist: deleting a service removes its
         batches' rows first and their files after, so a crash in between leaves files nothing
         refers to."""
-        folder = self.blobs.path(keys.BATCHES)
-        if not folder.is_dir():
-            return
-        for entry in folder.iterdir():
-            if entry.is_dir() and self.store.get_batch(entry.name) is None:
-                log.warning("removing the files of batch %s, which no longer exists", entry.name)
-                self.blobs.delete_prefix(keys.batch_prefix(entry.name))
+        for batch_id in self.blobs.folders(keys.BATCHES):
+            if self.store.get_batch(batch_id) is None:
+                log.warning("removing the files of batch %s, which no longer exists", batch_id)
+                self.blobs.delete_prefix(keys.batch_prefix(batch_id))
 
     def _settle_stopping_chunks(self) -> None:
         """End the running chunks of batches that were being cancelled as the cancel would have:

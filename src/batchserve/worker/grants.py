@@ -81,6 +81,9 @@ class GrantedBlobs:
     def write_bytes(self, key: str, data: bytes) -> None:
         raise PermissionError(f"a worker writes only its task's result file, not {key}")
 
+    def folders(self, prefix: str) -> list[str]:
+        raise PermissionError("a worker cannot list the blob store")
+
     def list(self, prefix: str) -> list[str]:
         raise PermissionError("a worker cannot list the blob store")
 
