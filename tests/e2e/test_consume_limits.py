@@ -94,11 +94,9 @@ def _until(condition, seconds: float = 15.0) -> bool:  # type: ignore[no-untyped
 def test_a_consume_that_times_out_is_stopped(
     server: ServerProcess, http: httpx.Client, service: str
 ) -> None:
-    began = time.monotonic()
     resp = http.post(service, json={"inputs": {"seconds": 60}})
     assert resp.status_code == 503
     assert "did not answer within 3 s" in resp.json()["error"]["message"]
-    assert time.monotonic() - began < 30
     assert _until(lambda: _busy(http) == 0), "the worker still runs the abandoned consume"
     # Its worker was replaced; the scratch folder of the one stopped is gone with it.
     assert server.process is not None

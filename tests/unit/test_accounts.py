@@ -245,3 +245,26 @@ def test_the_wait_is_answered_before_any_hashing(accounts: Accounts):
             accounts.login("nobody", "wrong-password", "10.0.0.3")
     with pytest.raises(TooManyRequests, match="try again in"):
         accounts.check_login("10.0.0.3", "nobody")
+
+
+def test_an_unknown_user_costs_one_password_check_like_a_known_one(
+    accounts: Accounts, monkeypatch: pytest.MonkeyPatch
+):
+    from batchserve.engine import auth
+
+    accounts.add_user("known", "known-password", "reader")
+    checks: list[str] = []
+    verify = auth._verify_hash
+
+    def counted(password_hash: str, password: str) -> bool:
+        checks.append(password_hash)
+        return verify(password_hash, password)
+
+    monkeypatch.setattr(auth, "_verify_hash", counted)
+    for n, name in enumerate(("known", "nobody-here")):
+        with pytest.raises(Unauthorized) as failed:
+            accounts.login(name, "wrong-guess", f"10.0.9.{n}")
+        assert str(failed.value) == "Invalid username or password."
+    # One argon2 check each, with the same parameters: the time does not tell them apart.
+    assert len(checks) == 2
+    assert checks[0].split("$")[1:4] == checks[1].split("$")[1:4]
