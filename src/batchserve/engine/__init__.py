@@ -1,1 +1,2 @@
-"""The engine: batch operations, the scheduler, the executors and the worker runtime."""
+"""The engine (the control plane): batch and service operations, scheduling and the composition
+root. Service code runs elsewhere: in `batchserve.worker`, on the workers of an executor."""

@@ -12,7 +12,7 @@ from batchserve.engine.auth import Accounts
 from batchserve.engine.batch_results import ResultOps
 from batchserve.engine.batches import BatchOps
 from batchserve.engine.endings import Endings
-from batchserve.engine.executors import ProcessExecutor
+from batchserve.executors import ProcessExecutor
 from batchserve.engine.results import read_results
 from batchserve.engine.scheduler import CancelBatch, Scheduler, Wake, remove_batch
 from batchserve.engine.services import ServiceOps

@@ -33,7 +33,7 @@ from typing import Any
 
 from batchserve.blobs import BlobNotFound, BlobStore, keys
 from batchserve.engine.costs import CostEstimate, Costs, range_size
-from batchserve.engine.executors.base import Executor
+from batchserve.executors.base import Executor
 from batchserve.engine.inputs import PartRef
 from batchserve.engine.results import read_results
 from batchserve.engine.tasks import (

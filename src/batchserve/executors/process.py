@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from batchserve.blobs import keys
-from batchserve.engine.executors.base import EventSink
+from batchserve.executors.base import EventSink
 from batchserve.engine.tasks import (
     ChunkTask,
     ConsumeTask,
