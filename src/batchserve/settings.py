@@ -62,12 +62,20 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=_default_home, description="data directory")
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    # Worker processes of the local executor; on Ray, the actors run at once (default: as many
+    # as the cluster has CPUs).
+    workers: int | None = Field(None, ge=1)
     # Default: SQLite in the data directory. PostgreSQL: postgresql://user:password@host/db.
     database_url: str | None = None
     # Where upload parts, results, artifacts and bundles live. Default: the blobs folder of the
-    # data directory; file:///path for another folder (a shared one, for several nodes).
+    # data directory; file:///path for another folder (a shared one, for several nodes), or
+    # s3://bucket/prefix for an S3-compatible store (configured by the AWS_* variables).
     blob_url: str | None = None
+    # Where chunks run: "local", the server's own pool of worker processes, or "ray", actors on
+    # the Ray cluster at ray_address (a head node's host:port, or "auto" for the cluster this
+    # machine belongs to; the ray extra must be installed).
+    executor: str = Field("local", pattern="^(local|ray)$")
+    ray_address: str = "auto"
     admin_password: str | None = None  # set the admin password instead of generating one
     access_token_lifetime: int = 3600  # seconds, as ML Server
     refresh_token_lifetime: int = 336 * 3600  # seconds of inactivity, as ML Server
@@ -154,10 +162,10 @@ class Settings(BaseSettings):
     @field_validator("blob_url")
     @classmethod
     def _blob_scheme(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith("file:///"):
+        if url is not None and not url.startswith(("file:///", "s3://")):
             raise ValueError(
                 f"{url!r} is not a blob store this server can use; give a folder as "
-                "file:///absolute/path."
+                "file:///absolute/path, or an S3 bucket as s3://bucket/prefix."
             )
         return url
 

@@ -4,11 +4,15 @@ native SDK's client on it, and Machine Learning Server's original client
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +21,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.conftest import missing_service
 
 ADMIN_PASSWORD = "e2e-admin-password"
 
@@ -35,6 +41,7 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     workers: int = 2
     database_url: str | None = None  # None: SQLite in the data directory
+    env: dict[str, str] = field(default_factory=dict)  # more settings, as BATCHSERVE_* variables
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
 
@@ -53,6 +60,7 @@ class ServerProcess:
             env["BATCHSERVE_DATABASE_URL"] = self.database_url
         if admin_password is not None:
             env["BATCHSERVE_ADMIN_PASSWORD"] = admin_password
+        env.update(self.env)
         self.log = self.home.parent / f"{self.home.name}-server.log"
         self.process = subprocess.Popen(
             [
@@ -109,12 +117,153 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc.stop()
 
 
+@pytest.fixture(scope="session")
+def scaleout_server(
+    tmp_path_factory: pytest.TempPathFactory, ray_cluster: RayCluster, s3_bucket_url: str
+) -> Iterator[ServerProcess]:
+    """A server that runs chunks on the test Ray cluster and keeps batch data in S3 (one
+    actor slot per node)."""
+    proc = ServerProcess(
+        tmp_path_factory.mktemp("scaleout") / "home",
+        env=scaleout_env(ray_cluster, s3_bucket_url),
+    ).start(timeout=120)
+    yield proc
+    proc.stop()
+
+
+def scaleout_env(cluster: RayCluster, blob_url: str) -> dict[str, str]:
+    return {
+        "BATCHSERVE_EXECUTOR": "ray",
+        "BATCHSERVE_RAY_ADDRESS": cluster.address,
+        "BATCHSERVE_BLOB_URL": blob_url,
+        **RAY_ENV,
+    }
+
+
+@pytest.fixture(scope="session", params=["local", "ray+s3"])
+def any_server(request: pytest.FixtureRequest) -> ServerProcess:
+    """The shared server on each executor and blob store: the local pool on a folder, and Ray
+    actors on S3. Tests that use it run once on each."""
+    name = "server" if request.param == "local" else "scaleout_server"
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]
+
+
 @pytest.fixture
 def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A server of the test's own, for tests that kill it."""
     proc = ServerProcess(tmp_path / "home")
     yield proc
     proc.stop()
+
+
+# --- a Ray cluster of two nodes ----------------------------------------------------------------
+
+#: How every process of the test cluster (nodes, servers) talks to Ray: the same everywhere, or
+#: a token-authenticated cluster would refuse the others.
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@dataclass
+class RayCluster:
+    """A local Ray cluster: a head node and a second node, each its own raylet, in process
+    groups of their own (so a node can be killed whole)."""
+
+    port: int
+    temp_dir: str
+    head: subprocess.Popen[bytes] | None = None
+    second: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _ray(self, *args: str, log: str) -> subprocess.Popen[bytes]:
+        ray = str(Path(sys.executable).with_name("ray"))
+        return subprocess.Popen(
+            [ray, "start", "--block", "--num-cpus", "1", "--node-ip-address", "127.0.0.1",
+             "--object-store-memory", str(200 * 1024**2), "--disable-usage-stats", *args],
+            env=dict(os.environ, **RAY_ENV),
+            stdout=open(Path(self.temp_dir) / log, "ab"),  # noqa: SIM115 - the node's own log
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def start(self) -> RayCluster:
+        self.head = self._ray(
+            "--head", "--port", str(self.port), "--include-dashboard=false",
+            "--temp-dir", self.temp_dir, log="head.log",
+        )
+        self.wait_for_nodes(1)
+        self.start_second_node()
+        return self
+
+    def start_second_node(self) -> None:
+        self.second = self._ray("--address", self.address, log="second.log")
+        self.wait_for_nodes(2)
+
+    def alive_nodes(self) -> int:
+        script = (
+            "import ray; ray.init(address='%s', log_to_driver=False); "
+            "print(sum(1 for n in ray.nodes() if n['Alive']))" % self.address
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            env=dict(os.environ, **RAY_ENV),
+            capture_output=True,
+            timeout=60,
+        )
+        try:
+            return int(out.stdout.split()[-1])
+        except (IndexError, ValueError):
+            return 0
+
+    def wait_for_nodes(self, count: int, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.alive_nodes() != count:
+            if time.monotonic() > deadline:
+                logs = "\n".join(p.read_text()[-2000:] for p in Path(self.temp_dir).glob("*.log"))
+                raise RuntimeError(f"the Ray cluster has no {count} live node(s):\n{logs}")
+            time.sleep(1)
+
+    def kill_second_node(self) -> None:
+        """SIGKILL every process of the second node (its raylet, its workers, its actors)."""
+        assert self.second is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.second.pid, signal.SIGKILL)
+        self.second.wait(timeout=30)
+
+    def stop(self) -> None:
+        for proc in (self.second, self.head):
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def ray_problem() -> str | None:
+    """Why the test Ray cluster cannot run here, or None."""
+    if importlib.util.find_spec("ray") is None:
+        return "Ray is not installed (pip install 'batchserve[ray]')"
+    if not Path(sys.executable).with_name("ray").exists():
+        return "the ray command is missing beside this Python"
+    return None
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    problem = ray_problem()
+    if problem:
+        missing_service(problem)
+    # Short: Ray's socket paths live under it, and a Unix socket's path has at most 107 bytes.
+    cluster = RayCluster(free_port(), tempfile.mkdtemp(prefix="bsray-", dir="/tmp"))
+    try:
+        cluster.start()
+    except Exception as exc:
+        cluster.stop()
+        missing_service(f"a local Ray cluster did not start: {exc}")
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture

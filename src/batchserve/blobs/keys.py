@@ -4,6 +4,7 @@
 batches/<batch id>/                          everything of one batch (removed with it)
     inputs/<part>.arrow                      an upload part: Arrow IPC file of the records
     results/<chunk seq>.a<attempt>.arrows    one try of a chunk: Arrow IPC stream of results
+    results/<chunk seq>.a<attempt>/<segment>  the same, as segments, on a store without append
     artifacts/<record index>/<file name>     a record's artifact files
 services/<name>/<version>/<uuid>.bundle      a published service's bundle
 ```
@@ -22,7 +23,11 @@ def part_key(batch_id: str, seq: int) -> str:
     return f"{BATCHES}/{batch_id}/inputs/{seq:06d}.arrow"
 
 
-def result_key(batch_id: str, seq: int, attempt: int) -> str:
+def result_key(batch_id: str, seq: int, attempt: int, *, segmented: bool = False) -> str:
+    """Where one try of a chunk writes its results: a file appended to, or, on a store that
+    cannot append, a folder of segments (:mod:`batchserve.blobs.segments`; the key ends in /)."""
+    if segmented:
+        return f"{BATCHES}/{batch_id}/results/{seq:06d}.a{attempt}/"
     return f"{BATCHES}/{batch_id}/results/{seq:06d}.a{attempt}.arrows"
 
 

@@ -50,7 +50,12 @@ def serve(
     data_dir: Path = typer.Option(
         None, "--data-dir", help="Data directory (default $BATCHSERVE_HOME or ~/.batchserve)."
     ),
-    workers: int = typer.Option(None, min=1, help="Worker processes (default: one per core)."),
+    workers: int = typer.Option(
+        None,
+        min=1,
+        help="Worker processes (default: one per core); with --executor ray, actors at once "
+        "(default: the cluster's CPUs).",
+    ),
     log_level: str = typer.Option("info", help="Log level: debug, info, warning, error."),
     shutdown_timeout: float = typer.Option(
         None,
@@ -62,7 +67,18 @@ def serve(
         None,
         "--blob-url",
         help="Where batch data lives (default: the data directory's blobs folder); "
-        "file:///path for another folder.",
+        "file:///path for another folder, s3://bucket/prefix for an S3-compatible store "
+        "(credentials and endpoint from the AWS_* variables).",
+    ),
+    executor: str = typer.Option(
+        None,
+        help="Where chunks run: local (worker processes of this server, the default) or ray "
+        "(actors on the Ray cluster at --ray-address; needs the ray extra).",
+    ),
+    ray_address: str = typer.Option(
+        None,
+        "--ray-address",
+        help="The Ray cluster for --executor ray: its head's host:port, or auto (default).",
     ),
     sandbox: str = typer.Option(
         None,
@@ -80,7 +96,8 @@ def serve(
     """Run the embedded server: HTTP API, scheduler and a local worker pool."""
     import uvicorn
 
-    from batchserve.engine.core import Engine
+    from batchserve.engine.core import ConfigurationError, Engine
+    from batchserve.executors.base import ExecutorUnavailable
     from batchserve.server.app import create_app, uvicorn_options
     from batchserve.settings import Settings
 
@@ -91,6 +108,8 @@ def serve(
         "workers": workers,
         "shutdown_timeout": shutdown_timeout,
         "blob_url": blob_url,
+        "executor": executor,
+        "ray_address": ray_address,
         "sandbox": sandbox,
         "worker_network": worker_network,
         "worker_memory": worker_memory,
@@ -111,13 +130,18 @@ def serve(
     )
     try:
         engine = Engine(settings)
-    except SandboxUnavailable as exc:
+    except (SandboxUnavailable, ConfigurationError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    engine.start()
+    try:
+        engine.start()
+    except ExecutorUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        engine.stop()
+        raise typer.Exit(2) from None
     url = f"http://{settings.host}:{settings.port}"
     typer.echo(f"batchserve is serving on {url} (API docs: {url}/docs)")
-    typer.echo(f"data directory: {settings.home}; {settings.workers} worker process(es)")
+    typer.echo(f"data directory: {settings.home}; blob store: {engine.blobs.url}")
     typer.echo(f"workers: {engine.executor.describe()}")
     if engine.generated_admin_password:
         # The password goes to the file only: a terminal's scrollback or a service manager's

@@ -23,6 +23,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from batchserve.blobs import BlobNotFound, BlobStore, keys
+from batchserve.blobs.segments import open_stream_reader
 from batchserve.engine.errors import BadRequest, NotFound
 from batchserve.engine.ingest import ID_FIELD, decode_type
 from batchserve.engine.inputs import PartRef, read_range
@@ -80,7 +81,7 @@ class ResultOps:
             return
         else:
             try:
-                with self.blobs.open_read(chunk.result_key) as f:
+                with open_stream_reader(self.blobs, chunk.result_key) as f:
                     table = read_results(f, outputs)
             except BlobNotFound:
                 table = None
@@ -111,7 +112,7 @@ class ResultOps:
         writes records in order, a batch at each flush; rows within a batch are put in order
         should they not be.)"""
         try:
-            f = self.blobs.open_read(key)
+            f = open_stream_reader(self.blobs, key)
         except BlobNotFound:
             return
         with f:

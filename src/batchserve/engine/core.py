@@ -7,12 +7,14 @@ import logging
 import os
 from pathlib import Path
 
-from batchserve.blobs import BlobNotFound, LocalBlobStore, blob_store_from_url, keys
+from batchserve.blobs import BlobNotFound, BlobStore, LocalBlobStore, blob_store_from_url, keys
+from batchserve.blobs.segments import open_stream_reader
 from batchserve.engine.auth import Accounts
 from batchserve.engine.batch_results import ResultOps
 from batchserve.engine.batches import BatchOps
 from batchserve.engine.endings import Endings
-from batchserve.executors import ProcessExecutor
+from batchserve.executors import Executor, ProcessExecutor
+from batchserve.executors.base import EventSink
 from batchserve.engine.results import read_results
 from batchserve.engine.scheduler import CancelBatch, Scheduler, Wake, remove_batch
 from batchserve.engine.services import ServiceOps
@@ -55,6 +57,39 @@ def worker_sandbox(settings: Settings) -> WorkerSandbox:
     )
 
 
+class ConfigurationError(RuntimeError):
+    """The settings ask for backends that cannot work (together) here."""
+
+
+def build_executor(settings: Settings, blobs: BlobStore, sink: EventSink) -> Executor:
+    """The executor the settings choose: the local pool, or actors on a Ray cluster."""
+    if settings.executor == "ray":
+        try:
+            from batchserve.executors.ray import RayExecutor
+        except ImportError:
+            raise ConfigurationError(
+                "--executor ray needs Ray, which is not installed; install it with "
+                "pip install 'batchserve[ray]'"
+            ) from None
+        return RayExecutor(
+            settings.ray_address, blobs.url, sink, settings.workers, settings.progress_interval
+        )
+    if not isinstance(blobs, LocalBlobStore):
+        # Sandboxed workers cannot reach the network, let alone hold the store's keys: the pool
+        # hands them the open files of their tasks, which needs a folder.
+        raise ConfigurationError(
+            f"the local executor needs a file:// blob store, not {blobs.url}; run chunks on a "
+            "Ray cluster (--executor ray) to keep batch data in S3"
+        )
+    return ProcessExecutor(
+        settings.workers or os.cpu_count() or 1,
+        blobs,
+        sink,
+        worker_sandbox(settings),
+        settings.progress_interval,
+    )
+
+
 class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -63,10 +98,8 @@ class Engine:
         self.store = Store(settings.db_url)
         self.endings = Endings()
         self.store.on_end = self.endings.ended
-        blobs = blob_store_from_url(settings.blob_store_url)
-        # The local worker pool hands its workers the files of their tasks by descriptor.
-        assert isinstance(blobs, LocalBlobStore)
-        self.blobs = blobs
+        # The composition root: the backends the settings choose are named here only.
+        self.blobs = blob_store_from_url(settings.blob_store_url)
         self.accounts = Accounts(
             self.store, settings.access_token_lifetime, settings.refresh_token_lifetime
         )
@@ -78,6 +111,7 @@ class Engine:
             max_chunk_size=settings.max_chunk_size,
             consume_workers=settings.consume_workers,
         )
+        self.executor = build_executor(settings, self.blobs, self.scheduler.post)
         self.services = ServiceOps(
             self.store, self.blobs, self.scheduler, consume_timeout=settings.consume_timeout
         )
@@ -89,13 +123,6 @@ class Engine:
             allowed_environment=settings.allowed_environment,
         )
         self.results = ResultOps(self.store, self.blobs)
-        self.executor = ProcessExecutor(
-            settings.workers,
-            self.blobs,
-            self.scheduler.post,
-            worker_sandbox(settings),
-            settings.progress_interval,
-        )
         self.generated_admin_password: str | None = None
         self._stopped = False
 
@@ -153,7 +180,7 @@ class Engine:
                 statuses: list[str] = []
                 if chunk.result_key is not None:
                     try:
-                        with self.blobs.open_read(chunk.result_key) as f:
+                        with open_stream_reader(self.blobs, chunk.result_key) as f:
                             statuses = read_results(f, outputs).column("status").to_pylist()
                     except BlobNotFound:
                         pass

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchserve.blobs import BlobNotFound, BlobStore, keys
+from batchserve.blobs.segments import open_stream_reader
 from batchserve.engine.costs import CostEstimate, Costs, range_size
 from batchserve.executors.base import Executor
 from batchserve.engine.inputs import PartRef
@@ -128,11 +129,12 @@ def service_spec(service: Service) -> ServiceSpec:
         outputs=dict(service.outputs),
         artifacts=tuple(service.artifacts),
         publisher=str(service.owner_id),
+        resources=dict(service.resources or {}),
     )
 
 
-def result_key(chunk: Chunk) -> str:
-    return keys.result_key(chunk.batch_id, chunk.seq, chunk.attempts)
+def result_key(chunk: Chunk, *, segmented: bool = False) -> str:
+    return keys.result_key(chunk.batch_id, chunk.seq, chunk.attempts, segmented=segmented)
 
 
 def remove_batch(store: Store, blobs: BlobStore, batch_id: str) -> None:
@@ -165,6 +167,8 @@ class Scheduler:
         # worker before any chunk, so batches hold it off for one chunk's time at most.
         self.consume_workers = consume_workers
         self.blobs = blobs
+        # A store that cannot append (S3) gets each chunk's results as segments.
+        self._result_key = functools.partial(result_key, segmented=not getattr(blobs, "appends", True))
         self.max_worker_loss_retries = max_worker_loss_retries
         self.target_chunk_seconds = target_chunk_seconds
         self.max_chunk_size = max_chunk_size
@@ -411,7 +415,7 @@ class Scheduler:
         """End a chunk early: records already in its result file keep their results."""
         succeeded = failed = 0
         try:
-            with self.blobs.open_read(run.result_key) as f:
+            with open_stream_reader(self.blobs, run.result_key) as f:
                 statuses = read_results(f, None).column("status").to_pylist()
             succeeded = statuses.count("succeeded")
             failed = statuses.count("failed")
@@ -766,7 +770,7 @@ class Scheduler:
             size_for = functools.partial(
                 self._range_size, batch, spec.mode, costs, estimate.probes, now
             )
-            chunk = self.store.claim_chunk(batch.id, result_key, size_for)
+            chunk = self.store.claim_chunk(batch.id, self._result_key, size_for)
             if chunk is None:
                 break
             claimed_any = True

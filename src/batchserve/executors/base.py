@@ -10,6 +10,10 @@ from batchserve.engine.tasks import ChunkTask, ConsumeTask, LoadTask, TaskEvent
 EventSink = Callable[[TaskEvent], None]
 
 
+class ExecutorUnavailable(RuntimeError):
+    """The executor cannot start: what it runs on is missing or unreachable."""
+
+
 class Executor(Protocol):
     """Runs tasks on workers and reports :class:`~batchserve.engine.tasks.TaskEvent` s.
 

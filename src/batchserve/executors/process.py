@@ -71,6 +71,20 @@ MEMORY_VARIABLES = {
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 
+def artifact_problem(task: Task, index: object, name: object) -> str | None:
+    """Why a worker may not write this artifact, or None: a task writes only under its own
+    batch, for a record of its chunk, files its service declared, with plain names."""
+    ok = (
+        isinstance(task, ChunkTask)
+        and isinstance(index, int)
+        and task.start_index <= index < task.start_index + task.count
+        and isinstance(name, str)
+        and name in task.service.artifacts
+        and _SAFE_NAME.match(name) is not None
+    )
+    return None if ok else f"an artifact {name!r} of record {index!r} it may not write"
+
+
 def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(workers, 1))
 
@@ -246,16 +260,9 @@ class ProcessExecutor:
         """Write an artifact a worker produced, where the server decides: under the task's own
         batch, for a record of the task, by a name the service declared."""
         index, name = message.get("index"), message.get("name")
-        ok = (
-            isinstance(task, ChunkTask)
-            and isinstance(index, int)
-            and task.start_index <= index < task.start_index + task.count
-            and name in task.service.artifacts
-            and isinstance(name, str)
-            and _SAFE_NAME.match(name) is not None
-        )
-        if not ok:
-            raise ValueError(f"an artifact {name!r} of record {index!r} it may not write")
+        problem = artifact_problem(task, index, name)
+        if problem:
+            raise ValueError(problem)
         assert isinstance(task, ChunkTask) and isinstance(index, int) and isinstance(name, str)
         with self._blobs.open_write(keys.artifact_key(task.batch_id, index, name)) as f:
             channel.read_payload(payload, f)

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from batchserve.blobs import BlobNotFound, BlobStore, keys
+from batchserve.blobs.segments import open_stream_writer
 from batchserve.engine.inputs import read_range
 from batchserve.engine.results import STATUS_SUCCEEDED, ResultWriter, failed_row, read_results
 from batchserve.engine.tasks import ChunkTask, ConsumeTask, ServiceSpec
@@ -252,7 +253,7 @@ class Runtime:
         what = "call" if spec.mode == "vectorized" else "record"
         limits = TryLimits(task.max_task_retry_count, task.task_timeout, what)
         table, bytes_in = read_range(self.blobs, task.parts, task.start_index, task.count)
-        writer = ResultWriter(self.blobs.open_append_stream(task.result_key), spec.outputs)
+        writer = ResultWriter(open_stream_writer(self.blobs, task.result_key), spec.outputs)
         try:
             with _environment(task.environment), limits:
                 progress = Progress(writer, report, progress_interval)
