@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from batchserve.executors.base import EventSink, ExecutorUnavailable
 from batchserve.executors.process import MEMORY_VARIABLES, THREAD_VARIABLES, artifact_problem
@@ -59,6 +59,11 @@ FORWARDED_VARIABLES = (
     "AWS_DEFAULT_REGION",
 )
 NAMESPACE = "batchserve"
+#: Seconds between looks at the cluster's live nodes.
+WATCH_INTERVAL = 1.0
+#: Seconds a new actor may take to start (its node found, its process up) before its task is
+#: given up as lost, and retried.
+ACTOR_START_TIMEOUT = 120.0
 #: Seconds stop_task waits for a killed actor's chunk to end before it reports it stopped.
 STOP_WAIT = 10.0
 
@@ -186,6 +191,7 @@ class RayExecutor:
         self._lock = threading.RLock()
         self._closing = False
         self._remote: Any = None
+        self._cluster_cpus = 0
 
     # --- the cluster ------------------------------------------------------------------------
 
@@ -205,9 +211,29 @@ class RayExecutor:
                 f"could not join the Ray cluster at {self._address!r} ({exc}); start one "
                 "(ray start --head) or point --ray-address at its head, host:port"
             ) from None
+        self._cluster_cpus = self._live_cpus()
         if self._wanted_slots is None:
-            self._n = max(1, int(ray.cluster_resources().get("CPU", 1)))
+            self._n = max(1, self._cluster_cpus)
         self._remote = ray.remote(ServiceActor)
+        threading.Thread(target=self._watch, daemon=True, name="batchserve-ray-watch").start()
+
+    def _live_cpus(self) -> int:
+        return int(sum(node.get("CPU", 0.0) for node in self.nodes()))
+
+    def _watch(self) -> None:
+        """Follow the cluster's size: chunks are handed out only to workers that can start now,
+        so a batch does not wait on a worker for which no node is left (after a node died),
+        and, without a slot count set, the slots grow and shrink with the cluster."""
+        while not self._closing:
+            time.sleep(WATCH_INTERVAL)
+            try:
+                cpus = self._live_cpus()
+            except Exception:  # the cluster is unreachable for now: keep the last figure
+                continue
+            with self._lock:
+                self._cluster_cpus = cpus
+                if self._wanted_slots is None:
+                    self._n = max(1, cpus)
 
     def shutdown(self) -> None:
         with self._lock:
@@ -239,7 +265,8 @@ class RayExecutor:
 
     def free_slots(self) -> int:
         with self._lock:
-            return self._n - sum(1 for a in self._actors if a.task is not None or a.stopping)
+            busy = sum(1 for a in self._actors if a.task is not None or a.stopping)
+            return min(self._n, self._cluster_cpus) - busy
 
     def _actor_for(self, spec: ServiceSpec) -> _Actor:
         """An idle actor of the service version, else a new one, in place of the idle actor
@@ -294,6 +321,7 @@ class RayExecutor:
         wire = task_to_wire(task)
         event: Finished | Lost
         try:
+            self._wait_started(actor)
             if isinstance(task, ChunkTask):
                 event = self._run_chunk(actor, task, wire)
             elif isinstance(task, ConsumeTask):
@@ -305,16 +333,38 @@ class RayExecutor:
                 if isinstance(raw, dict) and raw.get("error"):
                     log.warning("loading %s on a Ray actor failed: %s", task.service.key, raw)
                 event = Finished(task.task_id, {})
-        except (RayActorError, RayError) as exc:
+        except (RayActorError, RayError, GetTimeoutError) as exc:
             with self._lock:
                 stopped = actor.stopping
             self._forget(actor)
-            reason = "stopped" if stopped else f"the Ray actor died ({type(exc).__name__})"
+            if stopped:
+                reason = "stopped"
+            elif isinstance(exc, GetTimeoutError):
+                reason = "no node of the cluster had room to start a worker for it"
+            else:
+                reason = f"the Ray actor died ({type(exc).__name__})"
             event = Lost(task.task_id, reason, stopped)
         with self._lock:
             if actor.task is task:
                 actor.task = None
         self._sink(event)
+
+    def _wait_started(self, actor: _Actor) -> None:
+        """Wait for the actor to run somewhere. A new actor may find no node with room: when
+        the cluster shrank under the actors it has (a node died), or it took too long, its task
+        is given up as lost, to be retried when there is room."""
+        started = actor.handle.pid.remote()
+        deadline = time.monotonic() + ACTOR_START_TIMEOUT
+        while True:
+            ready, _ = ray.wait([started], timeout=WATCH_INTERVAL)
+            if ready:
+                ray.get(started)
+                return
+            with self._lock:
+                busy = sum(1 for a in self._actors if a.task is not None or a.stopping)
+                shrunk = busy > min(self._n, self._cluster_cpus)
+            if shrunk or time.monotonic() > deadline:
+                raise GetTimeoutError("no node has room for a new worker")
 
     def _run_chunk(self, actor: _Actor, task: ChunkTask, wire: dict[str, Any]) -> Finished:
         for ref in actor.handle.run_chunk.remote(wire):
