@@ -52,7 +52,7 @@ def test_the_blob_store_is_the_data_directorys_folder_unless_given(tmp_path):
     assert other.blob_store_url == f"file://{tmp_path / 'shared'}"
     s3 = Settings(home=tmp_path, blob_url="s3://bucket/prefix")
     assert s3.blob_store_url == "s3://bucket/prefix"
-    with pytest.raises(ValueError, match="file:///absolute/path.*s3://bucket/prefix"):
+    with pytest.raises(ValueError, match=r"file:///absolute/path.*s3://bucket/prefix"):
         Settings(home=tmp_path, blob_url="gs://bucket/prefix")
 
 
@@ -61,5 +61,5 @@ def test_the_executor_is_local_unless_ray_is_chosen(tmp_path):
 
     assert Settings(home=tmp_path).executor == "local"
     assert Settings(home=tmp_path, executor="ray").executor == "ray"
-    with pytest.raises(ValueError, match="local|ray"):
+    with pytest.raises(ValueError, match=r"local|ray"):
         Settings(home=tmp_path, executor="kubernetes")

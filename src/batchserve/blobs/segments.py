@@ -125,4 +125,4 @@ def open_stream_reader(blobs: BlobStore, key: str) -> BinaryIO:
     segments = blobs.list(key.rstrip("/"))
     if not segments:
         raise BlobNotFound(key)
-    return io.BufferedReader(_Segments(blobs, segments), buffer_size=1 << 20)  # type: ignore[return-value]
+    return io.BufferedReader(_Segments(blobs, segments), buffer_size=1 << 20)

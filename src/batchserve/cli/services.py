@@ -57,6 +57,53 @@ def _schema(pairs: list[str], option: str) -> dict[str, str]:
     return schema
 
 
+def _number(text: str, option: str) -> int | float:
+    """A CPU or GPU count given on the command line (the SDK checks its range)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise CliError(
+            f"{option} {text!r} is not a number; give one like {option} 2 or {option} 0.5."
+        ) from None
+
+
+def _asked_resources(
+    num_cpus: str | None, num_gpus: str | None, memory: str | None
+) -> dict[str, Any] | None:
+    """The resources the publish options ask for; None when none is given (the defaults)."""
+    if num_cpus is None and num_gpus is None and memory is None:
+        return None
+    asked: dict[str, Any] = {}
+    if num_cpus is not None:
+        asked["num_cpus"] = _number(num_cpus, "--num-cpus")
+    if num_gpus is not None:
+        asked["num_gpus"] = _number(num_gpus, "--num-gpus")
+    if memory is not None:
+        asked["memory"] = memory
+    return asked
+
+
+def _resources_text(resources: dict[str, Any]) -> str:
+    """``2 CPU, 0.5 GPU, 4 GiB`` (no GPU and no memory reserved are left out)."""
+    parts = [f"{resources.get('num_cpus') or 1:g} CPU"]
+    if resources.get("num_gpus"):
+        parts.append(f"{resources['num_gpus']:g} GPU")
+    if resources.get("memory"):
+        parts.append(_size(int(resources["memory"])))
+    return ", ".join(parts)
+
+
+def _size(n: int) -> str:
+    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= factor:
+            return f"{n / factor:.3g} {unit}"
+    return f"{n} bytes"
+
+
 def _load_module(path: Path) -> ModuleType:
     """Run the Python file ``path`` as a module whose functions are published by value."""
     import cloudpickle
@@ -133,6 +180,27 @@ def publish(
     ] = False,
     description: Annotated[str, typer.Option("--description", "-d")] = "",
     alias: Annotated[str | None, typer.Option("--alias", help="The consume method's name.")] = None,
+    # Taken as text and read here: a bad value is then one line naming the option.
+    num_cpus: Annotated[
+        str | None,
+        typer.Option(
+            "--num-cpus", metavar="N", help="CPUs each worker needs (default 1; 0.5 shares one)."
+        ),
+    ] = None,
+    num_gpus: Annotated[
+        str | None,
+        typer.Option(
+            "--num-gpus", metavar="N", help="GPUs each worker needs (default 0; 0.5 shares one)."
+        ),
+    ] = None,
+    memory: Annotated[
+        str | None,
+        typer.Option(
+            "--memory",
+            metavar="SIZE",
+            help="Memory each worker needs, like 4GiB or 512MB (default: none reserved).",
+        ),
+    ] = None,
     json_mode: JsonOption = False,
 ) -> None:
     """Publish a function of a Python file as a service."""
@@ -143,6 +211,7 @@ def publish(
         raise CliError("Name the outputs with --output NAME=TYPE, like --output answer=float.")
     input_schema = _schema(inputs, "--input") if inputs else None
     output_schema = _schema(outputs, "--output")
+    resources = _asked_resources(num_cpus, num_gpus, memory)
     path = Path(file)
     module = _load_module(path)
     code = _function(module, path, fn_name)
@@ -159,12 +228,14 @@ def publish(
             description=description,
             alias=alias,
             vectorized=vectorized,
+            resources=resources,
         )
     out = Output(json_mode)
     if out.json:
         out.emit(svc.info)
     else:
-        out.say(f"Published {svc.name}:{svc.version} ({_signature(svc)}).")
+        needs = f"; each worker: {_resources_text(svc.resources)}" if resources else ""
+        out.say(f"Published {svc.name}:{svc.version} ({_signature(svc)}{needs}).")
 
 
 def _signature(svc: Service) -> str:
@@ -189,7 +260,17 @@ def services_list(
         out.emit_lines(s.info for s in services)
         return
     out.table(
-        ["name", "version", "mode", "inputs", "outputs", "artifacts", "by", "published"],
+        [
+            "name",
+            "version",
+            "mode",
+            "inputs",
+            "outputs",
+            "artifacts",
+            "resources",
+            "by",
+            "published",
+        ],
         [
             [
                 s.name,
@@ -198,6 +279,7 @@ def services_list(
                 s.inputs,
                 s.outputs,
                 s.artifacts,
+                _resources_text(s.resources),
                 s.published_by,
                 when(s.created_at),
             ]
@@ -230,6 +312,7 @@ def services_show(
             "outputs": svc.outputs,
             "artifacts": svc.artifacts,
             "kind": svc.bundle_kind,
+            "resources": _resources_text(svc.resources),
             "published by": svc.published_by,
             "published": when(svc.created_at),
         }

@@ -54,6 +54,7 @@ class ClientBase:
         description: str = "",
         alias: str | None = None,
         vectorized: bool = False,
+        resources: Mapping[str, Any] | None = None,
     ) -> Service:
         """Publish ``code`` as the web service ``name`` and return it.
 
@@ -66,7 +67,10 @@ class ClientBase:
         name, or ``consume``). With ``vectorized=True`` the function is called once per chunk with
         a pandas DataFrame of the inputs and returns one row per input row (a DataFrame, a
         Series, a NumPy array or a dict of columns); a failing call is split until only the
-        failing records fail.
+        failing records fail. ``resources`` is what each worker running the service needs:
+        ``{"num_cpus": 2, "num_gpus": 0.5, "memory": "4GiB"}`` (CPUs and GPUs may be fractions;
+        memory is bytes or a size string); left out, one CPU, no GPU and no memory reserved. The
+        server refuses resources none of its workers can have.
         """
         return self._runner.run(
             self._publish(
@@ -82,6 +86,7 @@ class ClientBase:
                 description=description,
                 alias=alias,
                 vectorized=vectorized,
+                resources=resources,
             )
         )
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchserve.client import _ops
 from batchserve.client._batch import Batch, retry_count, seconds
+from batchserve.client._publish import DEFAULT_RESOURCES
 from batchserve.client._records import records_body
 from batchserve.client._responses import ServiceResponse
 from batchserve.client._types import plain
@@ -63,6 +64,13 @@ class Service:
     def bundle_kind(self) -> str:
         """``callable`` (a published function) or ``code`` (a published code string)."""
         return str(self.info.get("bundle_kind") or "callable")
+
+    @property
+    def resources(self) -> dict[str, Any]:
+        """What each worker running the service is given: ``num_cpus``, ``num_gpus`` and
+        ``memory`` (bytes; None: none reserved)."""
+        # A server older than resources sends none: its workers get the defaults.
+        return {**DEFAULT_RESOURCES, **(self.info.get("resources") or {})}
 
     @property
     def published_by(self) -> str | None:

@@ -13,11 +13,11 @@ from batchserve.engine.auth import Accounts
 from batchserve.engine.batch_results import ResultOps
 from batchserve.engine.batches import BatchOps
 from batchserve.engine.endings import Endings
-from batchserve.executors import Executor, ProcessExecutor
-from batchserve.executors.base import EventSink
 from batchserve.engine.results import read_results
 from batchserve.engine.scheduler import CancelBatch, Scheduler, Wake, remove_batch
 from batchserve.engine.services import ServiceOps
+from batchserve.executors import Executor, ProcessExecutor
+from batchserve.executors.base import EventSink
 from batchserve.settings import Settings
 from batchserve.states import BatchState, ChunkState
 from batchserve.store import Store, upgrade
@@ -113,7 +113,11 @@ class Engine:
         )
         self.executor = build_executor(settings, self.blobs, self.scheduler.post)
         self.services = ServiceOps(
-            self.store, self.blobs, self.scheduler, consume_timeout=settings.consume_timeout
+            self.store,
+            self.blobs,
+            self.scheduler,
+            consume_timeout=settings.consume_timeout,
+            check_resources=self.executor.check_resources,
         )
         self.batches = BatchOps(
             self.store,

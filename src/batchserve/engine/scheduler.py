@@ -34,7 +34,6 @@ from typing import Any
 from batchserve.blobs import BlobNotFound, BlobStore, keys
 from batchserve.blobs.segments import open_stream_reader
 from batchserve.engine.costs import CostEstimate, Costs, range_size
-from batchserve.executors.base import Executor
 from batchserve.engine.inputs import PartRef
 from batchserve.engine.results import read_results
 from batchserve.engine.tasks import (
@@ -46,6 +45,7 @@ from batchserve.engine.tasks import (
     Progress,
     ServiceSpec,
 )
+from batchserve.executors.base import Executor
 from batchserve.states import BatchState, ChunkState
 from batchserve.store import Store
 from batchserve.store.models import Batch, Chunk, Service, utcnow
@@ -168,7 +168,9 @@ class Scheduler:
         self.consume_workers = consume_workers
         self.blobs = blobs
         # A store that cannot append (S3) gets each chunk's results as segments.
-        self._result_key = functools.partial(result_key, segmented=not getattr(blobs, "appends", True))
+        self._result_key = functools.partial(
+            result_key, segmented=not getattr(blobs, "appends", True)
+        )
         self.max_worker_loss_retries = max_worker_loss_retries
         self.target_chunk_seconds = target_chunk_seconds
         self.max_chunk_size = max_chunk_size
@@ -764,6 +766,8 @@ class Scheduler:
             and (most is None or claimed < most)
         ):
             spec = spec or self._spec(batch.service_id)
+            if executor.free_slots() < executor.slots_for(spec):
+                break  # a service asking for more CPUs waits for that many free workers
             estimate = self._estimate(batch.service_id, spec)
             costs = estimate.costs()
             now = time.monotonic()

@@ -13,7 +13,18 @@ from typing import Any
 
 from batchserve.engine.inputs import PartRef
 
+#: What a worker of a service is given for each resource the service does not name: one CPU, no
+#: GPU, and no memory reserved (None).
+DEFAULT_RESOURCES: dict[str, Any] = {"num_cpus": 1, "num_gpus": 0, "memory": None}
 
+
+def effective_resources(resources: dict[str, Any] | None) -> dict[str, Any]:
+    """``resources`` with the defaults filled in (services published before resources could be
+    set have none)."""
+    return {**DEFAULT_RESOURCES, **(resources or {})}
+
+
+# Its dicts make it unhashable: what is kept per service is keyed by ``key``.
 @dataclass(frozen=True)
 class ServiceSpec:
     """What a worker needs to load and run a service."""
@@ -27,6 +38,10 @@ class ServiceSpec:
     # Who published the code: a worker process only ever runs one publisher's code, so no
     # service can reach what another publisher's services were given.
     publisher: str = ""
+    # What each worker of the service needs: ``num_cpus`` and ``num_gpus`` (numbers, fractions
+    # allowed), ``memory`` (bytes; None: nothing reserved). A resource left out has its default
+    # (:data:`DEFAULT_RESOURCES`, see :func:`effective_resources`).
+    resources: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
-from batchserve.engine.tasks import ChunkTask, ConsumeTask, LoadTask, TaskEvent
+from batchserve.engine.tasks import ChunkTask, ConsumeTask, LoadTask, ServiceSpec, TaskEvent
 
 EventSink = Callable[[TaskEvent], None]
 
@@ -24,12 +24,24 @@ class Executor(Protocol):
 
     def shutdown(self) -> None: ...
 
+    def describe(self) -> str:
+        """One line for the operator: where service code runs, and how confined."""
+        ...
+
     def capacity(self) -> int:
         """How many tasks can run at once (free or not)."""
         ...
 
     def free_slots(self) -> int:
         """How many more tasks can be submitted right now."""
+        ...
+
+    def slots_for(self, spec: ServiceSpec) -> int:
+        """How many of the free slots a task of this service takes."""
+        ...
+
+    def check_resources(self, resources: dict[str, Any]) -> str | None:
+        """Why no worker here could have these resources (a service's ``resources``), or None."""
         ...
 
     def submit(self, task: ChunkTask | ConsumeTask | LoadTask) -> None: ...

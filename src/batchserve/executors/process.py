@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing as mp
 import os
 import re
@@ -26,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from batchserve.blobs import keys
-from batchserve.executors.base import EventSink
 from batchserve.engine.tasks import (
     ChunkTask,
     ConsumeTask,
@@ -34,11 +34,13 @@ from batchserve.engine.tasks import (
     LoadTask,
     Lost,
     Progress,
+    ServiceSpec,
     Task,
     chunk_result,
     consume_result,
     task_to_wire,
 )
+from batchserve.executors.base import EventSink
 from batchserve.worker.channel import Channel, ChannelError
 from batchserve.worker.sandbox import WorkerSandbox
 
@@ -69,6 +71,12 @@ MEMORY_VARIABLES = {
 }
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+def slots_for(spec: ServiceSpec, capacity: int) -> int:
+    """The local slots one worker of a service takes: its num_cpus, rounded up."""
+    cpus = float(spec.resources.get("num_cpus") or 1) if spec.resources else 1.0
+    return max(1, min(capacity, math.ceil(cpus)))
 
 
 def artifact_problem(task: Task, index: object, name: object) -> str | None:
@@ -119,6 +127,9 @@ class _Slot:
     publisher: str | None = None  # whose code the worker has run, once it ran any
     stopping: bool = False
     generation: int = 0
+    # The task this idle worker is kept free for: a service asking for num_cpus = N takes N
+    # slots, one running it and the others held, so no more workers run than there are cores.
+    held_for: str | None = None
 
 
 class ProcessExecutor:
@@ -209,6 +220,8 @@ class ProcessExecutor:
                 return
             task, stopped = slot.task, slot.stopping
             slot.task, slot.task_info = None, {}
+            if task is not None:
+                self._release(task.task_id)
             if not self._closing:
                 try:
                     self._spawn(slot)
@@ -250,6 +263,7 @@ class ProcessExecutor:
             with self._lock:
                 if slot.process is proc:
                     slot.task, slot.task_info = None, {}
+                self._release(task.task_id)
             self._sink(Finished(task.task_id, result))
         else:
             raise ValueError(f"unknown message {kind!r}")
@@ -292,13 +306,36 @@ class ProcessExecutor:
 
     def free_slots(self) -> int:
         with self._lock:
-            return sum(1 for s in self._slots if s.task is None and not s.stopping)
+            return sum(1 for s in self._free())
+
+    def _free(self) -> list[_Slot]:
+        return [s for s in self._slots if s.task is None and not s.stopping and not s.held_for]
+
+    def slots_for(self, spec: ServiceSpec) -> int:
+        return slots_for(spec, self._n)
+
+    def check_resources(self, resources: dict[str, Any]) -> str | None:
+        cpus = float(resources.get("num_cpus") or 1)
+        if cpus > self._n:
+            return (
+                f"this server runs {self._n} worker(s); a service cannot ask for more CPUs "
+                f"(num_cpus {cpus:g}). Ask for at most {self._n}, or start the server with "
+                "more --workers."
+            )
+        return None
+
+    def _release(self, task_id: str) -> None:
+        for s in self._slots:
+            if s.held_for == task_id:
+                s.held_for = None
 
     def submit(self, task: ChunkTask | ConsumeTask | LoadTask) -> None:
         publisher = task.service.publisher
         with self._lock:
-            free = [s for s in self._slots if s.task is None and not s.stopping]
-            if not free:
+            free = self._free()
+            # A chunk takes the slots of its service's CPUs; one record (a consume, a load) one.
+            needed = self.slots_for(task.service) if isinstance(task, ChunkTask) else 1
+            if len(free) < needed:
                 raise RuntimeError("no free worker")
             # A worker that ran this publisher's code, then one that ran nobody's; else a fresh
             # worker in place of one that ran someone else's.
@@ -309,6 +346,8 @@ class ProcessExecutor:
                 slot = free[0]
                 self._recycle(slot)
             slot.task, slot.publisher = task, publisher
+            for other in [s for s in free if s is not slot][: needed - 1]:
+                other.held_for = task.task_id
             if isinstance(task, ChunkTask):
                 slot.task_info = {"batch_id": task.batch_id, "chunk_id": task.chunk_id}
             elif isinstance(task, LoadTask):

@@ -30,8 +30,6 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
-from batchserve.executors.base import EventSink, ExecutorUnavailable
-from batchserve.executors.process import MEMORY_VARIABLES, THREAD_VARIABLES, artifact_problem
 from batchserve.engine.tasks import (
     ChunkTask,
     ConsumeTask,
@@ -46,6 +44,8 @@ from batchserve.engine.tasks import (
     task_from_wire,
     task_to_wire,
 )
+from batchserve.executors.base import EventSink, ExecutorUnavailable
+from batchserve.executors.process import MEMORY_VARIABLES, THREAD_VARIABLES, artifact_problem
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,10 @@ class ServiceActor:
     """The body of an actor: a worker runtime for one service version (runs on the cluster)."""
 
     def __init__(self, blob_url: str, progress_interval: float) -> None:
+        import pyarrow as pa
+
         from batchserve.blobs import blob_store_from_url
         from batchserve.worker.runtime import Runtime, warm_up
-
-        import pyarrow as pa
 
         pa.set_cpu_count(int(os.environ.get("OMP_NUM_THREADS") or 1))
         warm_up()
@@ -258,6 +258,9 @@ class RayExecutor:
     def check_resources(self, resources: dict[str, Any]) -> str | None:
         return resource_problem(resources, self.nodes())
 
+    def slots_for(self, spec: ServiceSpec) -> int:
+        return 1  # Ray places each actor by its resources
+
     # --- slots ------------------------------------------------------------------------------
 
     def capacity(self) -> int:
@@ -412,4 +415,3 @@ class RayExecutor:
                     info.update(batch_id=a.task.batch_id, chunk_id=a.task.chunk_id)
                 out.append(info)
             return out
-

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from batchserve.engine.tasks import effective_resources
 from batchserve.store import BatchCounts
 from batchserve.store.models import Batch, Service, utcnow
 
@@ -51,6 +52,17 @@ class ServiceCreate(BaseModel):
     inputs: dict[str, str] = Field(default_factory=dict)
     outputs: dict[str, str] = Field(default_factory=dict)
     artifacts: list[str] = Field(default_factory=list)
+    # What each worker needs: {"num_cpus", "num_gpus", "memory"}. Any JSON is let through here:
+    # the engine checks it, and answers what is wrong with it (422), not that the body is.
+    resources: Any = None
+
+
+class ResourcesPublic(BaseModel):
+    """What each worker of a service is given."""
+
+    num_cpus: int | float = Field(description="CPUs; a fraction shares one between workers.")
+    num_gpus: int | float = Field(description="GPUs; a fraction shares one between workers.")
+    memory: int | None = Field(description="Bytes of memory reserved; null: none reserved.")
 
 
 class ServicePublic(BaseModel):
@@ -63,6 +75,7 @@ class ServicePublic(BaseModel):
     outputs: dict[str, str]
     artifacts: list[str]
     bundle_kind: str
+    resources: ResourcesPublic
     published_by: str | None
     created_at: datetime
 
@@ -78,6 +91,7 @@ class ServicePublic(BaseModel):
             outputs=svc.outputs,
             artifacts=svc.artifacts,
             bundle_kind=svc.bundle_kind,
+            resources=ResourcesPublic(**effective_resources(svc.resources)),
             published_by=published_by,
             created_at=svc.created_at,
         )

@@ -145,6 +145,9 @@ class Service(Base):
     bundle_kind: Mapped[str] = mapped_column(String(20))  # callable | code
     runtime: Mapped[str] = mapped_column(String(20), default="python")
     extra: Mapped[dict[str, Any]] = mapped_column(JSONValue, default=dict)  # face-specific fields
+    # What each worker of the service needs (num_cpus, num_gpus, memory; see ServiceSpec in
+    # batchserve.engine.tasks). {}: the defaults, as for services published before it was kept.
+    resources: Mapped[dict[str, Any]] = mapped_column(JSONValue, default=dict)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # What a chunk of this service costs, measured over its finished chunks (moving averages;

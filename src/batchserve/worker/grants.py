@@ -21,6 +21,7 @@ class GrantedBlobs:
     """A :class:`~batchserve.blobs.BlobStore` limited to the files granted for one task."""
 
     url = "granted://"
+    appends = True  # the result file granted is appended to
 
     def __init__(self, read: dict[str, int], append: dict[str, int]) -> None:
         self._read = read

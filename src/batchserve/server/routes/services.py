@@ -54,6 +54,10 @@ def _publish(engine: Engine, who: Principal, metadata: str, bundle: UploadFile) 
         raise BadRequest(str(exc)) from None
     except (json.JSONDecodeError, ValidationError) as exc:
         raise BadRequest(f"The metadata field is not a valid service description: {exc}") from None
+    except ValueError:  # an integer of more digits than Python reads (4300)
+        raise BadRequest(
+            "The metadata field holds a number too long to read; send shorter numbers."
+        ) from None
     limit = engine.settings.max_bundle_bytes
     data = bundle.file.read(limit + 1)
     if len(data) > limit:
@@ -73,6 +77,7 @@ def _publish(engine: Engine, who: Principal, metadata: str, bundle: UploadFile) 
         description=meta.description,
         alias=meta.alias,
         mode=meta.mode,
+        resources=meta.resources,
     )
     return public(engine, svc)
 
