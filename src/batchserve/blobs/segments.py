@@ -37,7 +37,8 @@ class SegmentWriter:
     """A writable stream kept as segments under ``prefix`` (which ends with ``/``).
 
     Bytes are buffered; :meth:`flush` writes them as the next segment once ``interval`` seconds
-    passed since the last one, :meth:`close` writes the rest. Readers never see a segment half
+    passed since the last one (and says whether everything written is readable now),
+    :meth:`close` writes the rest. Readers never see a segment half
     written: each is an object written whole.
     """
 
@@ -55,9 +56,12 @@ class SegmentWriter:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         return self._buffer.write(data)
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
+        """Write what is buffered as a segment, when it is time; True when every byte written
+        so far is readable (so that what is reported done can be read)."""
         if time.monotonic() - self._last >= self._interval:
             self._cut()
+        return not self._buffer.getbuffer().nbytes
 
     def _cut(self) -> None:
         data = self._buffer.getbuffer()

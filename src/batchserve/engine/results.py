@@ -126,9 +126,11 @@ class ResultWriter:
             self._writer.write_batch(pa.RecordBatch.from_pylist(self._rows, schema=self.schema))
             self._rows = []
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
+        """Make the rows added so far readable; False when some are not yet (a segmented
+        stream writes its next segment a moment later)."""
         self._write_rows()
-        self._sink.flush()
+        return self._sink.flush() is not False
 
     def close(self) -> None:
         self.flush()
@@ -161,8 +163,8 @@ class _CountingSink:
         self.count += len(data)
         return self._inner.write(data)
 
-    def flush(self) -> None:
-        self._inner.flush()
+    def flush(self) -> bool | None:
+        return self._inner.flush()
 
     def close(self) -> None:
         self._inner.close()

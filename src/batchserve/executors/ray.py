@@ -61,6 +61,8 @@ FORWARDED_VARIABLES = (
 NAMESPACE = "batchserve"
 #: Seconds between looks at the cluster's live nodes.
 WATCH_INTERVAL = 1.0
+#: Seconds a new actor may take to start before idle actors are stopped to give it room.
+ACTOR_START_GRACE = 3.0
 #: Seconds a new actor may take to start (its node found, its process up) before its task is
 #: given up as lost, and retried.
 ACTOR_START_TIMEOUT = 120.0
@@ -357,7 +359,8 @@ class RayExecutor:
         the cluster shrank under the actors it has (a node died), or it took too long, its task
         is given up as lost, to be retried when there is room."""
         started = actor.handle.pid.remote()
-        deadline = time.monotonic() + ACTOR_START_TIMEOUT
+        began = time.monotonic()
+        deadline = began + ACTOR_START_TIMEOUT
         while True:
             ready, _ = ray.wait([started], timeout=WATCH_INTERVAL)
             if ready:
@@ -366,6 +369,14 @@ class RayExecutor:
             with self._lock:
                 busy = sum(1 for a in self._actors if a.task is not None or a.stopping)
                 shrunk = busy > min(self._n, self._cluster_cpus)
+                # Idle actors keep their resources; one waiting to start needs them more.
+                idle = sorted(
+                    (a for a in self._actors if a.task is None and not a.stopping),
+                    key=lambda a: a.created,
+                )
+            if idle and time.monotonic() - began > ACTOR_START_GRACE:
+                self._forget(idle[0])
+                continue
             if shrunk or time.monotonic() > deadline:
                 raise GetTimeoutError("no node has room for a new worker")
 

@@ -251,9 +251,10 @@ class Progress:
         self._last = time.perf_counter()
 
     def flushed(self, succeeded: int, failed: int) -> None:
-        """Every record counted is written: make them readable, and report when it is time."""
-        self.writer.flush()
-        self.succeeded, self.failed = succeeded, failed
+        """Every record counted is written: make them readable, and report when it is time.
+        Only records that can be read count: a report never runs ahead of the results."""
+        if self.writer.flush():
+            self.succeeded, self.failed = succeeded, failed
         self.beat()
 
     def beat(self) -> None:
