@@ -1,13 +1,20 @@
-"""Fixtures shared by every kind of test: the services some tests need (PostgreSQL), and what a
-test does when such a service is missing."""
+"""Fixtures shared by every kind of test: the services some tests need (PostgreSQL, an
+S3-compatible server), and what a test does when such a service is missing."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import NoReturn
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -18,9 +25,21 @@ from batchserve.settings import with_driver
 from batchserve.store import upgrade
 from batchserve.store.models import Base
 
+if TYPE_CHECKING:
+    from pyarrow import fs as pafs
+
+    from batchserve.blobs.s3 import S3Config
+
 #: The PostgreSQL server of the tests, overridden by ``BATCHSERVE_TEST_POSTGRES_URL``: a database
-#: to connect to while the tests' own databases are created and dropped beside it.
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+#: to connect to while the tests' own databases are created and dropped beside it. Through its
+#: Unix socket where there is one: the tests may run in a network namespace of their own
+#: (scripts/test), whose loopback has no PostgreSQL.
+POSTGRES_SOCKET = "/var/run/postgresql"
+POSTGRES_URL = (
+    f"postgresql://postgres@/postgres?host={POSTGRES_SOCKET}"
+    if os.path.exists(f"{POSTGRES_SOCKET}/.s.PGSQL.5432")
+    else "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def missing_service(message: str) -> NoReturn:
@@ -84,3 +103,147 @@ def empty_tables(engine: Engine) -> None:
     tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
+# --- an S3-compatible server -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """The S3-compatible server of the tests: where it is and the credentials it takes.
+
+    ``url`` is None for the tests' own moto server, where each test gets a bucket of its own;
+    with ``BATCHSERVE_TEST_S3_URL`` it is that ``s3://bucket/prefix``, and each test gets a
+    prefix of its own under it.
+    """
+
+    config: S3Config
+    url: str | None = None
+
+    def environ(self) -> dict[str, str | None]:
+        """The AWS variables that point a process at this server (None: unset)."""
+        c = self.config
+        return {
+            "AWS_ENDPOINT_URL": c.endpoint_url,
+            "AWS_ENDPOINT_URL_S3": None,  # would win over AWS_ENDPOINT_URL
+            "AWS_ACCESS_KEY_ID": c.access_key,
+            "AWS_SECRET_ACCESS_KEY": c.secret_key,
+            "AWS_SESSION_TOKEN": c.session_token,
+            "AWS_REGION": c.region,
+            "AWS_DEFAULT_REGION": None,
+        }
+
+    def filesystem(self) -> pafs.S3FileSystem:
+        """A client of the server that may create and remove buckets (the store never does)."""
+        from pyarrow import fs as pafs
+
+        return pafs.S3FileSystem(
+            **self.config.filesystem_options(),
+            allow_bucket_creation=True,
+            allow_bucket_deletion=True,
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def moto_server(**environ: str) -> Iterator[str]:
+    """moto's S3 server, in a process of its own on 127.0.0.1: its endpoint URL. ``environ``
+    is added to its environment (``INITIAL_NO_AUTH_ACTION_COUNT="0"`` makes it check keys).
+
+    Not in the tests' process (``ThreadedMotoServer``): the server's Python would share the
+    tests' GIL, and a pyarrow S3 call made while holding it (a stream closed by its finalizer)
+    would wait for a server that cannot run until that call times out."""
+    if importlib.util.find_spec("moto") is None:
+        missing_service(
+            "moto (the tests' S3 server) is not installed; install the test extra "
+            "(pip install -e '.[test]'), or point BATCHSERVE_TEST_S3_URL at an S3 server"
+        )
+    port = free_port()
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **environ},
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    tail = log.read().decode(errors="replace")[-2000:]
+                    missing_service(f"moto's S3 server did not start on port {port}: {tail}")
+                time.sleep(0.05)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """An S3-compatible server for the session: ``BATCHSERVE_TEST_S3_URL`` (an
+    ``s3://bucket/prefix`` to work under, on the server the AWS variables name), or else a moto
+    server started for the session."""
+    from batchserve.blobs import BlobStoreUnavailable
+    from batchserve.blobs.s3 import S3BlobStore, S3Config
+
+    url = os.environ.get("BATCHSERVE_TEST_S3_URL")
+    if url:
+        try:
+            config = S3Config.from_environ()
+            S3BlobStore(url, config)
+        except (ValueError, BlobStoreUnavailable) as exc:
+            missing_service(f"the S3 server of BATCHSERVE_TEST_S3_URL={url} cannot be used: {exc}")
+        yield S3Server(config, url)
+        return
+    with moto_server() as endpoint:
+        yield S3Server(
+            S3Config(
+                endpoint_url=endpoint,
+                access_key="batchserve-test",
+                secret_key="batchserve-test-secret",
+                region="us-east-1",
+            )
+        )
+
+
+@pytest.fixture
+def s3_blob_url(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The ``s3://bucket/prefix`` of an empty blob store of the test's own, with the AWS
+    variables set for the test to open it (as a worker opens a store from its URL)."""
+    for name, value in s3_server.environ().items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    fs = s3_server.filesystem()
+    if s3_server.url is None:
+        bucket = f"batchserve-test-{secrets.token_hex(4)}"
+        fs.create_dir(bucket)
+        try:
+            yield f"s3://{bucket}/blobs"
+        finally:
+            fs.delete_dir(bucket)
+        return
+    url = f"{s3_server.url.rstrip('/')}/test-{secrets.token_hex(4)}"
+    try:
+        yield url
+    finally:
+        path = url.removeprefix("s3://")
+        with suppress(FileNotFoundError):
+            fs.delete_dir(path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -21,8 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from tests.conftest import missing_service
+from tests.conftest import S3Server, missing_service
 
 ADMIN_PASSWORD = "e2e-admin-password"
 
@@ -39,7 +39,7 @@ class ServerProcess:
 
     home: Path
     port: int = field(default_factory=free_port)
-    workers: int = 2
+    workers: int | None = 2  # None: the server's default
     database_url: str | None = None  # None: SQLite in the data directory
     env: dict[str, str] = field(default_factory=dict)  # more settings, as BATCHSERVE_* variables
     process: subprocess.Popen[bytes] | None = None
@@ -72,8 +72,7 @@ class ServerProcess:
                 str(self.port),
                 "--data-dir",
                 str(self.home),
-                "--workers",
-                str(self.workers),
+                *(["--workers", str(self.workers)] if self.workers else []),
                 "--log-level",
                 "warning",
             ],
@@ -119,23 +118,30 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="session")
 def scaleout_server(
-    tmp_path_factory: pytest.TempPathFactory, ray_cluster: RayCluster, s3_bucket_url: str
+    tmp_path_factory: pytest.TempPathFactory,
+    ray_cluster: RayCluster,
+    s3_server: S3Server,
+    s3_bucket_url: str,
 ) -> Iterator[ServerProcess]:
-    """A server that runs chunks on the test Ray cluster and keeps batch data in S3 (one
-    actor slot per node)."""
+    """A server that runs chunks on the test Ray cluster and keeps batch data in S3 (as many
+    actor slots as the cluster has CPUs: one per node)."""
     proc = ServerProcess(
         tmp_path_factory.mktemp("scaleout") / "home",
-        env=scaleout_env(ray_cluster, s3_bucket_url),
+        workers=None,
+        env=scaleout_env(ray_cluster, s3_server, s3_bucket_url),
     ).start(timeout=120)
     yield proc
     proc.stop()
 
 
-def scaleout_env(cluster: RayCluster, blob_url: str) -> dict[str, str]:
+def scaleout_env(cluster: RayCluster, s3: S3Server, blob_url: str) -> dict[str, str]:
+    """The settings of a server on the Ray cluster with its data at ``blob_url`` in S3."""
+    aws = {name: value or "" for name, value in s3.environ().items()}
     return {
         "BATCHSERVE_EXECUTOR": "ray",
         "BATCHSERVE_RAY_ADDRESS": cluster.address,
         "BATCHSERVE_BLOB_URL": blob_url,
+        **aws,
         **RAY_ENV,
     }
 
@@ -163,6 +169,14 @@ def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+#: The head's health checks of the other nodes, sped up for tests that kill a node.
+FAST_NODE_DEATH = {
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}
+
+
 @dataclass
 class RayCluster:
     """A local Ray cluster: a head node and a second node, each its own raylet, in process
@@ -177,21 +191,41 @@ class RayCluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _ray(self, *args: str, log: str) -> subprocess.Popen[bytes]:
+    def _ray(
+        self, *args: str, log: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         ray = str(Path(sys.executable).with_name("ray"))
         return subprocess.Popen(
-            [ray, "start", "--block", "--num-cpus", "1", "--node-ip-address", "127.0.0.1",
-             "--object-store-memory", str(200 * 1024**2), "--disable-usage-stats", *args],
-            env=dict(os.environ, **RAY_ENV),
-            stdout=open(Path(self.temp_dir) / log, "ab"),  # noqa: SIM115 - the node's own log
+            [
+                ray,
+                "start",
+                "--block",
+                "--num-cpus",
+                "1",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--object-store-memory",
+                str(200 * 1024**2),
+                "--disable-usage-stats",
+                *args,
+            ],
+            env=dict(os.environ, **RAY_ENV, **(env or {})),
+            stdout=open(Path(self.temp_dir) / log, "ab"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
     def start(self) -> RayCluster:
         self.head = self._ray(
-            "--head", "--port", str(self.port), "--include-dashboard=false",
-            "--temp-dir", self.temp_dir, log="head.log",
+            "--head",
+            "--port",
+            str(self.port),
+            "--include-dashboard=false",
+            "--temp-dir",
+            self.temp_dir,
+            log="head.log",
+            # A dead node is declared dead after about 3 s, not Ray's default 30 or so.
+            env=FAST_NODE_DEATH,
         )
         self.wait_for_nodes(1)
         self.start_second_node()
@@ -203,8 +237,8 @@ class RayCluster:
 
     def alive_nodes(self) -> int:
         script = (
-            "import ray; ray.init(address='%s', log_to_driver=False); "
-            "print(sum(1 for n in ray.nodes() if n['Alive']))" % self.address
+            f"import ray; ray.init(address={self.address!r}, log_to_driver=False); "
+            "print(sum(1 for n in ray.nodes() if n['Alive']))"
         )
         out = subprocess.run(
             [sys.executable, "-c", script],
@@ -321,3 +355,22 @@ def ml_login(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> Callable
 def ml(ml_login: Callable[..., Any]) -> Any:
     """ML Server's client, logged in as the admin (an owner)."""
     return ml_login("admin", ADMIN_PASSWORD)
+
+
+
+@pytest.fixture(scope="session")
+def s3_bucket_url(s3_server: S3Server) -> Iterator[str]:
+    """An ``s3://bucket/prefix`` for the session's scale-out servers (each under a prefix of
+    its own)."""
+    fs = s3_server.filesystem()
+    if s3_server.url is not None:
+        url = f"{s3_server.url.rstrip('/')}/e2e-{secrets.token_hex(4)}"
+        yield url
+        with contextlib.suppress(FileNotFoundError):
+            fs.delete_dir(url.removeprefix("s3://"))
+        return
+    bucket = f"batchserve-e2e-{secrets.token_hex(4)}"
+    fs.create_dir(bucket)
+    yield f"s3://{bucket}/shared"
+    with contextlib.suppress(Exception):
+        fs.delete_dir(bucket)

@@ -11,15 +11,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from batchserve import BatchState
+from batchserve import BatchState, Client
 
-from .conftest import ADMIN_PASSWORD
+from .conftest import ADMIN_PASSWORD, ServerProcess
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 MTCARS = ROOT / "examples" / "data" / "mtcars.csv"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def client(any_server: ServerProcess):  # type: ignore[no-untyped-def]
+    """The workflow runs on each executor: the local pool on a folder, Ray actors on S3."""
+    with Client(any_server.url, username="admin", password=ADMIN_PASSWORD) as c:
+        yield c
 
 
 def _fit(mtcars: pd.DataFrame):  # type: ignore[no-untyped-def]

@@ -50,6 +50,11 @@ def snoop(probe: str) -> str:
             host, port = arg.rsplit(":", 1)
             socket.create_connection((host, int(port)), timeout=2).close()
             return "GOT connection"
+        if kind == "unix":
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(2)
+                s.connect(arg)
+            return "GOT connection"
     except Exception as exc:
         return f"denied: {type(exc).__name__}"
     return "unknown probe"
@@ -137,6 +142,8 @@ def test_service_code_finds_no_secret_database_or_other_batch(
         "file:/root/.bash_history",
         "file:/etc/shadow",
         "net:127.0.0.1:5432",
+        # The database's own socket: a trust-auth PostgreSQL would let anyone on it in.
+        "unix:/var/run/postgresql/.s.PGSQL.5432",
         f"net:127.0.0.1:{server.port}",
     ]
     batch = svc.batch({"probe": probes}).start()

@@ -1,10 +1,15 @@
-"""The local-directory blob store (batchserve.blobs.local)."""
+"""The blob stores without a server: what only the local-directory store does (keys kept inside
+its folder, temporary files, descriptors handed to workers), and the S3 store's URL and
+configuration. What every store does is in tests/integration/test_blob_store_contract.py."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from batchserve.blobs import BlobNotFound, BlobStore, LocalBlobStore, blob_store_from_url
+from batchserve.blobs import LocalBlobStore, blob_store_from_url
+from batchserve.blobs.s3 import S3Config, normalize_key, parse_s3_url
 
 
 @pytest.fixture
@@ -12,8 +17,7 @@ def blobs(tmp_path):
     return LocalBlobStore(tmp_path / "blobs")
 
 
-def test_the_local_store_implements_the_port(blobs):
-    assert isinstance(blobs, BlobStore)
+# --- the local store -------------------------------------------------------------------------
 
 
 def test_the_root_folder_is_created(tmp_path):
@@ -21,89 +25,29 @@ def test_the_root_folder_is_created(tmp_path):
     assert (tmp_path / "a" / "b").is_dir()
 
 
-def test_bytes_written_are_read_back(blobs):
-    blobs.write_bytes("batches/b1/inputs/000000.arrow", b"records")
-    assert blobs.read_bytes("batches/b1/inputs/000000.arrow") == b"records"
-    assert blobs.exists("batches/b1/inputs/000000.arrow")
-    assert blobs.size("batches/b1/inputs/000000.arrow") == 7
+def test_the_url_is_a_file_url_of_the_absolute_root(tmp_path):
+    store = LocalBlobStore(tmp_path / "blobs")
+    assert store.url == f"file://{(tmp_path / 'blobs').resolve()}"
 
 
-def test_writing_again_replaces_the_blob(blobs):
-    blobs.write_bytes("k", b"first")
-    blobs.write_bytes("k", b"second")
-    assert blobs.read_bytes("k") == b"second"
+def test_the_local_store_can_append():
+    assert LocalBlobStore.appends
 
 
-def test_a_missing_blob_is_reported_as_not_found(blobs):
-    with pytest.raises(BlobNotFound):
-        blobs.read_bytes("nope")
-    with pytest.raises(BlobNotFound):
-        blobs.size("nope")
-    assert not blobs.exists("nope")
-
-
-def test_a_blob_not_found_is_a_key_error(blobs):
-    with pytest.raises(KeyError):
-        blobs.open_read("nope")
-
-
-# --- atomic writes ---------------------------------------------------------------------------
-
-
-def test_a_blob_being_written_is_not_visible_until_closed(blobs):
-    with blobs.open_write("results/r1") as f:
-        f.write(b"part")
-        f.flush()
-        assert not blobs.exists("results/r1")
-        assert blobs.list("results") == []
-    assert blobs.read_bytes("results/r1") == b"part"
-
-
-def test_rewriting_keeps_the_old_content_visible_until_closed(blobs):
-    blobs.write_bytes("k", b"old")
-    f = blobs.open_write("k")
-    f.write(b"new")
-    assert blobs.read_bytes("k") == b"old"
-    f.close()
-    assert blobs.read_bytes("k") == b"new"
-
-
-def test_a_write_that_raises_leaves_no_blob_and_no_temporary_file(blobs):
+def test_a_write_that_raises_leaves_no_temporary_file(blobs):
     with pytest.raises(RuntimeError), blobs.open_write("results/r1") as f:
         f.write(b"half")
         raise RuntimeError("disk full")
-    assert not blobs.exists("results/r1")
     assert list(blobs.path("results").iterdir()) == []
 
 
-def test_a_write_that_raises_keeps_the_previous_blob(blobs):
-    blobs.write_bytes("k", b"old")
-    with pytest.raises(RuntimeError), blobs.open_write("k") as f:
-        f.write(b"new")
-        raise RuntimeError("stop")
-    assert blobs.read_bytes("k") == b"old"
-
-
-def test_closing_twice_is_harmless(blobs):
-    f = blobs.open_write("k")
-    f.write(b"x")
-    f.close()
-    f.close()
-    assert f.closed
-    assert blobs.read_bytes("k") == b"x"
-
-
-def test_an_append_stream_shows_flushed_bytes_before_it_is_closed(blobs):
-    f = blobs.open_append_stream("results/r1")
-    f.write(b"first")
-    f.flush()
-    assert blobs.read_bytes("results/r1") == b"first"
-    f.write(b" second")
-    f.close()
-    assert blobs.read_bytes("results/r1") == b"first second"
-
-
-# --- keys that leave the root ----------------------------------------------------------------
+def test_a_blob_being_written_is_a_hidden_temporary_file(blobs):
+    with blobs.open_write("results/r1") as f:
+        f.write(b"part")
+        f.flush()
+        [tmp] = blobs.path("results").iterdir()
+        assert tmp.name.startswith(".")
+    assert [p.name for p in blobs.path("results").iterdir()] == ["r1"]
 
 
 @pytest.mark.parametrize("key", ["../x", "a/../../x", "/etc/passwd", "a/../../blobs2/x"])
@@ -122,83 +66,149 @@ def test_a_refused_key_writes_nothing_outside_the_root(blobs, tmp_path):
     assert not (tmp_path / "outside").exists()
 
 
-def test_a_key_with_dots_that_stays_inside_is_accepted(blobs):
-    blobs.write_bytes("a/../b/c", b"x")
-    assert blobs.read_bytes("b/c") == b"x"
+def test_a_granted_read_descriptor_reads_the_blob(blobs):
+    blobs.write_bytes("batches/b1/inputs/000000.arrow", b"records")
+    fd = blobs.grant_read("batches/b1/inputs/000000.arrow")
+    try:
+        assert os.pread(fd, 100, 0) == b"records"
+        with pytest.raises(OSError):
+            os.write(fd, b"x")
+    finally:
+        os.close(fd)
 
 
-# --- list and delete -------------------------------------------------------------------------
-
-
-def test_list_gives_the_keys_under_a_folder_sorted_and_recursive(blobs):
-    for key in [
-        "batches/b1/inputs/000001.arrow",
-        "batches/b1/inputs/000000.arrow",
-        "batches/b1/artifacts/3/plot.png",
-        "batches/b2/inputs/000000.arrow",
-    ]:
-        blobs.write_bytes(key, b"x")
-    assert blobs.list("batches/b1") == [
-        "batches/b1/artifacts/3/plot.png",
-        "batches/b1/inputs/000000.arrow",
-        "batches/b1/inputs/000001.arrow",
-    ]
-
-
-def test_list_of_a_missing_folder_is_empty(blobs):
-    assert blobs.list("nothing/here") == []
-
-
-def test_delete_removes_one_blob_and_ignores_a_missing_one(blobs):
-    blobs.write_bytes("a/1", b"x")
-    blobs.write_bytes("a/2", b"x")
-    blobs.delete("a/1")
-    blobs.delete("a/1")
-    assert blobs.list("a") == ["a/2"]
-
-
-def test_delete_prefix_removes_a_folder_and_nothing_else(blobs):
-    blobs.write_bytes("batches/b1/inputs/000000.arrow", b"x")
-    blobs.write_bytes("batches/b1/results/000000.arrow", b"x")
-    blobs.write_bytes("batches/b10/inputs/000000.arrow", b"x")
-    blobs.delete_prefix("batches/b1")
-    assert blobs.list("batches") == ["batches/b10/inputs/000000.arrow"]
-
-
-def test_delete_prefix_of_a_missing_folder_is_harmless(blobs):
-    blobs.delete_prefix("batches/none")
-
-
-@pytest.mark.parametrize("prefix", ["", ".", "a/.."])
-def test_delete_prefix_refuses_to_delete_the_whole_store(blobs, prefix):
-    blobs.write_bytes("k", b"x")
-    with pytest.raises(ValueError, match="whole blob store"):
-        blobs.delete_prefix(prefix)
-    assert blobs.exists("k")
+def test_a_granted_append_descriptor_writes_a_new_blob(blobs):
+    blobs.write_bytes("results/r1", b"stale")
+    fd = blobs.grant_append("results/r1")
+    try:
+        os.write(fd, b"fresh")
+    finally:
+        os.close(fd)
+    assert blobs.read_bytes("results/r1") == b"fresh"
 
 
 # --- opening by URL --------------------------------------------------------------------------
 
 
-def test_a_store_reopened_from_its_url_sees_the_same_blobs(blobs):
-    blobs.write_bytes("k", b"shared")
-    again = blob_store_from_url(blobs.url)
-    assert again.read_bytes("k") == b"shared"
+@pytest.mark.parametrize("url", ["ftp://example.org/blobs", "gs://bucket/blobs", "/plain/path"])
+def test_an_unknown_url_is_refused_naming_the_forms_that_work(url):
+    with pytest.raises(ValueError, match="Unsupported blob store URL") as error:
+        blob_store_from_url(url)
+    assert "file:///" in str(error.value)
+    assert "s3://bucket/prefix" in str(error.value)
 
 
-def test_the_url_is_a_file_url_of_the_absolute_root(tmp_path):
-    store = LocalBlobStore(tmp_path / "blobs")
-    assert store.url == f"file://{(tmp_path / 'blobs').resolve()}"
+# --- the S3 store's URL and configuration ----------------------------------------------------
 
 
-def test_an_unknown_url_scheme_is_refused():
-    with pytest.raises(ValueError, match="Unsupported blob store URL"):
-        blob_store_from_url("ftp://example.org/blobs")
+@pytest.mark.parametrize(
+    ("url", "bucket", "prefix"),
+    [
+        ("s3://batch-data", "batch-data", ""),
+        ("s3://batch-data/", "batch-data", ""),
+        ("s3://batch-data/prod", "batch-data", "prod"),
+        ("s3://batch-data/teams/ml/", "batch-data", "teams/ml"),
+        ("s3://batch-data//teams/./ml", "batch-data", "teams/ml"),
+        ("s3://my.bucket-1/a/../b", "my.bucket-1", "b"),
+    ],
+)
+def test_an_s3_url_names_a_bucket_and_a_prefix(url, bucket, prefix):
+    assert parse_s3_url(url) == (bucket, prefix)
 
 
-def test_folders_are_the_names_right_under_a_prefix(blobs):
-    blobs.write_bytes("batches/b2/results/0.arrow", b"x")
-    blobs.write_bytes("batches/b1/inputs/0.arrow", b"x")
-    blobs.write_bytes("batches/file", b"x")
-    assert blobs.folders("batches") == ["b1", "b2"]
-    assert blobs.folders("missing") == []
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("s3://", "valid bucket"),
+        ("s3:///prefix", "valid bucket"),
+        ("s3://Batch_Data/x", "valid bucket"),
+        ("s3://ab/x", "valid bucket"),
+        ("s3://key:secret@bucket/x", "AWS_ACCESS_KEY_ID"),
+        ("s3://bucket/x?region=eu-west-1", "AWS_REGION"),
+        ("s3://bucket/../other", "leaves its bucket"),
+        ("https://bucket/x", "not an S3 URL"),
+    ],
+)
+def test_a_bad_s3_url_is_refused_saying_what_is_wrong(url, problem):
+    with pytest.raises(ValueError, match=problem):
+        parse_s3_url(url)
+
+
+def test_a_bad_s3_url_is_refused_before_any_server_is_asked():
+    with pytest.raises(ValueError, match="valid bucket"):
+        blob_store_from_url("s3://Not_A_Bucket/blobs")
+
+
+@pytest.mark.parametrize(
+    ("key", "normal"),
+    [("a/b", "a/b"), ("a//b/", "a/b"), ("./a/./b", "a/b"), ("a/../b", "b"), ("", ""), (".", "")],
+)
+def test_keys_are_normalized_as_paths(key, normal):
+    assert normalize_key(key) == normal
+
+
+@pytest.mark.parametrize("key", ["..", "../x", "a/../../x"])
+def test_a_key_above_the_store_is_refused(key):
+    with pytest.raises(ValueError, match="leaves the blob store"):
+        normalize_key(key)
+
+
+def test_the_s3_configuration_comes_from_the_aws_variables():
+    config = S3Config.from_environ(
+        {
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+            "AWS_ACCESS_KEY_ID": "key",
+            "AWS_SECRET_ACCESS_KEY": "secret",
+            "AWS_SESSION_TOKEN": "token",
+            "AWS_REGION": "eu-west-1",
+        }
+    )
+    assert config.filesystem_options() == {
+        "endpoint_override": "127.0.0.1:9000",
+        "scheme": "http",
+        "force_virtual_addressing": False,
+        "access_key": "key",
+        "secret_key": "secret",
+        "session_token": "token",
+        "region": "eu-west-1",
+    }
+
+
+def test_the_s3_specific_endpoint_and_the_default_region_are_understood():
+    config = S3Config.from_environ(
+        {
+            "AWS_ENDPOINT_URL": "http://general:1",
+            "AWS_ENDPOINT_URL_S3": "https://minio.internal:9000/",
+            "AWS_DEFAULT_REGION": "eu-central-1",
+        }
+    )
+    assert config.endpoint_url == "https://minio.internal:9000/"
+    options = config.filesystem_options()
+    assert (options["scheme"], options["endpoint_override"]) == ("https", "minio.internal:9000")
+    assert options["region"] == "eu-central-1"
+
+
+def test_without_variables_aws_itself_and_the_sdk_credentials_are_used():
+    config = S3Config.from_environ({})
+    assert config == S3Config()
+    assert config.filesystem_options() == {}
+
+
+def test_a_server_other_than_aws_gets_a_default_region():
+    config = S3Config.from_environ({"AWS_ENDPOINT_URL": "http://localhost:9000"})
+    assert config.filesystem_options()["region"] == "us-east-1"
+
+
+@pytest.mark.parametrize(
+    ("environ", "problem"),
+    [
+        ({"AWS_ENDPOINT_URL": "localhost:9000"}, "not an http"),
+        ({"AWS_ENDPOINT_URL": "ftp://localhost:9000"}, "not an http"),
+        ({"AWS_ENDPOINT_URL": "http://localhost:9000/bucket"}, "has a path"),
+        ({"AWS_ACCESS_KEY_ID": "key"}, "set both"),
+        ({"AWS_SECRET_ACCESS_KEY": "secret"}, "set both"),
+    ],
+)
+def test_a_bad_s3_configuration_is_refused_saying_what_is_wrong(environ, problem):
+    with pytest.raises(ValueError, match=problem):
+        S3Config.from_environ(environ)

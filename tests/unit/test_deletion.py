@@ -40,6 +40,9 @@ class HeldWorkers:
     def shutdown(self) -> None:
         pass
 
+    def slots_for(self, spec: object) -> int:
+        return 1
+
     def free_slots(self) -> int:
         return self.slots - len(self.running)
 

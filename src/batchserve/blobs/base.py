@@ -17,9 +17,18 @@ class BlobNotFound(KeyError):
     """No blob under that key."""
 
 
+class BlobStoreUnavailable(RuntimeError):
+    """The blob store a URL names cannot be used as configured: its bucket is missing, its
+    server does not answer, or the credentials are refused. Raised when the store is opened."""
+
+
 @runtime_checkable
 class BlobStore(Protocol):
     url: str
+
+    #: True when :meth:`open_append_stream` works; a store without append gets results as
+    #: segments (:mod:`batchserve.blobs.segments`).
+    appends: bool
 
     def open_read(self, key: str) -> BinaryIO:
         """A readable binary file; raises :class:`BlobNotFound`."""
@@ -35,7 +44,8 @@ class BlobStore(Protocol):
         ...
 
     def open_append_stream(self, key: str) -> BinaryIO:
-        """A writable file whose flushed bytes readers can see before it is closed."""
+        """A writable file whose flushed bytes readers can see before it is closed; a store
+        whose :attr:`appends` is False raises :class:`io.UnsupportedOperation`."""
         ...
 
     def read_bytes(self, key: str) -> bytes: ...
@@ -60,9 +70,17 @@ class BlobStore(Protocol):
 
 
 def blob_store_from_url(url: str) -> BlobStore:
-    """Open the blob store an URL names (``file:///path``)."""
+    """Open the blob store a URL names: a folder (``file:///path``) or a bucket and prefix of
+    an S3-compatible server (``s3://bucket/prefix``, configured by the AWS variables: see
+    :mod:`batchserve.blobs.s3`)."""
     if url.startswith("file://"):
         from batchserve.blobs.local import LocalBlobStore
 
         return LocalBlobStore(url[len("file://") :])
-    raise ValueError(f"Unsupported blob store URL {url!r}; use file:///path/to/folder.")
+    if url.startswith("s3://"):
+        from batchserve.blobs.s3 import S3BlobStore
+
+        return S3BlobStore(url)
+    raise ValueError(
+        f"Unsupported blob store URL {url!r}; use file:///path/to/folder or s3://bucket/prefix."
+    )

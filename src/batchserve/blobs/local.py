@@ -53,6 +53,9 @@ class _AtomicWriter:
 class LocalBlobStore:
     """Blobs as files under one root folder."""
 
+    #: A file can be appended to while readers read it.
+    appends = True
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
