@@ -15,16 +15,10 @@ from batchserve.blobs import LocalBlobStore
 from batchserve.client._publish import worker_resources
 from batchserve.engine.errors import BadRequest
 from batchserve.engine.scheduler import WarmService, service_spec
-from batchserve.engine.services import InvalidResources, ServiceOps, normalize_resources
-from batchserve.engine.tasks import (
-    DEFAULT_RESOURCES,
-    ChunkTask,
-    ConsumeTask,
-    LoadTask,
-    task_from_wire,
-    task_to_wire,
-)
+from batchserve.engine.services import InvalidResources, ServiceOps
+from batchserve.engine.tasks import ChunkTask, ConsumeTask, LoadTask, task_from_wire, task_to_wire
 from batchserve.errors import UsageError
+from batchserve.resources import DEFAULT_RESOURCES, ResourceError, normalize_resources
 from batchserve.server.schemas import ServicePublic
 from batchserve.store import Store, upgrade
 
@@ -83,25 +77,30 @@ def test_the_sdk_and_the_engine_give_workers_the_same_resources(asked, given):  
 def test_the_sdk_and_the_engine_refuse_the_same_resources_saying_why(asked, words):  # type: ignore[no-untyped-def]
     with pytest.raises(UsageError) as sdk:
         worker_resources(asked)
-    with pytest.raises(InvalidResources) as engine:
+    with pytest.raises(ResourceError) as engine:
         normalize_resources(asked)
     for word in words:
         assert word in str(sdk.value), str(sdk.value)
-        assert word in engine.value.message, engine.value.message
+        assert word in str(engine.value), str(engine.value)
     # Long values are quoted briefly.
-    assert len(str(sdk.value)) < 300 and len(engine.value.message) < 300
+    assert len(str(sdk.value)) < 300 and len(str(engine.value)) < 300
+
+
+def test_a_refusal_is_spelled_for_python_in_the_sdk_and_for_json_in_the_api():
+    with pytest.raises(UsageError) as sdk:
+        worker_resources({"memory": 1.5})
+    with pytest.raises(ResourceError) as api:
+        normalize_resources({"memory": 1.5})
+    assert str(sdk.value).startswith("resources memory 1.5 ")
+    assert "(an int)" in str(sdk.value) and "0 or None" in str(sdk.value)
+    assert str(api.value).startswith("memory 1.5 ")
+    assert "(an integer)" in str(api.value) and "0 or null" in str(api.value)
+    assert api.value.details == {"key": "memory"}
 
 
 def test_resources_left_out_are_the_defaults():
     assert normalize_resources(None) == DEFAULT_RESOURCES
     assert normalize_resources(None) is not DEFAULT_RESOURCES
-
-
-def test_a_refused_resource_is_a_validation_error_of_the_api():
-    with pytest.raises(InvalidResources) as caught:
-        normalize_resources({"gpus": 1})
-    assert isinstance(caught.value, BadRequest)
-    assert caught.value.code == "validation_error"  # 422 on the native API
 
 
 # -- the SDK: nothing is sent ------------------------------------------------------------------
@@ -244,6 +243,18 @@ def test_check_resources_refusing_fails_publish_with_its_message(store, who, blo
     assert store.get_service_name("sq") is None
     # What it accepts is published.
     assert publish(ops, who, resources={"num_gpus": 1}).resources["num_gpus"] == 1
+
+
+def test_a_refused_resource_is_a_validation_error_of_the_api(store, who, blobs, scheduler):  # type: ignore[no-untyped-def]
+    ops = ServiceOps(store, blobs, scheduler)  # type: ignore[arg-type]
+    with pytest.raises(ResourceError) as checked:
+        normalize_resources({"gpus": 1})
+    with pytest.raises(InvalidResources) as caught:
+        publish(ops, who, resources={"gpus": 1})
+    assert isinstance(caught.value, BadRequest)
+    assert caught.value.code == "validation_error"  # 422 on the native API
+    assert caught.value.message == str(checked.value)
+    assert caught.value.details == {"unknown": ["gpus"]}
 
 
 def test_bad_resources_fail_publish_before_anything_is_stored(store, who, blobs, scheduler):  # type: ignore[no-untyped-def]

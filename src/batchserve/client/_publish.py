@@ -7,8 +7,6 @@ inside the server's worker processes.
 
 from __future__ import annotations
 
-import math
-import numbers
 import sys
 import sysconfig
 from collections.abc import Mapping
@@ -19,6 +17,8 @@ from typing import Any
 
 from batchserve.client._types import default_alias, infer_inputs, schema
 from batchserve.errors import UsageError
+from batchserve.resources import DEFAULT_RESOURCES as DEFAULT_RESOURCES
+from batchserve.resources import ResourceError, normalize_resources
 
 BUNDLE_FORMAT = 1
 
@@ -95,99 +95,13 @@ def prepare_publication(
     return Publication(metadata=metadata, bundle=_pickle(bundle))
 
 
-#: What each worker is given for a resource ``resources=`` leaves out.
-DEFAULT_RESOURCES: dict[str, Any] = {"num_cpus": 1, "num_gpus": 0, "memory": None}
-# Ray counts resources in steps of 0.0001: it refuses a smaller non-zero fraction.
-_RESOURCE_STEP = 0.0001
-# The largest integer every JSON reader keeps exactly.
-_MAX_RESOURCE = 2**53 - 1
-_EXAMPLE = "{'num_cpus': 2, 'num_gpus': 0.5, 'memory': '4GiB'}"
-
-
 def worker_resources(resources: Mapping[str, Any]) -> dict[str, Any]:
     """Check ``resources=`` of ``publish_service`` and return it as sent: every resource, the
     memory in bytes (None: none reserved)."""
-    if not isinstance(resources, Mapping):
-        raise UsageError(
-            f"resources must be a dict like {_EXAMPLE}, not a {type(resources).__name__}."
-        )
-    unknown = [k for k in resources if k not in DEFAULT_RESOURCES]
-    if unknown:
-        raise UsageError(
-            f"resources has the unknown key(s) {', '.join(map(_shown, unknown))}: a service may "
-            f"ask for num_cpus, num_gpus and memory, like {_EXAMPLE}."
-        )
-    out = dict(DEFAULT_RESOURCES)
-    for key, zero_ok in (("num_cpus", False), ("num_gpus", True)):
-        if resources.get(key) is not None:
-            out[key] = _count(resources[key], key, zero_ok=zero_ok)
-    out["memory"] = _memory(resources.get("memory"))
-    return out
-
-
-def _count(value: Any, key: str, *, zero_ok: bool) -> int | float:
-    """A CPU or GPU count: a number, fractions allowed (workers may share a CPU or GPU)."""
-    example = "0 for none, 1, or a fraction like 0.5" if zero_ok else "1, 2, or 0.5"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise UsageError(f"resources {key} must be a number, like {example}; not {_shown(value)}.")
-    if isinstance(value, numbers.Integral):
-        number: int | float = int(value)
-    else:
-        number = float(value)
-        if not math.isfinite(number):
-            raise UsageError(f"resources {key} must be a number, like {example}; not {number}.")
-    if number < 0 or (number == 0 and not zero_ok):
-        need = "0 or more" if zero_ok else "more than 0 (every worker needs some CPU)"
-        raise UsageError(f"resources {key} is {_shown(number)}; it must be {need}: give {example}.")
-    if 0 < number < _RESOURCE_STEP:
-        raise UsageError(
-            f"resources {key} is {number}; fractions finer than {_RESOURCE_STEP} cannot be "
-            f"reserved: give {example}."
-        )
-    if number > _MAX_RESOURCE:
-        raise UsageError(
-            f"resources {key} is {_shown(number)}, more than any machine has: give {example}."
-        )
-    return int(number) if float(number).is_integer() else number
-
-
-def _memory(value: Any) -> int | None:
-    """Memory in bytes, from an integer or a size like ``'2GiB'``; None when none is reserved."""
-    how = "give bytes (an int) or a size like '2GiB' or '512MB' (0 or None: none reserved)"
-    if value is None:
-        return None
-    size: int | float = math.nan
-    if isinstance(value, str):
-        from batchserve.settings import parse_size
-
-        parsed: int | float | None
-        try:
-            parsed = parse_size(value)
-        except (ValueError, OverflowError):  # OverflowError: 'inf' and its like
-            parsed = math.nan
-        if parsed is None:  # 'none', or blank
-            return None
-        size = parsed
-    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        size = int(value)
-    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-        size = float(value)
-    if isinstance(size, float) and not (math.isfinite(size) and size.is_integer()):
-        raise UsageError(f"resources memory {_shown(value)} is not a number of bytes; {how}.")
-    if size < 0:
-        raise UsageError(f"resources memory is {_shown(value)}, which is negative; {how}.")
-    if size > _MAX_RESOURCE:
-        raise UsageError(f"resources memory {_shown(value)} is more than any machine has; {how}.")
-    return int(size) or None
-
-
-def _shown(value: Any) -> str:
-    """``value`` as a message quotes it: briefly."""
     try:
-        text = repr(value)
-    except ValueError:  # an integer past the digits Python turns into text
-        text = "a number too long to show"
-    return text if len(text) <= 40 else text[:37] + "..."
+        return normalize_resources(resources, spelling="python")
+    except ResourceError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _inputs(code: Any, inputs: Mapping[str, Any] | None) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 import time
@@ -25,9 +24,8 @@ from batchserve.engine.errors import (
     check_text,
 )
 from batchserve.engine.scheduler import Scheduler, WarmService, service_spec
-from batchserve.engine.tasks import DEFAULT_RESOURCES
+from batchserve.resources import ResourceError, normalize_resources, shown
 from batchserve.schema import SchemaError, normalize_schema
-from batchserve.settings import parse_size
 from batchserve.states import BatchState
 from batchserve.store import AlreadyExists, ServiceBatch, Store
 from batchserve.store.models import Service, ServiceName, User
@@ -102,110 +100,6 @@ class InvalidResources(BadRequest):
     code = "validation_error"
 
 
-# Ray counts resources in steps of 0.0001: it refuses a smaller non-zero fraction.
-_RESOURCE_STEP = 0.0001
-# The largest integer every JSON client reads exactly.
-_MAX_RESOURCE = 2**53 - 1
-
-
-def normalize_resources(value: Any) -> dict[str, Any]:
-    """What a service asks each of its workers for, checked, with the defaults filled in:
-    ``{"num_cpus": number > 0, "num_gpus": number >= 0, "memory": bytes or None}``. A size
-    string (``"2GiB"``) gives the memory in bytes; None or 0 reserves none."""
-    if value is None:
-        return dict(DEFAULT_RESOURCES)
-    if not isinstance(value, dict):
-        raise InvalidResources(
-            f'resources must be an object like {{"num_cpus": 1, "num_gpus": 0, '
-            f'"memory": "2GiB"}}, not {_json_kind(value)}.'
-        )
-    unknown = [k for k in value if k not in DEFAULT_RESOURCES]
-    if unknown:
-        raise InvalidResources(
-            f"Unknown resource {', '.join(map(_shown, unknown))}: a service may ask for "
-            "num_cpus, num_gpus and memory only.",
-            unknown=unknown,
-        )
-    out = dict(DEFAULT_RESOURCES)
-    if value.get("num_cpus") is not None:
-        out["num_cpus"] = _count(value["num_cpus"], "num_cpus", zero_ok=False)
-    if value.get("num_gpus") is not None:
-        out["num_gpus"] = _count(value["num_gpus"], "num_gpus", zero_ok=True)
-    out["memory"] = _memory(value.get("memory"))
-    return out
-
-
-def _json_kind(value: Any) -> str:
-    return {list: "a list", str: "a string", bool: "a boolean"}.get(type(value), _shown(value))
-
-
-def _shown(value: Any) -> str:
-    """``value`` as a message quotes it: briefly."""
-    try:
-        text = repr(value)
-    except ValueError:  # an integer past the digits Python turns into text
-        text = "a number too long to show"
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _count(value: Any, key: str, *, zero_ok: bool) -> int | float:
-    """A CPU or GPU count: a number, fractions allowed (a worker may share a CPU or GPU)."""
-    example = "0 for none, 1, or a fraction like 0.5" if zero_ok else "1, 2, or 0.5"
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not number or (isinstance(value, float) and not math.isfinite(value)):
-        raise InvalidResources(
-            f"{key} must be a number, like {example}; not {_shown(value)}.", key=key
-        )
-    if value < 0 or (value == 0 and not zero_ok):
-        need = "0 or more" if zero_ok else "more than 0 (every worker needs some CPU)"
-        raise InvalidResources(
-            f"{key} is {_shown(value)}; it must be {need}: give {example}.", key=key
-        )
-    if 0 < value < _RESOURCE_STEP:
-        raise InvalidResources(
-            f"{key} is {_shown(value)}; fractions finer than {_RESOURCE_STEP} cannot be reserved: "
-            f"give {example}.",
-            key=key,
-        )
-    if value > _MAX_RESOURCE:
-        raise InvalidResources(
-            f"{key} is {_shown(value)}, more than any machine has: give {example}.", key=key
-        )
-    return int(value) if float(value).is_integer() else float(value)
-
-
-def _memory(value: Any) -> int | None:
-    """Memory in bytes (an integer, or a size like ``2GiB``); None for none reserved."""
-    how = "give bytes (an integer) or a size like '2GiB' or '512MB' (0 or null: none reserved)"
-    if value is None:
-        return None
-    size: int | float = math.nan
-    if isinstance(value, str):
-        parsed: int | float | None
-        try:
-            parsed = parse_size(value)
-        except (ValueError, OverflowError):  # OverflowError: 'inf' and its like
-            parsed = math.nan
-        if parsed is None:  # 'none', or blank
-            return None
-        size = parsed
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        size = value
-    if isinstance(size, float) and not (math.isfinite(size) and size.is_integer()):
-        raise InvalidResources(
-            f"memory {_shown(value)} is not a number of bytes; {how}.", key="memory"
-        )
-    if size < 0:
-        raise InvalidResources(
-            f"memory is {_shown(value)}, which is negative; {how}.", key="memory"
-        )
-    if size > _MAX_RESOURCE:
-        raise InvalidResources(
-            f"memory {_shown(value)} is more than any machine has; {how}.", key="memory"
-        )
-    return int(size) or None
-
-
 class ServiceOps:
     """Service operations. ``check_resources`` tells why the workers cannot be given what a
     service asks for (a message), or None when they can: a service nothing could run is refused
@@ -227,7 +121,10 @@ class ServiceOps:
         self.check_resources = check_resources
 
     def _resources(self, value: Any) -> dict[str, Any]:
-        resources = normalize_resources(value)
+        try:
+            resources = normalize_resources(value)
+        except ResourceError as exc:
+            raise InvalidResources(str(exc), **exc.details) from None
         problem = self.check_resources(resources) if self.check_resources else None
         if problem:
             raise InvalidResources(
@@ -253,7 +150,7 @@ class ServiceOps:
         resources: dict[str, Any] | None = None,
     ) -> Service:
         """Publish a new version. ``resources`` is what each worker of it needs (see
-        :func:`normalize_resources`); left out, the defaults."""
+        :func:`~batchserve.resources.normalize_resources`); left out, the defaults."""
         if not who.can_publish:
             raise Forbidden(
                 f"User {who.username!r} has the role '{who.role}', which may list and "
@@ -555,7 +452,7 @@ class ServiceOps:
         if unknown:
             raise BadRequest(
                 f"Service {name} {svc.version} has no input named "
-                f"{', '.join(map(_shown, unknown))}; its inputs are "
+                f"{', '.join(map(shown, unknown))}; its inputs are "
                 f"{', '.join(svc.inputs) or '(none)'}."
             )
         future = self.scheduler.consume(service_spec(svc), inputs)

@@ -12,10 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchserve.engine.inputs import PartRef
-
-#: What a worker of a service is given for each resource the service does not name: one CPU, no
-#: GPU, and no memory reserved (None).
-DEFAULT_RESOURCES: dict[str, Any] = {"num_cpus": 1, "num_gpus": 0, "memory": None}
+from batchserve.resources import DEFAULT_RESOURCES
 
 
 def effective_resources(resources: dict[str, Any] | None) -> dict[str, Any]:
@@ -40,7 +37,7 @@ class ServiceSpec:
     publisher: str = ""
     # What each worker of the service needs: ``num_cpus`` and ``num_gpus`` (numbers, fractions
     # allowed), ``memory`` (bytes; None: nothing reserved). A resource left out has its default
-    # (:data:`DEFAULT_RESOURCES`, see :func:`effective_resources`).
+    # (:data:`~batchserve.resources.DEFAULT_RESOURCES`, see :func:`effective_resources`).
     resources: dict[str, Any] = field(default_factory=dict)
 
 
