@@ -3,9 +3,12 @@ S3-compatible server), and what a test does when such a service is missing."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import pytest
@@ -247,3 +251,141 @@ def s3_blob_url(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterato
         path = url.removeprefix("s3://")
         with suppress(FileNotFoundError):
             fs.delete_dir(path)
+
+
+# --- a Ray cluster of two nodes ----------------------------------------------------------------
+
+#: How every process of the test cluster (nodes, servers) talks to Ray: the same everywhere, or
+#: a token-authenticated cluster would refuse the others.
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+#: The head's health checks of the other nodes, sped up for tests that kill a node.
+FAST_NODE_DEATH = {
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}
+
+
+@dataclass
+class RayCluster:
+    """A local Ray cluster: a head node and a second node, each its own raylet, in process
+    groups of their own (so a node can be killed whole)."""
+
+    port: int
+    temp_dir: str
+    head: subprocess.Popen[bytes] | None = None
+    second: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _ray(
+        self, *args: str, log: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        ray = str(Path(sys.executable).with_name("ray"))
+        return subprocess.Popen(
+            [
+                ray,
+                "start",
+                "--block",
+                "--num-cpus",
+                "1",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--object-store-memory",
+                str(200 * 1024**2),
+                "--disable-usage-stats",
+                *args,
+            ],
+            env=dict(os.environ, **RAY_ENV, **(env or {})),
+            stdout=open(Path(self.temp_dir) / log, "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def start(self) -> RayCluster:
+        self.head = self._ray(
+            "--head",
+            "--port",
+            str(self.port),
+            "--include-dashboard=false",
+            "--temp-dir",
+            self.temp_dir,
+            log="head.log",
+            # A dead node is declared dead after about 3 s, not Ray's default 30 or so.
+            env=FAST_NODE_DEATH,
+        )
+        self.wait_for_nodes(1)
+        self.start_second_node()
+        return self
+
+    def start_second_node(self) -> None:
+        self.second = self._ray("--address", self.address, log="second.log")
+        self.wait_for_nodes(2)
+
+    def alive_nodes(self) -> int:
+        script = (
+            f"import ray; ray.init(address={self.address!r}, log_to_driver=False); "
+            "print(sum(1 for n in ray.nodes() if n['Alive']))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            env=dict(os.environ, **RAY_ENV),
+            capture_output=True,
+            timeout=60,
+        )
+        try:
+            return int(out.stdout.split()[-1])
+        except (IndexError, ValueError):
+            return 0
+
+    def wait_for_nodes(self, count: int, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.alive_nodes() != count:
+            if time.monotonic() > deadline:
+                logs = "\n".join(p.read_text()[-2000:] for p in Path(self.temp_dir).glob("*.log"))
+                raise RuntimeError(f"the Ray cluster has no {count} live node(s):\n{logs}")
+            time.sleep(1)
+
+    def kill_second_node(self) -> None:
+        """SIGKILL every process of the second node (its raylet, its workers, its actors)."""
+        assert self.second is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.second.pid, signal.SIGKILL)
+        self.second.wait(timeout=30)
+
+    def stop(self) -> None:
+        for proc in (self.second, self.head):
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def ray_problem() -> str | None:
+    """Why the test Ray cluster cannot run here, or None."""
+    if importlib.util.find_spec("ray") is None:
+        return "Ray is not installed (pip install 'batchserve[ray]')"
+    if not Path(sys.executable).with_name("ray").exists():
+        return "the ray command is missing beside this Python"
+    return None
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    problem = ray_problem()
+    if problem:
+        missing_service(problem)
+    # Short: Ray's socket paths live under it, and a Unix socket's path has at most 107 bytes.
+    cluster = RayCluster(free_port(), tempfile.mkdtemp(prefix="bsray-", dir="/tmp"))
+    try:
+        cluster.start()
+    except Exception as exc:
+        cluster.stop()
+        missing_service(f"a local Ray cluster did not start: {exc}")
+    yield cluster
+    cluster.stop()
