@@ -17,6 +17,7 @@ from typing import Any
 import cloudpickle
 import pyarrow as pa
 import pytest
+from tests.conftest import RAY_ENV, RayCluster
 
 from batchserve.blobs import LocalBlobStore, keys
 from batchserve.blobs.segments import open_stream_reader
@@ -34,7 +35,6 @@ from batchserve.engine.tasks import (
 )
 from batchserve.executors import Executor, ProcessExecutor
 from batchserve.worker.sandbox import WorkerSandbox
-from tests.conftest import RAY_ENV, RayCluster
 
 RECORDS = 40
 _ids = itertools.count()
