@@ -1,4 +1,4 @@
-"""S3 clients for the blob store: pyarrow's S3FileSystem against boto3 and obstore, on one server.
+"""The S3 blob store's client against pyarrow's S3FileSystem, boto3 and obstore, on one server.
 
 Each side does the same work against the same bucket, in interleaved repetitions:
 
@@ -14,10 +14,11 @@ Each side does the same work against the same bucket, in interleaved repetitions
 - **abandoned write**: whether an exception raised while writing 20 MiB through the streaming
   writer leaves no object (checked, not assumed).
 
-The sides: ``pyarrow`` (S3FileSystem as the store sets it up: writes block while a part is
-sent, a small object is one PUT, downloads read in 8 MiB ranges), ``pyarrow defaults`` (writes
-in the background), ``S3BlobStore`` (the store itself: its writes are atomic, a large one going
-through a hidden key copied into place on close), ``boto3`` and ``obstore``.
+The sides: ``pyarrow`` (S3FileSystem as an earlier version of the store set it up: writes block
+while a part is sent, a small object is one PUT, downloads read in 8 MiB ranges), ``pyarrow
+defaults`` (writes in the background), ``S3BlobStore`` (the store itself, on obstore: its writes
+are atomic, a large one a multipart upload completed on close or aborted, its downloads one
+streamed GET, its ranged reads one GET each), ``boto3`` and ``obstore`` (with its defaults).
 
 The server is a moto server this script starts on 127.0.0.1, or the one the AWS variables name
 when ``BATCHSERVE_TEST_S3_URL`` (``s3://bucket/prefix``) is set; the work goes under a prefix of
@@ -27,8 +28,8 @@ MinIO server sustains (its ranged GETs, in particular, cost in proportion to the
 
     .venv/bin/python bench/blob_stores.py [--small 100] [--large-mib 64] [--ranged 100] [--repeat 3]
 
-boto3 and obstore come with the bench extra (``pip install -e '.[bench]'``); a side whose
-library is missing is skipped.
+boto3 and obstore come with the bench extra (``pip install -e '.[bench]'``; obstore with the s3
+extra too); a side whose library is missing is skipped.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from typing import Any, Protocol
 
 from _common import Table, free_port, machine, percentile, versions
 
+from batchserve.blobs import BlobStoreUnavailable
 from batchserve.blobs.s3 import S3BlobStore, S3Config, parse_s3_url
 
 MiB = 1 << 20
@@ -546,7 +548,7 @@ def main() -> None:
         for label in SIDES:
             try:
                 sides.append((label, make_side(label, target)))
-            except ImportError as exc:
+            except (ImportError, BlobStoreUnavailable) as exc:  # the store without obstore
                 print(f"skipped: {label} ({exc}; install the bench extra)")
         figures = {label: Figures() for label, _ in sides}
         for run in range(args.repeat):

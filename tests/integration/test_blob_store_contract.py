@@ -12,7 +12,8 @@ import pyarrow as pa
 import pytest
 
 from batchserve.blobs import BlobNotFound, BlobStore, LocalBlobStore, blob_store_from_url
-from batchserve.blobs.s3 import SMALL_BLOB, S3BlobStore
+from batchserve.blobs.s3 import S3BlobStore
+from batchserve.blobs.s3_objects import SMALL_BLOB
 
 MiB = 1 << 20
 

@@ -5,10 +5,12 @@ configuration. What every store does is in tests/integration/test_blob_store_con
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
-from batchserve.blobs import LocalBlobStore, blob_store_from_url
+from batchserve.blobs import BlobStoreUnavailable, LocalBlobStore, blob_store_from_url
 from batchserve.blobs.s3 import S3Config, normalize_key, parse_s3_url
 
 
@@ -212,3 +214,57 @@ def test_a_server_other_than_aws_gets_a_default_region():
 def test_a_bad_s3_configuration_is_refused_saying_what_is_wrong(environ, problem):
     with pytest.raises(ValueError, match=problem):
         S3Config.from_environ(environ)
+
+
+def test_the_obstore_store_gets_the_endpoint_by_path_and_the_keys_as_its_only_credentials():
+    config = S3Config(
+        endpoint_url="http://127.0.0.1:9000/",
+        access_key="key",
+        secret_key="secret",
+        session_token="token",
+    )
+    options = config.store_options("batch-data")
+    keys = options.pop("credential_provider")
+    assert options == {
+        "endpoint": "http://127.0.0.1:9000",
+        "aws_endpoint_url_s3": "http://127.0.0.1:9000",
+        "virtual_hosted_style_request": False,
+        "region": "us-east-1",
+        "client_options": {"allow_http": True},
+    }
+    # Given by a provider, the keys go without a session token of the environment when the
+    # configuration has none.
+    assert keys() == {
+        "access_key_id": "key",
+        "secret_access_key": "secret",
+        "token": "token",
+        "expires_at": None,
+    }
+    assert "secret" not in repr(keys)
+    without_token = S3Config(access_key="k", secret_key="s").store_options("b1c")
+    assert without_token["credential_provider"]()["token"] is None
+
+
+def test_aws_itself_is_addressed_by_bucket_host_name_but_for_dotted_bucket_names():
+    assert S3Config().store_options("batch-data") == {
+        "virtual_hosted_style_request": True,
+        "client_options": {},
+    }
+    assert not S3Config().store_options("batch.data")["virtual_hosted_style_request"]
+    https = S3Config(endpoint_url="https://minio:9000", region="eu-west-1").store_options("b1c")
+    assert https["client_options"] == {"allow_http": False}
+    assert https["region"] == "eu-west-1"
+
+
+def test_without_obstore_an_s3_url_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "obstore", None)  # import obstore raises ImportError
+    with pytest.raises(BlobStoreUnavailable, match=r"pip install 'batchserve\[s3\]'"):
+        blob_store_from_url("s3://batch-data/blobs")
+
+
+def test_the_s3_module_imports_obstore_only_when_a_store_is_opened():
+    script = (
+        "import sys, batchserve.blobs, batchserve.blobs.s3; "
+        "assert 'obstore' not in sys.modules, 'obstore imported'"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)

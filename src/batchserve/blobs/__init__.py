@@ -8,7 +8,7 @@ from batchserve.blobs.base import (
 )
 from batchserve.blobs.local import LocalBlobStore
 
-# The S3 store (batchserve.blobs.s3) is not imported here: it loads pyarrow's S3 support, which
+# The S3 store (batchserve.blobs.s3) is not imported here: it needs obstore (the s3 extra), which
 # a server on a folder never needs; blob_store_from_url imports it for s3:// URLs.
 __all__ = [
     "BlobNotFound",

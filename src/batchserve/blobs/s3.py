@@ -1,4 +1,4 @@
-"""A blob store in an S3-compatible object store (AWS S3, MinIO, Ceph, ...), through pyarrow.
+"""A blob store in an S3-compatible object store (AWS S3, MinIO, Ceph, ...), through obstore.
 
 The URL names a bucket and an optional prefix, ``s3://bucket`` or ``s3://bucket/some/prefix``;
 keys are relative to the prefix. Where the server is and who may use it come from the standard
@@ -8,8 +8,12 @@ the URL and its own environment (and credentials never travel in URLs, logs or t
 - ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``): ``http(s)://host:port`` of a server other
   than AWS itself; buckets are then addressed by path (``host:port/bucket/key``);
 - ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and, for temporary credentials,
-  ``AWS_SESSION_TOKEN``; without them, the AWS SDK's own chain (profile files, instance roles);
+  ``AWS_SESSION_TOKEN``; without them, the credentials of the machine's role (an EC2 instance
+  profile, an ECS task role, an EKS service account's web identity);
 - ``AWS_REGION`` (or ``AWS_DEFAULT_REGION``).
+
+The client is obstore (the ``s3`` extra: ``pip install 'batchserve[s3]'``), imported when a store
+is opened, so that this module's URL and configuration parsing work without it.
 
 An object store has folders only as key prefixes: ``folders(p)`` are the distinct next segments
 of the keys under ``p/``, and a folder exists while a key is under it. Objects cannot be appended
@@ -19,34 +23,36 @@ as segments (:mod:`batchserve.blobs.segments`).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 import pyarrow as pa
-from pyarrow import fs as pafs
 
 from batchserve.blobs.base import BlobNotFound, BlobStoreUnavailable
+from batchserve.blobs.s3_objects import (
+    RETRIES,
+    _error_summary,
+    _import_obstore,
+    _ObjectStream,
+    _ObjectWriter,
+    _RangedFile,
+)
 
-#: Bytes an object being written is kept in memory before it streams to the server. A blob no
-#: larger is sent in one PUT on close; this stays below pyarrow's multipart part size (10 MiB),
-#: which is what makes that close a single request.
-SMALL_BLOB = 8 << 20
-
-#: Bytes each read of a streamed blob (:meth:`S3BlobStore.open_read`) asks the server for: every
-#: read of a pyarrow S3 stream is a ranged GET of its own, so reads are buffered into ranges
-#: large enough that a request's latency is small beside its transfer.
-READ_BUFFER = 8 << 20
+if TYPE_CHECKING:
+    from obstore.store import S3Store
 
 # S3's rules for bucket names (MinIO and Ceph follow them): 3-63 characters, lowercase letters,
 # digits, dots and hyphens, starting and ending with a letter or digit.
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+#: A name listed to check the bucket: any name works (the listing is of what is under it, most
+#: likely nothing), and one unlikely to exist keeps the answer small.
+_CHECK_NAME = ".batchserve-bucket-check"
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -125,7 +131,9 @@ class S3Config:
         return config
 
     def filesystem_options(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`pyarrow.fs.S3FileSystem` for this configuration."""
+        """Keyword arguments of :class:`pyarrow.fs.S3FileSystem` for this configuration (a
+        client of the same server, for tools that manage buckets); raises :class:`ValueError`
+        for a configuration no client can use."""
         options: dict[str, Any] = {}
         if self.endpoint_url is not None:
             endpoint = urlsplit(self.endpoint_url)
@@ -147,7 +155,7 @@ class S3Config:
         if (self.access_key is None) != (self.secret_key is None):
             raise ValueError(
                 "set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither (to use the "
-                "AWS SDK's own credentials: profile files, instance roles)."
+                "credentials of the machine's role)."
             )
         if self.access_key is not None:
             options["access_key"] = self.access_key
@@ -161,99 +169,58 @@ class S3Config:
             options["region"] = "us-east-1"
         return options
 
+    def store_options(self, bucket: str) -> dict[str, Any]:
+        """Keyword arguments of :class:`obstore.store.S3Store` for ``bucket`` and this
+        configuration, but for the region when neither it nor an endpoint is given (it is then
+        the bucket's own, which only AWS can tell)."""
+        fs = self.filesystem_options()  # checks the configuration
+        options: dict[str, Any] = {}
+        client: dict[str, Any] = {}
+        if self.endpoint_url is not None:
+            endpoint = f"{fs['scheme']}://{fs['endpoint_override']}"
+            # Both names, so that neither variable of the environment (which obstore reads too)
+            # overrides the endpoint configured here.
+            options["endpoint"] = options["aws_endpoint_url_s3"] = endpoint
+            options["virtual_hosted_style_request"] = False
+            client["allow_http"] = fs["scheme"] == "http"
+        else:
+            # AWS addresses buckets as host names; one with dots in its name would not match
+            # the certificate of *.s3.amazonaws.com, so it is addressed by path (as the AWS
+            # SDKs do).
+            options["virtual_hosted_style_request"] = "." not in bucket
+        if self.access_key is not None:
+            options["credential_provider"] = _Keys(
+                self.access_key, str(self.secret_key), self.session_token
+            )
+        if "region" in fs:
+            options["region"] = fs["region"]
+        options["client_options"] = client
+        return options
+
     def describe(self) -> str:
         return self.endpoint_url or "AWS S3"
 
 
-class _AtomicObjectWriter:
-    """Writes an object that appears whole under its key on a clean close, and not at all if
-    the write is abandoned (an exception inside ``with``, or :meth:`abort`).
+@dataclass(frozen=True)
+class _Keys:
+    """Keys as obstore's credential provider. Given as options instead, they would be used with
+    a session token of the environment when the configuration has none (obstore reads the AWS
+    variables too, and the options only override those they name)."""
 
-    A blob up to :data:`SMALL_BLOB` stays in memory and is sent in one PUT on close. A larger one
-    streams as it is written, in multipart-upload parts, to a hidden key beside its own, which
-    is copied (on the server) to its key on close and then removed. The detour is because
-    pyarrow cannot abort an S3 output stream: closing one, which its finalizer does too, always
-    completes the upload (apache/arrow#40502), and an object written straight to its key would
-    replace the blob there with whatever part was written. The copy is one CopyObject request,
-    which AWS S3 allows up to 5 GiB: the bound of one blob there.
-    """
+    access_key: str
+    secret_key: str
+    session_token: str | None
 
-    def __init__(self, fs: pafs.S3FileSystem, path: str) -> None:
-        self._fs = fs
-        self._path = path
-        folder, _, name = path.rpartition("/")
-        # Dot-named, so that listings skip it as they skip the local store's temporary files;
-        # one a process left behind (killed while writing) goes with its folder.
-        self._spill_path = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
-        self._buffer = bytearray()
-        self._stream: pa.NativeFile | None = None
-        self._closed = False
+    def __call__(self) -> dict[str, Any]:
+        return {
+            "access_key_id": self.access_key,
+            "secret_access_key": self.secret_key,
+            "token": self.session_token,
+            "expires_at": None,  # never: obstore asks once
+        }
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        if self._closed:
-            raise ValueError("write to a closed blob writer")
-        n = memoryview(data).nbytes
-        if self._stream is None and len(self._buffer) + n > SMALL_BLOB:
-            self._stream = self._fs.open_output_stream(self._spill_path)
-            self._stream.write(self._buffer)
-            self._buffer = bytearray()
-        if self._stream is None:
-            self._buffer += data
-        else:
-            self._stream.write(data)
-        return n
-
-    def flush(self) -> None:
-        # Nothing of the blob is visible before close, so there is nothing to push out early.
-        pass
-
-    def writable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._stream is None:
-            with self._fs.open_output_stream(self._path) as f:
-                f.write(self._buffer)
-            self._buffer = bytearray()
-            return
-        try:
-            self._stream.close()
-            self._fs.move(self._spill_path, self._path)
-        except BaseException:
-            self._remove_spill()
-            raise
-
-    def abort(self) -> None:
-        """Give up the write: the key keeps what it held before."""
-        if self._closed:
-            return
-        self._closed = True
-        self._buffer = bytearray()
-        if self._stream is not None:
-            # Completing the upload is the only way to end it (see the class), then it goes.
-            with contextlib.suppress(OSError):
-                self._stream.close()
-            self._remove_spill()
-
-    def _remove_spill(self) -> None:
-        with contextlib.suppress(OSError):
-            self._fs.delete_file(self._spill_path)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def __enter__(self) -> _AtomicObjectWriter:
-        return self
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
+    def __repr__(self) -> str:
+        return f"_Keys({self.access_key!r}, ...)"
 
 
 class S3BlobStore:
@@ -264,27 +231,26 @@ class S3BlobStore:
 
     def __init__(self, url: str, config: S3Config | None = None) -> None:
         """Open the store ``url`` names; raises :class:`ValueError` for a malformed URL or
-        configuration, and :class:`~batchserve.blobs.BlobStoreUnavailable` when the bucket is
-        missing or cannot be reached with these credentials."""
+        configuration, and :class:`~batchserve.blobs.BlobStoreUnavailable` when obstore is not
+        installed, or the bucket is missing or cannot be reached with these credentials."""
         self.bucket, self.prefix = parse_s3_url(url)
         self.url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         self.config = config if config is not None else S3Config.from_environ()
-        options = self.config.filesystem_options()
+        options = self.config.store_options(self.bucket)
+        obstore = _import_obstore()
         if "region" not in options:
             options["region"] = self._bucket_region()
-        self._root = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
-        self._fs = pafs.S3FileSystem(
+        self._store: S3Store = obstore.store.S3Store(
+            self.bucket,
+            prefix=self.prefix or None,
+            retry_config={"max_retries": RETRIES},
             **options,
-            # Each write blocks until its part is sent, so a writer faster than the server
-            # does not pile parts up in memory: with background writes, a 64 MiB upload to a
-            # slow server held the whole 64 MiB (bench/blob_stores.py).
-            background_writes=False,
-            # A small blob is one PUT, not the three requests of a multipart upload.
-            allow_delayed_open=True,
         )
         self._check_bucket()
 
     def _bucket_region(self) -> str:
+        from pyarrow import fs as pafs
+
         try:
             return str(pafs.resolve_s3_region(self.bucket))
         except OSError as exc:
@@ -295,61 +261,90 @@ class S3BlobStore:
 
     def _check_bucket(self) -> None:
         """Fail now, with what to do, rather than at the first write of a batch."""
+        import obstore
+        from obstore.exceptions import BaseError
+
         where = self.config.describe()
         try:
-            info = self._fs.get_file_info(self.bucket)
-        except OSError as exc:
-            message = str(exc).rstrip(". ")
-            if "ACCESS_DENIED" in message or "403" in message:
+            obstore.list_with_delimiter(self._store, _CHECK_NAME)
+        except (BaseError, OSError) as exc:
+            text = str(exc)
+            if "NoSuchBucket" in text:
+                raise BlobStoreUnavailable(
+                    f"S3 bucket {self.bucket!r} does not exist at {where}; create it, or name "
+                    "an existing bucket in the blob store URL (s3://bucket/prefix)."
+                ) from None
+            message = _error_summary(exc)
+            source = self._credential_source(text)
+            if source is not None:
+                raise BlobStoreUnavailable(
+                    f"cannot use S3 bucket {self.bucket!r} at {where}: AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY are not set, and the machine's role gave no "
+                    f"credentials ({source}: {message}); set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY, or run where an instance or container role may use "
+                    "the bucket."
+                ) from None
+            if re.search(r"status code: (401|403)", text):
                 hint = (
                     "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN "
                     "for temporary credentials), and that they may use this bucket"
                 )
-            elif "NETWORK_CONNECTION" in message or "connect" in message.lower():
+            elif message.startswith("no connection"):
                 hint = "check AWS_ENDPOINT_URL, and that the server is running and reachable"
             else:
                 hint = "check AWS_ENDPOINT_URL, the AWS credentials and AWS_REGION"
             raise BlobStoreUnavailable(
                 f"cannot use S3 bucket {self.bucket!r} at {where}: {message}; {hint}."
             ) from None
-        if info.type != pafs.FileType.Directory:
-            raise BlobStoreUnavailable(
-                f"S3 bucket {self.bucket!r} does not exist at {where}; create it, or name an "
-                "existing bucket in the blob store URL (s3://bucket/prefix)."
-            )
+
+    def _credential_source(self, error: str) -> str | None:
+        """The URL of the request that failed, when it went to where credentials come from
+        without keys (the instance metadata service, a container's credentials endpoint, STS)
+        rather than to the S3 server."""
+        if self.config.access_key is not None:
+            return None
+        request = re.search(r"Error performing [A-Z]+ (\S+)", error)
+        if request is None:
+            return None
+        host = urlsplit(request.group(1)).netloc
+        if self.config.endpoint_url is not None:
+            s3_request = host == urlsplit(self.config.endpoint_url).netloc
+        else:
+            s3_request = ".s3." in f".{host}" and host.endswith(".amazonaws.com")
+        return None if s3_request else request.group(1)
 
     def _key(self, key: str) -> str:
-        """The store-relative form of ``key``; refuses keys that leave the store."""
+        """The store-relative form of ``key`` (its path in obstore's store, which holds the
+        prefix); refuses keys that leave the store."""
         if key.startswith("/"):
             raise ValueError(f"blob key {key!r} leaves the blob store")
         return normalize_key(key)
 
-    def _path(self, key: str) -> str:
-        """The pyarrow path (``bucket/prefix/key``) of a key or folder."""
-        relative = self._key(key)
-        return f"{self._root}/{relative}" if relative else self._root
-
     def _object(self, key: str) -> str:
-        """The pyarrow path of a blob; the store's root is a folder, never a blob."""
-        if not self._key(key):
+        """The path of a blob; the store's root is a folder, never a blob."""
+        path = self._key(key)
+        if not path:
             raise BlobNotFound(key)
-        return self._path(key)
+        return path
+
+    def _head(self, key: str) -> dict[str, Any]:
+        import obstore
+
+        try:
+            return dict(obstore.head(self._store, self._object(key)))
+        except FileNotFoundError:
+            raise BlobNotFound(key) from None
 
     def open_read(self, key: str) -> BinaryIO:
-        try:
-            return self._fs.open_input_stream(self._object(key), buffer_size=READ_BUFFER)
-        except FileNotFoundError:
-            raise BlobNotFound(key) from None
+        stream = _ObjectStream(self._store, self._object(key), key)
+        return io.BufferedReader(stream, buffer_size=64 * 1024)
 
     def open_input_file(self, key: str) -> pa.NativeFile:
-        # Each read is a ranged GET of just the bytes asked for (a record batch of a part).
-        try:
-            return self._fs.open_input_file(self._object(key))
-        except FileNotFoundError:
-            raise BlobNotFound(key) from None
+        size = int(self._head(key)["size"])
+        return pa.PythonFile(_RangedFile(self._store, self._object(key), size), mode="r")
 
     def open_write(self, key: str) -> BinaryIO:
-        return _AtomicObjectWriter(self._fs, self._object(key))  # type: ignore[return-value]
+        return _ObjectWriter(self._store, self._object(key))  # type: ignore[return-value]
 
     def open_append_stream(self, key: str) -> BinaryIO:
         raise io.UnsupportedOperation(
@@ -358,10 +353,8 @@ class S3BlobStore:
         )
 
     def read_bytes(self, key: str) -> bytes:
-        # A random-access file reads the rest of the object in one ranged GET, where a stream
-        # would read it a buffer at a time.
-        with self.open_input_file(key) as f:
-            return f.read()
+        with _ObjectStream(self._store, self._object(key), key) as f:
+            return f.readall()
 
     def write_bytes(self, key: str, data: bytes) -> None:
         with self.open_write(key) as f:
@@ -370,43 +363,72 @@ class S3BlobStore:
     def exists(self, key: str) -> bool:
         if not self._key(key):
             return False
-        return bool(self._fs.get_file_info(self._path(key)).type == pafs.FileType.File)
+        try:
+            self._head(key)
+        except BlobNotFound:
+            return False
+        return True
 
     def size(self, key: str) -> int:
-        info = self._fs.get_file_info(self._object(key))
-        if info.type != pafs.FileType.File:
-            raise BlobNotFound(key)
-        return int(info.size)
-
-    def _infos(self, prefix: str, recursive: bool) -> list[pafs.FileInfo]:
-        selector = pafs.FileSelector(self._path(prefix), recursive=recursive, allow_not_found=True)
-        try:
-            return list(self._fs.get_file_info(selector))
-        except NotADirectoryError:
-            # ``prefix`` names a blob, not a folder: nothing is under it.
-            return []
+        return int(self._head(key)["size"])
 
     def folders(self, prefix: str) -> list[str]:
-        infos = self._infos(prefix, recursive=False)
-        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+        import obstore
+
+        listing = obstore.list_with_delimiter(self._store, self._key(prefix) or None)
+        return sorted(p.rsplit("/", 1)[-1] for p in listing["common_prefixes"])
+
+    def _paths(self, prefix: str) -> list[tuple[str, int]]:
+        """The path and size of every object under the folder ``prefix``."""
+        import obstore
+
+        folder = self._key(prefix)
+        start = f"{folder}/" if folder else ""
+        return [
+            (meta["path"], int(meta["size"]))
+            for chunk in obstore.list(self._store, folder or None, chunk_size=1000)
+            for meta in chunk
+            # An empty "folder/" marker other clients leave (earlier versions of this store
+            # did, when they deleted a folder's last object) is listed under the folder's own
+            # path: it is not under the folder.
+            if meta["path"].startswith(start) and len(meta["path"]) > len(start)
+        ]
+
+    def _markers(self, candidates: list[str]) -> set[str]:
+        """Which of these listed empty objects are "folder/" markers rather than blobs: obstore
+        lists a marker under the folder's path, but a listing of its parent by delimiter gives
+        it as a folder, and a blob as an object."""
+        import obstore
+
+        markers: set[str] = set()
+        by_parent: dict[str, list[str]] = {}
+        for path in candidates:
+            by_parent.setdefault(path.rpartition("/")[0], []).append(path)
+        for parent, paths in by_parent.items():
+            listing = obstore.list_with_delimiter(self._store, parent or None)
+            blobs = {meta["path"] for meta in listing["objects"]}
+            markers.update(p for p in paths if p not in blobs)
+        return markers
 
     def list(self, prefix: str) -> list[str]:
-        # Only objects: the empty "folder/" markers pyarrow leaves when it deletes a folder's
-        # last object are folders, and dot-named objects are writes in progress.
-        start = len(self._root) + 1
-        return sorted(
-            i.path[start:]
-            for i in self._infos(prefix, recursive=True)
-            if i.type == pafs.FileType.File and not i.base_name.startswith(".")
-        )
+        # Dot-named objects are skipped, as the local store's temporary files are: earlier
+        # versions of this store wrote large blobs to one before moving them into place.
+        paths = [(p, n) for p, n in self._paths(prefix) if not p.rpartition("/")[2].startswith(".")]
+        markers = self._markers([p for p, n in paths if n == 0])
+        return sorted(p for p, _ in paths if p not in markers)
 
     def delete(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._fs.delete_file(self._object(key))
+        import obstore
+
+        # Deleting a missing object succeeds on S3.
+        obstore.delete(self._store, self._object(key))
 
     def delete_prefix(self, prefix: str) -> None:
+        import obstore
+
         if not self._key(prefix):
             raise ValueError("refusing to delete the whole blob store")
         # Objects under "prefix/" only: "batches/b1" leaves "batches/b10/..." alone.
-        with contextlib.suppress(FileNotFoundError):
-            self._fs.delete_dir(self._path(prefix))
+        paths = [p for p, _ in self._paths(prefix)]
+        if paths:
+            obstore.delete(self._store, paths)

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 #: The variables of the API process that actors get: how to reach the blob store.
 FORWARDED_VARIABLES = (
     "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
