@@ -174,9 +174,9 @@ def test_a_killed_server_resumes_its_batch_on_the_cluster(  # type: ignore[no-un
                 "restarted", code=slow_double, inputs={"x": float}, outputs={"y": float}
             )
             batch = svc.batch(
-                [{"x": float(i)} for i in range(80)], parallel_count=2, chunk_size=10
+                [{"x": float(i)} for i in range(40)], parallel_count=2, chunk_size=5
             ).start()
-            until("some results", lambda: batch.results().completed_item_count >= 10)
+            until("some results", lambda: batch.results().completed_item_count >= 5)
             batch_id = batch.execution_id
         proc.kill()
         proc.start(timeout=120)
@@ -184,7 +184,7 @@ def test_a_killed_server_resumes_its_batch_on_the_cluster(  # type: ignore[no-un
             again = c.get_service("restarted").get_batch(batch_id)
             result = again.wait(timeout=240)
             assert result.state is BatchState.COMPLETED
-            frame = exactly_one_result_each(again, 80)
+            frame = exactly_one_result_each(again, 40)
             assert (frame["y"] == 2 * frame["index"]).all()
     finally:
         proc.stop()
