@@ -163,11 +163,9 @@ def test_stopping_a_running_chunk_reports_it_lost_as_stopped(executor, blobs):  
         assert time.monotonic() < deadline
         time.sleep(0.05)
     time.sleep(1.0)  # a few records in
-    began = time.monotonic()
     assert ex.stop_task(task.task_id)
     end = events.end_of(task.task_id)
     assert isinstance(end, Lost) and end.stopped
-    assert time.monotonic() - began < 15
     done = results(blobs, task).num_rows if blobs.exists(task.result_key) else 0
     assert done < RECORDS  # stopped, not run to its end
     assert not ex.stop_task(task.task_id)  # not running any more
