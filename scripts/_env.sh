@@ -89,17 +89,32 @@ if [[ ! -f "$_stamp" || "$(cat "$_stamp")" != "$_wanted" ]]; then
   printf '%s\n' "$_wanted" >"$_stamp"
 fi
 
-# Workers run service code in a bubblewrap sandbox on Linux (see "Sharing a server safely" in the
-# README). Installed here where the system's package manager can do it unattended; elsewhere the
-# server says at start that its workers are not sandboxed.
-if [[ "$(uname -s)" == Linux ]] && ! command -v bwrap >/dev/null 2>&1; then
+# _system_package COMMAND PACKAGE PURPOSE IF_MISSING: install a Debian package that provides
+# COMMAND, where the system's package manager can do it unattended (as root with apt-get); else,
+# or if that fails, say IF_MISSING.
+_system_package() {
+  command -v "$1" >/dev/null 2>&1 && return 0
   if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    _say "installing bubblewrap (the workers' sandbox)"
-    { apt-get install -y -qq bubblewrap >/dev/null 2>&1 ||
-      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1; }; } ||
-      _say "could not install bubblewrap; workers will run without a sandbox"
+    _say "installing $2 ($3)"
+    { apt-get install -y -qq "$2" >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq "$2" >/dev/null 2>&1; }; } &&
+      return 0
+    _say "could not install $2: $4"
   else
-    _say "bubblewrap (bwrap) is missing: workers will run without a sandbox. Install it (Debian/Ubuntu: sudo apt-get install bubblewrap) before sharing the server."
+    _say "$1 is missing: $4. Install it (Debian/Ubuntu: sudo apt-get install $2)."
+  fi
+}
+
+if [[ "$(uname -s)" == Linux ]]; then
+  # Workers run service code in a bubblewrap sandbox on Linux (see "Sharing a server safely" in
+  # the README); without it, the server says at start that its workers are not sandboxed.
+  _system_package bwrap bubblewrap "the workers' sandbox" \
+    "workers will run without a sandbox; install it before sharing the server"
+  # The dashboard's browser tests drive Debian's Chromium (Playwright's own browser download is
+  # not used): needed with the test extras only.
+  if [[ ",$BATCHSERVE_EXTRAS," == *",test,"* ]]; then
+    _system_package chromium chromium "the dashboard's browser tests" \
+      "the browser tests will skip (and fail with CI=true)"
   fi
 fi
 
@@ -109,3 +124,4 @@ if [[ "$_locked" == 1 ]]; then
 fi
 
 unset _locked _stamp _stamp_name _wanted _spec
+unset -f _system_package

@@ -56,6 +56,11 @@ def missing_service(message: str) -> NoReturn:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
+    """The URL of the tests' PostgreSQL server (its maintenance database)."""
+    return find_postgres()
+
+
+def find_postgres() -> str:
     """The URL of a reachable PostgreSQL server (of its maintenance database)."""
     url = with_driver(os.environ.get("BATCHSERVE_TEST_POSTGRES_URL", POSTGRES_URL))
     engine = create_engine(url, connect_args={"connect_timeout": 3})

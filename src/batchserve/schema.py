@@ -1,6 +1,7 @@
 """Input and output schemas: the declared types and the checks of values against them.
 
-A schema maps a parameter name to one of the type names ``int``, ``float``, ``str``, ``bool``.
+A schema maps a parameter name to one of the type names ``int``, ``float``, ``str``, ``bool``
+(declared with those or other spellings, see :mod:`batchserve.type_names`).
 The same checks run in the API (column types of an upload) and in the workers (each record).
 """
 
@@ -13,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-TYPE_NAMES = ("int", "float", "str", "bool")
+from batchserve.type_names import ACCEPTED, TYPE_SPELLINGS
 
 ARROW_TYPES: dict[str, pa.DataType] = {
     "int": pa.int64(),
@@ -143,13 +144,10 @@ def normalize_schema(schema: dict[str, Any] | None, what: str) -> dict[str, str]
             raise SchemaError(
                 f"{what}: {name!r} is not a valid parameter name (use a Python identifier)."
             )
-        if type_name not in TYPE_NAMES:
-            raise SchemaError(
-                f"{what}: '{name}' has type {type_name!r}; the supported types are "
-                + ", ".join(TYPE_NAMES)
-                + "."
-            )
-        out[name] = type_name
+        canonical = TYPE_SPELLINGS.get(type_name) if isinstance(type_name, str) else None
+        if canonical is None:
+            raise SchemaError(f"{what}: '{name}' has type {type_name!r}; declare it as {ACCEPTED}.")
+        out[name] = canonical
     return out
 
 

@@ -63,8 +63,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     # Worker processes of the local executor; on Ray, the actors run at once (default: as many
-    # as the cluster has CPUs).
-    workers: int | None = Field(None, ge=1)
+    # as the cluster has CPUs). 0: an API node, which runs no service code (compute nodes
+    # sharing its PostgreSQL store do).
+    workers: int | None = Field(None, ge=0)
+    # Seconds a node's lease lasts without a heartbeat (one a second): a node silent for longer
+    # is dead, and its chunks run again elsewhere.
+    node_lease: float = Field(10.0, ge=2.0)
     # Default: SQLite in the data directory. PostgreSQL: postgresql://user:password@host/db.
     database_url: str | None = None
     # Where upload parts, results, artifacts and bundles live. Default: the blobs folder of the
@@ -146,6 +150,13 @@ class Settings(BaseSettings):
     # Environment variables refused to batches by default (LD_PRELOAD, PYTHONPATH, ...; see
     # batchserve.engine.environment) that every user may set anyway: names, comma-separated.
     allowed_environment: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # GET /metrics (Prometheus) answers owners' access tokens, and this token: a long-lived
+    # secret for the scraper ("authorization: credentials" in its configuration), which grants
+    # nothing else. A compute node has no HTTP face: with metrics_port it serves its own figures
+    # there, without a token, on metrics_host (default: only this machine).
+    metrics_token: str | None = Field(None, min_length=16)
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("allowed_environment", mode="before")
     @classmethod

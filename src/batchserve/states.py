@@ -11,17 +11,27 @@ from enum import StrEnum
 
 
 class BatchState(StrEnum):
-    """The canonical states of a batch (= job). The value is the wire spelling."""
+    """The canonical states of a batch (= job). The value is the wire spelling.
+
+    A state also equals, ignoring case, its canonical name and its spelling in Machine Learning
+    Server (:data:`ML_SERVER_STATES`) where that spelling names no other state: ``"complete"``
+    and ``"Completed"`` equal ``COMPLETED``, ``"inProgress"`` equals ``RUNNING`` (and
+    ``PAUSING`` and ``PAUSED``), ``"Failed"`` equals ``FAILED``, ``"pending"`` ``PENDING``. So a
+    poll loop written for ML Server (``while resp.state != "complete"``) reads the same here.
+    The hash is the canonical value's: in sets and dict keys only the canonical spelling matches.
+    """
 
     CREATED = "created"  # defined, records uploaded, not started
     PENDING = "pending"  # started, waiting for capacity or dependencies
     RUNNING = "running"  # records in progress
     PAUSING = "pausing"  # disable requested; running chunks are being requeued, stopped or awaited
     PAUSED = "paused"  # disabled: no chunk of it runs until it is enabled again
+    ENABLING = "enabling"  # enable requested; its chunks are being queued again
     CANCELLING = "cancelling"  # cancel or terminate requested; running chunks are being stopped
     CANCELLED = "cancelled"  # stopped by the user; finished results are kept
     COMPLETED = "completed"  # every record has a final result (some may have failed)
     FAILED = "failed"  # stopped by failure policy, wall-clock limit or an engine error
+    DELETING = "deleting"  # delete requested; its workers are being stopped and its data removed
 
     # ML Server's clients compare ``state`` with ``STATE.complete`` / ``STATE.failed``.
     complete = "completed"
@@ -29,6 +39,21 @@ class BatchState(StrEnum):
 
     def __str__(self) -> str:
         return self.value
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, BatchState):
+            return self is other
+        if isinstance(other, str):
+            spelling = other.casefold()
+            return spelling == self.value or self in _ML_SERVER_ALIASES.get(spelling, ())
+        return NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    # Defining __eq__ would otherwise leave the members unhashable.
+    __hash__ = str.__hash__
 
     @property
     def is_final(self) -> bool:
@@ -43,20 +68,60 @@ class BatchState(StrEnum):
 
 FINAL_BATCH_STATES = frozenset({BatchState.CANCELLED, BatchState.COMPLETED, BatchState.FAILED})
 
+#: The canonical states in Machine Learning Server's spelling, as its face reports them. ML Server
+#: has no cancelled state (its cancel deletes), so a batch cancelled through another face reads as
+#: failed there.
+ML_SERVER_STATES: dict[BatchState, str] = {
+    BatchState.CREATED: "pending",
+    BatchState.PENDING: "pending",
+    BatchState.RUNNING: "inProgress",
+    BatchState.PAUSING: "inProgress",
+    BatchState.PAUSED: "inProgress",
+    BatchState.ENABLING: "inProgress",
+    BatchState.CANCELLING: "failed",
+    BatchState.CANCELLED: "failed",
+    BatchState.COMPLETED: "complete",
+    BatchState.FAILED: "failed",
+    BatchState.DELETING: "failed",
+}
+
+# The ML Server spellings a state equals besides its own name: those that are no canonical name.
+# ("pending" stays PENDING's alone and "failed" FAILED's: a created batch is not pending, nor a
+# cancelled one failed, when batchserve code compares them.)
+_ML_SERVER_ALIASES: dict[str, frozenset[BatchState]] = {
+    spelling.casefold(): frozenset(s for s, sp in ML_SERVER_STATES.items() if sp == spelling)
+    for spelling in set(ML_SERVER_STATES.values())
+    if spelling.casefold() not in {s.value for s in BatchState}
+}
+
 _B = BatchState
-# from-state -> the states it may move to.
+# from-state -> the states it may move to. Any batch may be deleted (a final one too): DELETING
+# is the one way out of a final state, and leads nowhere (the batch is removed).
 BATCH_TRANSITIONS: dict[BatchState, frozenset[BatchState]] = {
-    _B.CREATED: frozenset({_B.PENDING, _B.CANCELLED, _B.FAILED}),
+    _B.CREATED: frozenset({_B.PENDING, _B.CANCELLED, _B.FAILED, _B.DELETING}),
     _B.PENDING: frozenset(
-        {_B.RUNNING, _B.PAUSING, _B.PAUSED, _B.CANCELLING, _B.CANCELLED, _B.COMPLETED, _B.FAILED}
+        {
+            _B.RUNNING,
+            _B.PAUSING,
+            _B.PAUSED,
+            _B.CANCELLING,
+            _B.CANCELLED,
+            _B.COMPLETED,
+            _B.FAILED,
+            _B.DELETING,
+        }
     ),
-    _B.RUNNING: frozenset({_B.PENDING, _B.PAUSING, _B.CANCELLING, _B.COMPLETED, _B.FAILED}),
-    _B.PAUSING: frozenset({_B.PAUSED, _B.CANCELLING, _B.FAILED}),
-    _B.PAUSED: frozenset({_B.PENDING, _B.CANCELLING, _B.CANCELLED, _B.FAILED}),
-    _B.CANCELLING: frozenset({_B.CANCELLED}),
-    _B.CANCELLED: frozenset(),
-    _B.COMPLETED: frozenset(),
-    _B.FAILED: frozenset(),
+    _B.RUNNING: frozenset(
+        {_B.PENDING, _B.PAUSING, _B.CANCELLING, _B.COMPLETED, _B.FAILED, _B.DELETING}
+    ),
+    _B.PAUSING: frozenset({_B.PAUSED, _B.CANCELLING, _B.FAILED, _B.DELETING}),
+    _B.PAUSED: frozenset({_B.ENABLING, _B.CANCELLING, _B.CANCELLED, _B.FAILED, _B.DELETING}),
+    _B.ENABLING: frozenset({_B.PENDING, _B.CANCELLING, _B.FAILED, _B.DELETING}),
+    _B.CANCELLING: frozenset({_B.CANCELLED, _B.DELETING}),
+    _B.CANCELLED: frozenset({_B.DELETING}),
+    _B.COMPLETED: frozenset({_B.DELETING}),
+    _B.FAILED: frozenset({_B.DELETING}),
+    _B.DELETING: frozenset(),
 }
 
 

@@ -84,6 +84,15 @@ class Cli:
         assert lines[0].startswith("error: "), result.stderr
         return lines[0]
 
+    def usage_error(self, *args: str) -> str:
+        """Run a command whose command line is wrong: exit status 2, and its message (the usage
+        error's box taken away, its lines joined) is returned."""
+        result = self(*args, expect=2)
+        return " ".join(_BOX.sub(" ", result.stderr).split())
+
+
+_BOX = re.compile(r"[─-╿]")  # the lines Rich draws a usage error's box with
+
 
 def _take_terminal() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)

@@ -19,9 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.conftest import RAY_ENV, RayCluster, S3Server
+from tests.conftest import RAY_ENV, RayCluster, S3Server, find_postgres, throwaway_database
 
 ADMIN_PASSWORD = "e2e-admin-password"
+METRICS_TOKEN = "e2e-metrics-token-0123456789"  # the session server's, for GET /metrics
 
 
 def free_port() -> int:
@@ -69,7 +70,7 @@ class ServerProcess:
                 str(self.port),
                 "--data-dir",
                 str(self.home),
-                *(["--workers", str(self.workers)] if self.workers else []),
+                *(["--workers", str(self.workers)] if self.workers is not None else []),
                 "--log-level",
                 "warning",
             ],
@@ -108,7 +109,10 @@ class ServerProcess:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The shared server of the e2e tests (two workers)."""
-    proc = ServerProcess(tmp_path_factory.mktemp("server") / "home").start()
+    proc = ServerProcess(
+        tmp_path_factory.mktemp("server") / "home",
+        env={"BATCHSERVE_METRICS_TOKEN": METRICS_TOKEN},
+    ).start()
     yield proc
     proc.stop()
 
@@ -151,6 +155,148 @@ def any_server(request: pytest.FixtureRequest) -> ServerProcess:
     return request.getfixturevalue(name)  # type: ignore[no-any-return]
 
 
+@pytest.fixture(scope="session", params=["local", "ray+s3", "nodes"])
+def any_deployment(request: pytest.FixtureRequest) -> ServerProcess:
+    """As :func:`any_server`, and also an API node with two compute nodes on PostgreSQL (the
+    server the tests talk to is the API node)."""
+    if request.param == "nodes":
+        cluster: NodeCluster = request.getfixturevalue("node_cluster")
+        return cluster.api
+    name = "server" if request.param == "local" else "scaleout_server"
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]
+
+
+# --- many nodes on one PostgreSQL --------------------------------------------------------------
+
+#: Leases of the test nodes: a killed node is found dead this many seconds after its last
+#: heartbeat (when the process cannot be seen gone at once).
+NODE_LEASE = "3"
+
+
+@dataclass
+class ComputeNode:
+    """A ``batchserve worker`` process; it can be killed, drained and started again."""
+
+    home: Path
+    env: dict[str, str]
+    workers: int = 2
+    process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    def start(self, timeout: float = 60.0) -> ComputeNode:
+        env = dict(os.environ, BATCHSERVE_HOME=str(self.home), **self.env)
+        self.log = self.home.parent / f"{self.home.name}-worker.log"
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "batchserve",
+                "worker",
+                "--workers",
+                str(self.workers),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        started = self.log.stat().st_size if self.log.exists() else 0
+        deadline = time.monotonic() + timeout
+        while deadline > time.monotonic():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the compute node exited early:\n{self.log.read_text()}")
+            with self.log.open("rb") as f:
+                f.seek(started)
+                if b"batchserve compute node" in f.read():
+                    return self
+            time.sleep(0.1)
+        raise RuntimeError(f"the compute node did not start in {timeout} s")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, and wait for the node to drain and exit: its exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return int(self.process.returncode)
+
+
+@dataclass
+class NodeCluster:
+    """An API node (``serve --workers 0``) and compute nodes (``batchserve worker``) sharing
+    one PostgreSQL database and one blob folder."""
+
+    root: Path
+    database_url: str
+    api: ServerProcess
+    compute: list[ComputeNode]
+
+    @classmethod
+    def create(cls, root: Path, database_url: str, computes: int = 2) -> NodeCluster:
+        env = {
+            "BATCHSERVE_DATABASE_URL": database_url,
+            "BATCHSERVE_BLOB_URL": f"file://{root / 'blobs'}",
+            "BATCHSERVE_NODE_LEASE": NODE_LEASE,
+            "BATCHSERVE_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        }
+        api = ServerProcess(root / "api", workers=0, database_url=database_url, env=env)
+        nodes = [ComputeNode(root / f"compute{i}", env) for i in range(computes)]
+        return cls(root, database_url, api, nodes)
+
+    def start(self) -> NodeCluster:
+        self.api.start()
+        for node in self.compute:
+            node.start()
+        return self
+
+    def add_compute(self, workers: int = 2) -> ComputeNode:
+        node = ComputeNode(
+            self.root / f"compute{len(self.compute)}", self.compute[0].env, workers
+        ).start()
+        self.compute.append(node)
+        return node
+
+    def stop(self) -> None:
+        for node in self.compute:
+            if node.process is not None and node.process.poll() is None:
+                node.process.kill()
+                node.process.wait()
+        self.api.stop()
+
+
+@contextlib.contextmanager
+def node_cluster_on(root: Path) -> Iterator[NodeCluster]:
+    """A started cluster on a database of its own."""
+    with throwaway_database(find_postgres()) as url:
+        cluster = NodeCluster.create(root, url)
+        try:
+            yield cluster.start()
+        finally:
+            cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
+    """The shared cluster of the e2e tests: an API node and two compute nodes of two workers."""
+    with node_cluster_on(tmp_path_factory.mktemp("nodes")) as cluster:
+        yield cluster
+
+
 @pytest.fixture
 def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A server of the test's own, for tests that kill it."""
@@ -178,31 +324,13 @@ def unique_name(request: pytest.FixtureRequest) -> str:
     return f"{base}{_counter[0]}"
 
 
-def function_beget(fn, fn_name, fn_args, doc=""):  # type: ignore[no-untyped-def]
-    """The ML Server client's consume-method factory, for Python >= 3.8.
-
-    ``azureml.common.utils.function_beget`` builds the method with the pre-3.8
-    ``types.CodeType`` signature, so on this Python every ``Service`` the client makes fails
-    with "code expected at least 16 arguments". This makes the same method (positional
-    inputs, posted by name through ``_consume``) another way; nothing else changes.
-    """
-    params = ", ".join(fn_args)
-    inputs = ", ".join(f"{n!r}: {n}" for n in fn_args[1:])
-    namespace: dict[str, object] = {}
-    exec(f"def {fn_name}({params}):\n    return self._consume({{{inputs}}})", namespace)
-    method = namespace[fn_name]
-    method.__doc__ = doc  # type: ignore[attr-defined]
-    return method
-
-
 @pytest.fixture
-def ml_login(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+def ml_login(server: ServerProcess) -> Callable[..., Any]:
     """Log in with ML Server's client: ``ml_login(username, password)``, or ``ml_login(token)``
-    with an access token, as ``DeployClient``'s ``auth`` takes them."""
+    with an access token, as ``DeployClient``'s ``auth`` takes them. The test modules import
+    ``batchserve.compat.azureml``, as a user of the client on this Python does."""
     from azureml.deploy import DeployClient
     from azureml.deploy.server import MLServer
-
-    monkeypatch.setattr("azureml.deploy.server.service.function_beget", function_beget)
 
     def login(*auth: str) -> Any:
         return DeployClient(server.url, use=MLServer, auth=auth if len(auth) > 1 else auth[0])

@@ -4,6 +4,7 @@ operations (create, list and filter, wait, result, cancel, delete)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,7 +12,16 @@ from typing import Any
 import httpx
 import pytest
 
-from batchserve import AsyncClient, BatchTaskInfo, BatchTaskStatus, errors
+from batchserve import (
+    AsyncBatchExecution,
+    AsyncBatchResponse,
+    AsyncClient,
+    AsyncService,
+    AsyncServiceResponse,
+    BatchTaskInfo,
+    BatchTaskStatus,
+    errors,
+)
 
 from .conftest import ADMIN_PASSWORD, ServerProcess
 
@@ -290,5 +300,67 @@ def test_batches_are_listed_with_filters_as_async_iterators(server, unique_name)
         assert all(b.service.name == unique_name for b in done)
         with pytest.raises(errors.UsageError, match="version"):
             [b async for b in client.list_batches(version="v1")]
+
+    run(server, main)
+
+
+def test_services_batches_and_results_are_coroutines_and_async_iterators(server, unique_name):  # type: ignore[no-untyped-def]
+    async def main(client: AsyncClient) -> None:
+        svc = await client.publish_service(
+            unique_name, double, inputs={"x": float}, outputs={"y": float}, version="v1"
+        )
+        assert isinstance(svc, AsyncService)
+        answer = await svc.consume(x=2.0)
+        assert isinstance(answer, AsyncServiceResponse) and answer.output("y") == 4.0
+
+        batch = svc.batch([{"x": float(i)} for i in range(12)], parallel_count=2, chunk_size=5)
+        assert isinstance(batch, AsyncBatchExecution) and batch.execution_id is None
+        assert await batch.start() is batch
+        snapshot = await batch.wait(timeout=60)
+        assert isinstance(snapshot, AsyncBatchResponse)
+        assert snapshot.completed_item_count == 12
+        assert (await snapshot.execution(3)).output("y") == 6.0
+        assert list((await snapshot.to_pandas())["y"]) == [2.0 * i for i in range(12)]
+        streamed = [r.output("y") async for r in batch.iter_results(page_size=5)]
+        assert streamed == [2.0 * i for i in range(12)]
+
+        again = await svc.get_batch(str(batch.execution_id))
+        assert isinstance(again, AsyncBatchExecution) and again.service.name == unique_name
+        assert (await again.refresh()).state == "completed"
+        assert (await again.results()).succeeded_item_count == 12
+        assert await again.list_artifacts(0) == []
+        await again.delete()
+        with pytest.raises(errors.NotFoundError):
+            await again.refresh()
+
+    run(server, main)
+
+
+def test_poll_timeout_names_the_batch_and_the_task_info_locates_it(server, unique_name):  # type: ignore[no-untyped-def]
+    async def main(client: AsyncClient) -> None:
+        svc = await client.publish_service(
+            unique_name, nap, inputs={"x": float}, outputs={"y": float}, version="v1"
+        )
+        op = await svc.run_deferred([{"x": float(i)} for i in range(200)], parallel_count=1)
+        with pytest.raises(asyncio.TimeoutError) as raised:
+            await op.wait(poll_timeout=0.5, poll_interval=0.1)
+        assert f"Batch {op.id} did not finish within poll_timeout=0.5 s" in str(raised.value)
+        assert re.search(r"\(waited \d+\.\d s\)", str(raised.value))
+
+        info = await op.get_task_info()
+        assert info.operation_id == info.task_id == op.id
+        assert info.model_uri == f"{unique_name}:v1"
+        assert info.source_dataset_id == f"{server.url}/v1/batches/{op.id}/records"
+        assert info.result_dataset_id is None
+        assert info.status.status_name == "running"
+
+        await op.cancel()
+        for spelling in ("cancelled", "canceled", BatchTaskStatus.CANCELLED):
+            listed = [i.task_id async for i in client.batch.list_info(status=spelling)]
+            assert op.id in listed, spelling
+        info = await op.get_task_info()
+        assert info.status is BatchTaskStatus.CANCELLED
+        assert info.status.status_name == "failed"
+        await op.delete()
 
     run(server, main)

@@ -326,7 +326,7 @@ def test_publish_errors_name_the_problem(admin: Cli, workdir: Path) -> None:
         "publish", "model.py", "--name", "x", "--output", "y=int"
     )
     assert "NAME=TYPE" in admin.error(
-        "publish", "model.py:predict", "--name", "x", "--output", "answer=double"
+        "publish", "model.py:predict", "--name", "x", "--output", "answer=decimal"
     )
     assert "--output" in admin.error("publish", "model.py:predict", "--name", "x")
     (workdir / "broken.py").write_text("x = 1\nraise RuntimeError('no model file')\n")

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.e2e
 
 MODEL = textwrap.dedent(
     """
+    import os
     import pathlib
     import time
 
@@ -33,6 +34,10 @@ MODEL = textwrap.dedent(
     def slow(x: int) -> int:
         time.sleep(0.2)
         return x * 2
+
+
+    def greet(x: int) -> str:
+        return os.environ.get("GREETING", "unset") + str(x)
     """
 )
 
@@ -71,6 +76,12 @@ def slow(admin: Cli) -> str:
     """A service that takes 0.2 s a record: its batches run long enough to be interrupted."""
     admin("publish", "model.py:slow", "--name", "clibatchslow", "--output", "y=int")
     return "clibatchslow"
+
+
+@pytest.fixture(scope="module")
+def greet(admin: Cli) -> str:
+    admin("publish", "model.py:greet", "--name", "clibatchgreet", "--output", "text=str")
+    return "clibatchgreet"
 
 
 def start_slow(admin: Cli, slow: str) -> str:
@@ -357,6 +368,7 @@ def test_pause_resume_terminate_and_delete(admin: Cli, slow: str) -> None:
     assert "paused" in admin.error("batch", "pause", batch_id)  # not twice
     resumed = admin("batch", "resume", batch_id).stdout.strip()
     assert resumed in (
+        f"Resumed batch {batch_id}: now enabling.",
         f"Resumed batch {batch_id}: now pending.",
         f"Resumed batch {batch_id}: now running.",
     )
@@ -406,3 +418,370 @@ def test_records_file_errors_are_one_clear_line(admin: Cli, predict: str, workdi
     (workdir / "broken.json").write_text("[{not json")
     assert "Cannot read records from 'broken.json'" in admin.error("run", predict, "broken.json")
     assert "No service" in admin.error("run", "no-such-service", "cars.csv")
+
+
+# -- every batch option -------------------------------------------------------------------------
+
+
+def test_run_sends_every_batch_option_and_the_server_keeps_it(admin: Cli, predict: str) -> None:
+    first = json.loads(admin("run", predict, "cars.csv", "--wait", "--json").stdout)["id"]
+    info = json.loads(
+        admin(
+            "run", predict, "cars.csv", "--wait", "--json",
+            "--parallel", "3", "--chunk-size", "5", "--priority", "7",
+            "--display-name", "every option",
+            "--metadata", "team=risk", "-m", "query=a=b",
+            "--env", "GREETING=hi", "-e", "EMPTY=",
+            "--max-task-retry-count", "2",
+            "--max-wall-clock-time", "1h30m",
+            "--task-timeout", "PT45S",
+            "--task-failure-mode", "terminatejob",
+            "--max-failed-records", "4",
+            "--allow-preemption",
+            "--depends-on", first,
+            "--id-column", "wt",
+        ).stdout
+    )  # fmt: skip
+    stored = show(admin, info["id"])
+    assert stored["state"] == "completed"
+    assert stored["parallel_count"] == 3
+    assert stored["chunk_size"] == 5
+    assert stored["chunk_count"] == FAST_RECORDS // 5
+    assert stored["priority"] == 7
+    assert stored["display_name"] == "every option"
+    assert stored["metadata"] == {"team": "risk", "query": "a=b"}
+    assert stored["environment"] == {"GREETING": "hi", "EMPTY": ""}
+    assert stored["max_task_retry_count"] == 2
+    assert stored["max_wall_clock_time"] == 5400
+    assert stored["task_timeout"] == 45
+    assert stored["task_failure_mode"] == "terminatejob"
+    assert stored["max_failed_records"] == 4
+    assert stored["allow_preemption"] is True
+    assert stored["depends_on"] == [first]
+    results = [
+        json.loads(line)
+        for line in admin("batch", "results", info["id"], "--json").stdout.splitlines()
+    ]
+    assert [r["id"] for r in results] == [str(i / 10) for i in range(FAST_RECORDS)]
+
+    fields = dict(
+        line.split("\t", 1) for line in admin("batch", "show", info["id"]).stdout.splitlines()
+    )
+    assert fields["limits"] == "wall clock 5400 s, record 45 s"
+    assert fields["failures"] == "2 retries, at most 4 failed records, terminatejob"
+    assert fields["environment"] == "GREETING, EMPTY"  # names only: values may be secrets
+    assert fields["preemption"] == "allowed"
+    assert fields["depends on"] == first
+
+
+def test_run_leaves_unset_options_at_the_servers_defaults(admin: Cli, predict: str) -> None:
+    stored = show(admin, admin("run", predict, "cars.csv").stdout.strip())
+    assert stored["metadata"] == {} and stored["environment"] == {}
+    assert stored["max_task_retry_count"] == 0
+    assert stored["max_wall_clock_time"] is None and stored["task_timeout"] is None
+    assert stored["task_failure_mode"] == "noaction"
+    assert stored["allow_preemption"] is False and stored["depends_on"] == []
+
+
+def test_run_parallel_unlimited_leaves_the_limit_to_the_workers(admin: Cli, predict: str) -> None:
+    info = json.loads(admin("run", predict, "cars.csv", "-P", "unlimited", "--json").stdout)
+    assert show(admin, info["id"])["parallel_count"] == -1
+    assert "'0' is not a parallel count" in admin.usage_error("run", predict, "cars.csv", "-P", "0")
+
+
+def test_env_is_set_for_the_service_code(admin: Cli, greet: str, workdir: Path) -> None:
+    (workdir / "two.csv").write_text("x\n1\n2\n")
+    batch_id = json.loads(
+        admin("run", greet, "two.csv", "--env", "GREETING=hello", "--wait", "--json").stdout
+    )["id"]
+    results = admin("batch", "results", batch_id, "--json").stdout.splitlines()
+    assert [json.loads(r)["text"] for r in results] == ["hello1", "hello2"]
+
+
+def test_format_reads_a_file_whose_extension_does_not_say_it(
+    admin: Cli, predict: str, workdir: Path
+) -> None:
+    (workdir / "cars.data").write_text((workdir / "cars.csv").read_text())
+    assert "give its format with --format" in admin.error("run", predict, "cars.data")
+    info = json.loads(
+        admin("run", predict, "cars.data", "--format", "csv", "--wait", "--json").stdout
+    )
+    assert info["succeeded_item_count"] == FAST_RECORDS
+
+
+def test_terminatejob_fails_the_batch_at_the_first_failed_record(
+    admin: Cli, predict: str, workdir: Path
+) -> None:
+    (workdir / "one-bad.csv").write_text("hp,wt\n1,1\n-1,1\n2,1\n")
+    result = admin(
+        "run", predict, "one-bad.csv", "--task-failure-mode", "terminatejob", "--wait", expect=1
+    )
+    assert "ended failed" in result.stderr
+    failed = show(admin, result.stdout.split()[1])
+    assert failed["state"] == "failed"
+
+    after = admin("run", predict, "cars.csv", "--depends-on", failed["id"], "--wait", expect=1)
+    dependent = after.stdout.split()[1]
+    fields = dict(
+        line.split("\t", 1) for line in admin("batch", "show", dependent).stdout.splitlines()
+    )
+    assert show(admin, dependent)["scheduling_error"]["code"] == "DependencyFailed"
+    assert failed["id"] in fields["cannot run"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--metadata", "nokey"], "'nokey' is not KEY=VALUE; write it like team=risk"),
+        (["--env", "=value"], "'=value' is not KEY=VALUE"),
+        (["-m", "a=1", "-m", "a=2"], "'a' is given twice, as '1' and '2'"),
+        (["--max-wall-clock-time", "1h30"], "'1h30' is not a duration: give seconds (90)"),
+        (["--max-wall-clock-time", "0"], "'0': give a duration longer than 0 seconds"),
+        (["--task-timeout", "soon"], "'soon' is not a duration"),
+        (["--task-failure-mode", "sometimes"], "'sometimes' is not one of 'noaction'"),
+        (["--max-task-retry-count", "-2"], "--max-task-retry-count"),
+        (["--max-failed-records", "many"], "--max-failed-records"),
+        (["--priority", "1001"], "--priority"),
+        (["--format", "xlsx"], "'xlsx' is not one of csv, tsv, jsonl"),
+    ],
+)
+def test_run_refuses_a_malformed_option_as_a_usage_error(
+    admin: Cli, predict: str, args: list[str], message: str
+) -> None:
+    assert message in admin.usage_error("run", predict, "cars.csv", *args)
+
+
+def test_an_open_batch_takes_more_records_until_it_is_closed(
+    admin: Cli, predict: str, workdir: Path
+) -> None:
+    batch_id = admin("run", predict, "cars.csv", "--open").stdout.strip()
+    assert show(admin, batch_id)["on_all_tasks_complete"] == "noaction"
+    fields = dict(
+        line.split("\t", 1) for line in admin("batch", "show", batch_id).stdout.splitlines()
+    )
+    assert fields["open"].startswith("yes")
+    (workdir / "more.csv").write_text("hp,wt\n1000,1\n2000,2\n")
+    added = admin("batch", "add", batch_id, "more.csv").stdout.strip()
+    assert (
+        added
+        == f"Added 2 records to batch {batch_id}: indexes {FAST_RECORDS} to {FAST_RECORDS + 1}."
+    )
+    (workdir / "more.data").write_text("hp,wt\n3000,3\n")
+    as_json = json.loads(
+        admin("batch", "add", batch_id, "more.data", "--format", "csv", "--json").stdout
+    )
+    assert as_json == {"id": batch_id, "first_index": FAST_RECORDS + 2, "count": 1}
+    closed = admin("batch", "close", batch_id).stdout.strip()
+    assert closed.startswith(f"Closed batch {batch_id} (")
+    done = json.loads(admin("batch", "wait", batch_id, "--json").stdout)
+    assert done["state"] == "completed"
+    assert done["succeeded_item_count"] == FAST_RECORDS + 3
+    results = admin("batch", "results", batch_id, "--json").stdout.splitlines()
+    assert [json.loads(r)["answer"] for r in results][FAST_RECORDS:] == [2001, 4002, 6003]
+    assert batch_id in admin.error("batch", "add", batch_id, "more.csv")  # closed: no more
+    assert "There is no records file" in admin.error("batch", "add", batch_id, "missing.csv")
+
+
+def test_records_added_to_an_open_batch_keep_its_id_column(
+    admin: Cli, predict: str, workdir: Path
+) -> None:
+    (workdir / "named.csv").write_text("car,hp,wt\nmazda,110,2.6\n")
+    batch_id = admin("run", predict, "named.csv", "--open", "--id-column", "car").stdout.strip()
+    (workdir / "more-named.csv").write_text("car,hp,wt\nfiat,66,2.2\nvolvo,109,2.78\n")
+    admin("batch", "add", batch_id, "more-named.csv")  # the batch's own id column
+    admin("batch", "close", batch_id)
+    assert json.loads(admin("batch", "wait", batch_id, "--json").stdout)["state"] == "completed"
+    results = admin("batch", "results", batch_id, "--json").stdout.splitlines()
+    assert [json.loads(r)["id"] for r in results] == ["mazda", "fiat", "volvo"]
+
+
+# -- batch update ---------------------------------------------------------------------------------
+
+
+def paused_slow(admin: Cli, slow: str) -> str:
+    """A slow batch paused: it stays unfinished, whatever the time its settings take to change."""
+    batch_id = start_slow(admin, slow)
+    admin("batch", "pause", batch_id)
+    deadline = time.monotonic() + 60
+    while (state := show(admin, batch_id)["state"]) != "paused":
+        if time.monotonic() > deadline:
+            pytest.fail(f"batch {batch_id} is still {state} after 60 s")
+        time.sleep(0.2)
+    return batch_id
+
+
+def test_batch_update_changes_the_settings_of_an_unfinished_batch(admin: Cli, slow: str) -> None:
+    batch_id = paused_slow(admin, slow)
+    try:
+        admin("batch", "update", batch_id, "-m", "team=risk", "-m", "stage=one")
+        result = admin(
+            "batch", "update", batch_id,
+            "--priority", "9", "--parallel", "4", "--max-wall-clock-time", "2h",
+            "--max-task-retry-count", "-1", "--max-failed-records", "5",
+            "--metadata", "stage=two", "--unset-metadata", "team", "-m", "owner=ops",
+        ).stdout  # fmt: skip
+        stored = show(admin, batch_id)
+        assert result.splitlines()[0] == (
+            f"Updated batch {batch_id} ({stored['state']}); its etag is now {stored['etag']}."
+        )
+        assert stored["priority"] == 9
+        assert stored["parallel_count"] == 4
+        assert stored["max_wall_clock_time"] == 7200
+        assert stored["max_task_retry_count"] == -1
+        assert stored["max_failed_records"] == 5
+        assert stored["metadata"] == {"stage": "two", "owner": "ops"}
+        as_json = json.loads(admin("batch", "update", batch_id, "-P", "2", "--json").stdout)
+        assert as_json["parallel_count"] == 2 and as_json["id"] == batch_id
+    finally:
+        admin("batch", "cancel", batch_id)
+
+
+def test_batch_update_lifts_the_parallel_limit_renames_and_allows_preemption(
+    admin: Cli, slow: str
+) -> None:
+    batch_id = paused_slow(admin, slow)
+    try:
+        admin(
+            "batch", "update", batch_id,
+            "-P", "unlimited", "--allow-preemption", "--display-name", "renamed",
+        )  # fmt: skip
+        stored = show(admin, batch_id)
+        assert stored["parallel_count"] == -1
+        assert stored["allow_preemption"] is True
+        assert stored["display_name"] == "renamed"
+        fields = dict(
+            line.split("\t", 1) for line in admin("batch", "show", batch_id).stdout.splitlines()
+        )
+        assert fields["parallel"].startswith("no limit")
+        admin(
+            "batch", "update", batch_id,
+            "-P", "3", "--no-allow-preemption", "--display-name", "",
+        )  # fmt: skip
+        stored = show(admin, batch_id)
+        assert stored["parallel_count"] == 3
+        assert stored["allow_preemption"] is False
+        assert stored["display_name"] is None
+        assert "'0' is not a parallel count" in admin.usage_error(
+            "batch", "update", batch_id, "-P", "0"
+        )
+    finally:
+        admin("batch", "cancel", batch_id)
+
+
+def test_batch_update_with_if_match_changes_only_an_unchanged_batch(admin: Cli, slow: str) -> None:
+    batch_id = paused_slow(admin, slow)
+    try:
+        etag = show(admin, batch_id)["etag"]
+        admin("batch", "update", batch_id, "--priority", "3", "--if-match", etag)
+        assert show(admin, batch_id)["priority"] == 3
+        stale = admin.error("batch", "update", batch_id, "--priority", "4", "--if-match", etag)
+        assert f"Batch {batch_id} changed since etag {etag} was read" in stale
+        assert f"`batchserve batch show {batch_id}` shows the batch as it is now" in stale
+        assert show(admin, batch_id)["priority"] == 3
+        current = show(admin, batch_id)["etag"]
+        admin("batch", "update", batch_id, "--priority", "4", "--if-match", current.strip('"'))
+        assert show(admin, batch_id)["priority"] == 4
+    finally:
+        admin("batch", "cancel", batch_id)
+
+
+def test_control_commands_with_if_match_act_only_on_an_unchanged_batch(
+    admin: Cli, slow: str
+) -> None:
+    batch_id = paused_slow(admin, slow)
+    try:
+        stale = show(admin, batch_id)["etag"]
+        admin("batch", "update", batch_id, "--priority", "2")
+        for command in (["resume"], ["cancel"], ["terminate", "--reason", "x"], ["delete"]):
+            message = admin.error("batch", *command, batch_id, "--if-match", stale)
+            assert f"Batch {batch_id} changed since etag {stale} was read" in message, command
+        assert show(admin, batch_id)["state"] == "paused"
+        current = show(admin, batch_id)["etag"]
+        resumed = admin("batch", "resume", batch_id, "--if-match", current).stdout
+        assert resumed.startswith(f"Resumed batch {batch_id}: now ")
+    finally:
+        admin("batch", "cancel", batch_id)
+
+
+def test_batch_update_errors_are_clear(admin: Cli, predict: str) -> None:
+    finished = json.loads(admin("run", predict, "cars.csv", "--wait", "--json").stdout)["id"]
+    assert f"Batch {finished} is completed" in admin.error(
+        "batch", "update", finished, "--priority", "2"
+    )
+    assert "No batch 'f00d'" in admin.error("batch", "update", "f00d", "--priority", "2")
+    assert "Nothing to change: give at least one of --priority" in admin.usage_error(
+        "batch", "update", finished
+    )
+    assert "'soon' is not a duration" in admin.usage_error(
+        "batch", "update", finished, "--max-wall-clock-time", "soon"
+    )
+    assert "'x' is not KEY=VALUE" in admin.usage_error("batch", "update", finished, "-m", "x")
+
+
+# -- batch list: metadata and long listings --------------------------------------------------------
+
+
+def test_batch_list_filters_by_metadata(admin: Cli, predict: str, unique_name: str) -> None:
+    both = admin("run", predict, "cars.csv", "-m", f"run={unique_name}", "-m", "kind=a").stdout
+    other = admin("run", predict, "cars.csv", "-m", f"run={unique_name}", "-m", "kind=b").stdout
+    elsewhere = admin("run", predict, "cars.csv", "-m", "kind=a").stdout
+
+    def listed(*pairs: str) -> list[str]:
+        args = [a for p in pairs for a in ("--metadata", p)]
+        lines = admin("batch", "list", *args, "--json").stdout.splitlines()
+        return [json.loads(line)["id"] for line in lines]
+
+    assert listed(f"run={unique_name}") == [other.strip(), both.strip()]  # newest first
+    assert listed(f"run={unique_name}", "kind=a") == [both.strip()]
+    assert elsewhere.strip() in listed("kind=a")
+    assert listed(f"run={unique_name}", "kind=c") == []
+    assert "cannot hold ':'" in admin.usage_error("batch", "list", "--metadata", "a:b=c")
+    assert "is not KEY=VALUE" in admin.usage_error("batch", "list", "--metadata", "kind")
+
+
+def test_batch_list_limit_past_the_servers_page_size_lists_every_batch(
+    admin: Cli, predict: str
+) -> None:
+    admin("run", predict, "cars.csv")
+    everything = admin("batch", "list", "--limit", "5000", "--json").stdout.splitlines()
+    newest = admin("batch", "list", "--limit", "1000", "--json").stdout.splitlines()
+    assert everything == newest  # fewer than 1000 batches here: one page holds them all
+    assert len(everything) >= 2
+    assert len(admin("batch", "list", "-n", "2").stdout.splitlines()) == 3  # header and two
+    assert "--limit" in admin.usage_error("batch", "list", "--limit", "0")
+
+
+def test_run_takes_a_preparation_and_a_release_script(
+    admin: Cli, predict: str, workdir: Path
+) -> None:
+    (workdir / "prep.py").write_text(
+        "import os\nopen(os.path.join(os.environ['BATCHSERVE_JOB_DIR'], 'ready'), 'w').close()\n"
+    )
+    (workdir / "broken.py").write_text("raise RuntimeError('no reference data')\n")
+    done = json.loads(
+        admin(
+            "run",
+            predict,
+            "cars.csv",
+            "--preparation",
+            "prep.py",
+            "--release",
+            "prep.py",
+            "--wait",
+            "--json",
+        ).stdout.splitlines()[-1]
+    )
+    assert done["state"] == "completed" and done["failed_item_count"] == 0
+    assert done["job_preparation_task"]["name"] == "preparation"
+    assert done["job_release_task"]["name"] == "release"
+    failed = json.loads(
+        admin(
+            "run", predict, "cars.csv", "--preparation", "broken.py", "--wait", "--json"
+        ).stdout.splitlines()[-1]
+    )
+    assert failed["failed_item_count"] == FAST_RECORDS
+    (workdir / "typo.py").write_text("def (:\n")
+    assert "is not a Python script" in admin.error(
+        "run", predict, "cars.csv", "--preparation", "typo.py"
+    )
+    assert "There is no script" in admin.error("run", predict, "cars.csv", "--release", "nope.py")

@@ -322,6 +322,22 @@ def test_a_batch_that_does_not_allow_preemption_keeps_its_workers(own, napper): 
     assert low.info().job_statistics.requeued_records == 0
 
 
+def test_preemption_allowed_by_an_update_lets_a_higher_priority_batch_take_the_workers(  # type: ignore[no-untyped-def]
+    own, napper
+):
+    # Chunks of 2 s: none of them ends of itself, freeing a worker, before the update is seen.
+    low = napper.batch({"x": [float(i) for i in range(160)]}, parallel_count=2, chunk_size=40)
+    low.start()
+    until("two running chunks", lambda: running_chunks(own, low.execution_id) == 2)
+    assert low.update(allow_preemption=True).data["allow_preemption"] is True
+    high = napper.batch({"x": [5.0] * 4}, parallel_count=2, chunk_size=2, priority=100).start()
+    assert high.wait(timeout=60).state is BatchState.COMPLETED
+    result = low.wait(timeout=120)
+    assert result.info["succeeded_item_count"] == 160
+    assert low.info().job_statistics.requeued_records >= 10
+    one_result_each(low, 160)
+
+
 def test_statistics_are_live_figures_of_the_batch(own, napper):  # type: ignore[no-untyped-def]
     batch = napper.batch({"x": [1.0] * 20}, parallel_count=2, chunk_size=5).start()
     batch.wait(timeout=60)
@@ -390,6 +406,16 @@ def test_each_batch_is_capped_by_its_parallel_count_and_the_machine_by_its_worke
     assert 1 in seen_wide  # the wide batch shared the machine with the capped one
     assert one.results().to_pandas()["y"].tolist() == [1.0] * 30
     assert wide.results().to_pandas()["y"].tolist() == [2.0] * 30
+
+
+def test_a_parallel_count_of_minus_one_lets_a_batch_take_every_worker(own, napper):  # type: ignore[no-untyped-def]
+    batch = napper.batch({"x": [1.0] * 160}, parallel_count=1, chunk_size=10).start()
+    until("a running chunk", lambda: running_chunks(own, batch.execution_id) == 1)
+    assert running_chunks(own, batch.execution_id) <= 1
+    batch.update(parallel_count=-1)  # no limit but the workers: both of them
+    until("two running chunks", lambda: running_chunks(own, batch.execution_id) == 2)
+    assert batch.wait(timeout=120).info["succeeded_item_count"] == 160
+    assert batch.info().max_parallel_tasks == -1
 
 
 # --- a server killed while a batch is paused or pausing -----------------------------------------

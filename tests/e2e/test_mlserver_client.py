@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 from azureml.common.http_client import HttpException
 
+import batchserve.compat.azureml  # noqa: F401 - the client on Python >= 3.8
+
 pytestmark = pytest.mark.e2e
 
 model = {"intercept": 1.0, "hp": 0.01, "wt": -0.5}

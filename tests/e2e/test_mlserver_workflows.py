@@ -22,6 +22,8 @@ from azureml.common.http_client import HttpException
 from openapi_spec_validator import OpenAPIV2SpecValidator, validate
 from tests.e2e.conftest import ADMIN_PASSWORD
 
+import batchserve.compat.azureml  # noqa: F401 - the client on Python >= 3.8
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]

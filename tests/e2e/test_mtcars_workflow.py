@@ -23,9 +23,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
-def client(any_server: ServerProcess):  # type: ignore[no-untyped-def]
-    """The workflow runs on each executor: the local pool on a folder, Ray actors on S3."""
-    with Client(any_server.url, username="admin", password=ADMIN_PASSWORD) as c:
+def client(any_deployment: ServerProcess):  # type: ignore[no-untyped-def]
+    """The workflow runs on each executor: the local pool on a folder, Ray actors on S3, and
+    compute nodes behind an API node."""
+    with Client(any_deployment.url, username="admin", password=ADMIN_PASSWORD) as c:
         yield c
 
 

@@ -44,6 +44,8 @@ PERMISSIONS: dict[tuple[str, str], str] = {
     ("PUT", "/v1/users/{username}/active"): OWNER,
     ("DELETE", "/v1/users/{username}"): OWNER,
     ("GET", "/v1/workers"): OWNER,
+    ("GET", "/v1/nodes"): OWNER,
+    ("GET", "/metrics"): OWNER,
     # native services
     ("POST", "/v1/services"): CONTRIBUTOR,
     ("GET", "/v1/services"): USER,
@@ -66,7 +68,11 @@ PERMISSIONS: dict[tuple[str, str], str] = {
     ("POST", "/v1/batches/{batch_id}/disable"): CREATOR,
     ("POST", "/v1/batches/{batch_id}/enable"): CREATOR,
     ("POST", "/v1/batches/{batch_id}/terminate"): CREATOR,
+    ("POST", "/v1/batches/{batch_id}/close"): CREATOR,
+    ("POST", "/v1/batches/{batch_id}/records"): CREATOR,
+    ("PUT", "/v1/batches/{batch_id}/{kind}"): AUTHOR,
     ("GET", "/v1/batches/{batch_id}/results"): CREATOR,
+    ("GET", "/v1/batches/{batch_id}/records"): CREATOR,
     ("GET", "/v1/batches/{batch_id}/results/{index}"): CREATOR,
     ("GET", "/v1/batches/{batch_id}/results/{index}/artifacts"): CREATOR,
     ("GET", "/v1/batches/{batch_id}/results/{index}/artifacts/{name}"): CREATOR,
@@ -126,6 +132,7 @@ MISSING = {
     "index": "0",
     "object_name": "thing",
     "file_name": "out.txt",
+    "kind": "preparation",
 }
 
 

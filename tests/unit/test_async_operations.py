@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -13,8 +14,8 @@ import httpx
 import pyarrow as pa
 import pytest
 
-from batchserve import AsyncClient, BatchTaskInfo, BatchTaskStatus
-from batchserve.client._taskinfo import errors_info
+from batchserve import AsyncClient, BatchTaskInfo, BatchTaskStatus, errors
+from batchserve.client._taskinfo import errors_info, task_info
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -167,21 +168,30 @@ def test_calls_without_a_timeout_use_the_clients():
     assert seen[1].extensions["timeout"]["read"] == 60
 
 
-def test_wait_past_poll_timeout_raises_asyncio_timeout_error():
+def test_wait_past_poll_timeout_raises_asyncio_timeout_error_naming_the_batch_and_the_wait():
     polls: list[httpx.Request] = []
 
     def handle(request: httpx.Request) -> httpx.Response:
         polls.append(request)
-        return httpx.Response(200, json=batch("b1", "running"))
+        return httpx.Response(200, json=batch("b1", "running", completed_item_count=4))
 
     async def main(client: AsyncClient) -> None:
         op = await client.batch.get("b1")
-        with pytest.raises(asyncio.TimeoutError):
+        with pytest.raises(asyncio.TimeoutError) as raised:
             await op.wait(poll_timeout=0.3, poll_interval=0.05)
+        message = str(raised.value)
+        assert "Batch b1 did not finish within poll_timeout=0.3 s" in message
+        assert re.search(r"\(waited \d+\.\d s\)", message)
+        assert "IN_PROGRESS" in message and "4 of 30 records finished" in message
+        assert isinstance(raised.value, errors.WaitTimeout)
+        assert (raised.value.execution_id, raised.value.timeout) == ("b1", 0.3)
 
     run(handle, main)
-    waits = [float(r.url.params["wait"]) for r in polls[1:]]
-    assert waits and all(w == 0.05 for w in waits)
+    # Each poll asks the server to hold its answer for the poll interval at most, and the last
+    # one for no longer than the time left.
+    waits = [float(r.url.params.get("wait", 0)) for r in polls[1:]]
+    assert waits and all(w <= 0.05 for w in waits)
+    assert waits[0] == 0.05
 
 
 def test_wait_polls_while_running_then_a_failed_batch_raises_runtime_error():
@@ -214,21 +224,7 @@ def test_get_of_a_task_info_sends_nothing():
     def handle(request: httpx.Request) -> httpx.Response:
         raise AssertionError(f"unexpected request {request.url}")
 
-    info = BatchTaskInfo(
-        task_id="b9",
-        service=None,  # type: ignore[arg-type]
-        status=BatchTaskStatus.COMPLETED,
-        state="completed",
-        labels={},
-        display_name=None,
-        created_by=None,
-        created_at=None,
-        started_at=None,
-        finished_at=None,
-        total_item_count=0,
-        completed_item_count=0,
-        errors=errors_info(None, [], 1),
-    )
+    info = task_info(batch("b9", "completed"), errors_info(None, [], 1))
 
     async def main(client: AsyncClient) -> str:
         return (await client.batch.get(info)).task_id

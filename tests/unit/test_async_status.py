@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from batchserve import BatchState, BatchTaskStatus
-from batchserve.client._taskinfo import parse_status, states_for_filter
+from batchserve.client._taskinfo import errors_info, parse_status, states_for_filter, task_info
 from batchserve.errors import UsageError
 
 
@@ -75,10 +75,12 @@ def test_every_batch_state_has_a_known_status():
         "paused": BatchTaskStatus.PENDING,
         "running": BatchTaskStatus.IN_PROGRESS,
         "pausing": BatchTaskStatus.IN_PROGRESS,
+        "enabling": BatchTaskStatus.PENDING,
         "completed": BatchTaskStatus.COMPLETED,
         "failed": BatchTaskStatus.FAILED,
         "cancelling": BatchTaskStatus.CANCELED,
         "cancelled": BatchTaskStatus.CANCELED,
+        "deleting": BatchTaskStatus.CANCELED,
     }
     assert {s.value: BatchTaskStatus.of_state(s) for s in BatchState} == expected
 
@@ -113,7 +115,7 @@ def test_finished_is_succeeded_or_failed_and_cancelled_counts_as_failed():
     ("status", "states"),
     [
         (BatchTaskStatus.CREATED, ["created"]),
-        ("pending", ["pending", "paused"]),
+        ("pending", ["pending", "paused", "enabling"]),
         (3, ["running", "pausing"]),
         ("COMPLETED", ["completed"]),
         (BatchTaskStatus.FAILED, ["failed"]),
@@ -135,3 +137,70 @@ def test_no_filter_and_the_unspecified_status_ask_for_any_state():
 def test_filtering_by_unknown_is_refused():
     with pytest.raises(ValueError, match="UNKNOWN"):
         states_for_filter(BatchTaskStatus.UNKNOWN)
+
+
+@pytest.mark.parametrize("name", ["canceled", "cancelled", "CANCELED", "Cancelled", " cancelled "])
+def test_both_spellings_of_cancelled_parse_as_the_same_status(name: str):
+    assert parse_status(name) is BatchTaskStatus.CANCELED
+    assert sorted(states_for_filter(name) or []) == ["cancelled", "cancelling"]
+
+
+def test_cancelled_is_an_alias_of_canceled_not_a_status_of_its_own():
+    assert BatchTaskStatus.CANCELLED is BatchTaskStatus.CANCELED
+    assert BatchTaskStatus["CANCELLED"] is BatchTaskStatus.CANCELED
+    assert len([s for s in BatchTaskStatus if s.value == 6]) == 1
+
+
+def test_a_state_spelled_canceled_has_the_cancelled_status():
+    assert BatchTaskStatus.of_state("canceled") is BatchTaskStatus.CANCELED
+
+
+def test_a_bad_name_lists_both_spellings_of_cancelled():
+    with pytest.raises(ValueError, match=r"CANCELED \(or CANCELLED\)"):
+        parse_status("stopped")
+
+
+@pytest.mark.parametrize(
+    ("status", "name"),
+    [
+        (BatchTaskStatus.CREATED, "running"),
+        (BatchTaskStatus.PENDING, "running"),
+        (BatchTaskStatus.IN_PROGRESS, "running"),
+        (BatchTaskStatus.COMPLETED, "success"),
+        (BatchTaskStatus.FAILED, "failed"),
+        (BatchTaskStatus.CANCELED, "failed"),
+        (BatchTaskStatus.UNKNOWN, "unknown"),
+        (BatchTaskStatus.STATUS_UNSPECIFIED, "unknown"),
+    ],
+)
+def test_status_name_summarises_the_status_as_the_task_api_does(status: BatchTaskStatus, name: str):
+    assert status.status_name == name
+
+
+def describe(state: str, **fields: object) -> dict[str, object]:
+    return {
+        "id": "b/1",
+        "service": {"name": "mtService", "version": "v1.0.0"},
+        "state": state,
+        "metadata": {},
+        **fields,
+    }
+
+
+def test_task_info_names_the_model_as_service_colon_version_and_is_its_own_operation():
+    info = task_info(describe("running"), errors_info(None, []), "http://host:8000/")
+    assert info.model_uri == "mtService:v1.0.0"
+    assert info.operation_id == info.task_id == "b/1"
+
+
+def test_task_info_locates_the_batch_and_the_results_of_a_completed_batch():
+    info = task_info(describe("completed"), errors_info(None, []), "http://host:8000")
+    assert info.source_dataset_id == "http://host:8000/v1/batches/b%2F1/records"
+    assert info.result_dataset_id == "http://host:8000/v1/batches/b%2F1/results"
+
+
+@pytest.mark.parametrize("state", ["created", "running", "failed", "cancelled"])
+def test_a_batch_not_completed_has_no_result_dataset(state: str):
+    info = task_info(describe(state), errors_info(None, []), "http://host:8000")
+    assert info.result_dataset_id is None
+    assert info.source_dataset_id == "http://host:8000/v1/batches/b%2F1/records"

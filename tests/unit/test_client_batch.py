@@ -218,6 +218,49 @@ def test_cancel_returns_the_new_state():
     assert batch.state is BatchState.CANCELLING
 
 
+@pytest.mark.parametrize(
+    ("call", "method", "path"),
+    [
+        (lambda b: b.cancel(if_match='"4"'), "POST", "/v1/batches/b1/cancel"),
+        (lambda b: b.terminate("late", if_match='"4"'), "POST", "/v1/batches/b1/terminate"),
+        (lambda b: b.disable("wait", if_match='"4"'), "POST", "/v1/batches/b1/disable"),
+        (lambda b: b.enable(if_match='"4"'), "POST", "/v1/batches/b1/enable"),
+        (lambda b: b.update(priority=2, if_match='"4"'), "PATCH", "/v1/batches/b1"),
+        (lambda b: b.close(if_match='"4"'), "POST", "/v1/batches/b1/close"),
+    ],
+)
+def test_every_change_sends_if_match_and_returns_the_batch_refreshed(call, method, path):
+    server = Server({(method, path): (200, batch_info("pending", etag='"5"'))})
+    batch = server.started_batch()
+    assert call(batch) is batch
+    assert batch.etag == '"5"'
+    assert server.requests[-1].headers["If-Match"] == '"4"'
+
+
+def test_a_change_without_if_match_is_unconditional():
+    server = Server({("POST", "/v1/batches/b1/cancel"): (200, batch_info("cancelling"))})
+    server.started_batch().cancel()
+    assert "If-Match" not in server.requests[-1].headers
+
+
+def test_add_sends_the_records_and_returns_their_indices():
+    added = {"first_index": 2, "count": 3, "batch": batch_info("running", total=5)}
+    server = Server({("POST", "/v1/batches/b1/records"): (200, added)})
+    batch = server.started_batch()
+    assert batch.add([{"hp": 1.0, "wt": 2.0}] * 3) == range(2, 5)
+    sent = server.requests[-1]
+    assert sent.headers["Content-Type"] == "application/vnd.apache.arrow.stream"
+    assert batch.data["total_item_count"] == 5
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True])
+def test_a_parallel_count_that_is_not_at_least_1_or_minus_1_is_refused(bad):
+    with pytest.raises(UsageError, match="-1 for no limit"):
+        Server().service().batch([{"hp": 1.0, "wt": 2.0}], parallel_count=bad)
+    with pytest.raises(UsageError, match="-1 for no limit"):
+        Server().started_batch().update(parallel_count=bad)
+
+
 def test_get_batch_reads_the_batch_and_list_batch_executions_lists_ids():
     server = Server(
         {

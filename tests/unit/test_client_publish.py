@@ -139,13 +139,25 @@ def test_an_unsupported_input_type_is_refused_naming_the_input():
         Capture().client().publish_service(
             "s", code=manual_transmission, inputs={"hp": list, "wt": float}, outputs={"a": float}
         )
-    with pytest.raises(ValueError, match="output 'a' is declared as 'numeric'"):
+    with pytest.raises(ValueError, match="output 'a' is declared as 'decimal'"):
         Capture().client().publish_service(
             "s",
             code=manual_transmission,
             inputs={"hp": float, "wt": float},
-            outputs={"a": "numeric"},
+            outputs={"a": "decimal"},
         )
+
+
+def test_r_type_names_are_sent_as_batchserve_types():
+    server = Capture()
+    server.client().publish_service(
+        "s",
+        code=manual_transmission,
+        inputs={"hp": "numeric", "wt": "integer"},
+        outputs={"a": "character", "b": "logical"},
+    )
+    assert server.metadata["inputs"] == {"hp": "float", "wt": "int"}
+    assert server.metadata["outputs"] == {"a": "str", "b": "bool"}
 
 
 def test_code_that_is_neither_a_function_nor_a_string_is_refused():

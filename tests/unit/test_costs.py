@@ -92,6 +92,37 @@ def test_what_earlier_batches_measured_counts_as_one_chunk_and_the_new_chunks_ta
     assert costs.record < 3e-6  # within a few chunks, nearer the truth than the prior
 
 
+def test_a_chunk_far_quicker_than_the_estimate_makes_it_start_again():
+    # A 25-record chunk held up for 10 ms looked sure: 400 µs a record.
+    estimate = CostEstimate()
+    estimate.observe(25, 0.010, 0.004)
+    assert estimate.costs() is not None
+    # The next chunk's 1,250 records ran in 3 ms, not the half second the estimate gave them.
+    estimate.observe(1_250, 0.003, 0.004)
+    assert estimate.costs() is None  # not sure yet: the next chunks probe
+    estimate.observe(512_000, 0.15, 0.004)
+    costs = estimate.costs()
+    assert costs is not None
+    assert costs.record == pytest.approx(0.15 / 512_000, rel=0.2)
+
+
+def test_a_fixed_cost_measured_as_nothing_still_keeps_chunks_large():
+    # The time around chunks came out near nothing (a busy machine): a trivial service's
+    # 300,000 records must still not be cut into ever smaller chunks.
+    costs = Costs(chunk=0.0, call=0.0, record=6e-7)
+    assert costs.floor() >= 10_000
+    # The last 30,000 are not halved again and again.
+    assert range_size(30_000, 2, costs, busy_seconds=0.01) >= 15_000
+
+
+def test_a_chunk_slower_than_the_estimate_only_moves_it():
+    estimate = CostEstimate(prior=FAST)
+    estimate.observe(100_000, 100_000 * FAST.record * 10, 0.004)  # held up, or truly slower
+    costs = estimate.costs()
+    assert costs is not None
+    assert FAST.record < costs.record < 10 * FAST.record
+
+
 # --- the size of the next range ------------------------------------------------------------------
 
 
@@ -124,6 +155,17 @@ def test_the_last_round_gives_each_slot_an_equal_share():
 
 def test_a_batch_too_small_for_the_floor_still_gets_one_chunk_a_slot():
     assert range_size(300_000, 2, FAST) == 150_000  # below the floor, but both slots work
+
+
+def test_a_tail_claimed_one_chunk_at_a_time_is_not_halved_down_to_single_records():
+    # Chunks so quick that each ends before the next is cut: nothing is ever busy.
+    left, sizes = 27_160, []
+    while left:
+        sizes.append(range_size(left, 2, FAST))
+        left -= sizes[-1]
+    assert len(sizes) <= 3, sizes
+    # Shares whose records take less than half the chunk's fixed cost are not cut at all.
+    assert range_size(6_000, 2, FAST) == 6_000  # 0.9 ms of records against 4 ms
 
 
 def test_while_much_is_left_a_range_is_half_a_slot_s_share_within_the_target_time():

@@ -46,6 +46,9 @@ class HeldWorkers:
     def free_slots(self) -> int:
         return self.slots - len(self.running)
 
+    def capacity(self) -> int:
+        return self.slots
+
     def submit(self, task: ChunkTask | ConsumeTask) -> None:
         assert isinstance(task, ChunkTask)
         self.submitted.append(task)
@@ -61,6 +64,12 @@ class HeldWorkers:
 
     def workers(self) -> list[dict[str, object]]:
         return []
+
+    def owed_releases(self) -> set[str]:
+        return set()
+
+    def release(self, batch_id: str) -> None:
+        pass
 
     def of(self, batch_id: str) -> list[str]:
         return [t.task_id for t in list(self.submitted) if t.batch_id == batch_id]
@@ -150,6 +159,24 @@ def test_a_delete_answers_before_slow_workers_stop_and_the_removal_follows(
     assert files(ops, batch.id) == []
     assert sorted(workers.stopped) == sorted(workers.of(batch.id))
     assert ops.get(who, kept.id).state == "created"
+
+
+def test_a_batch_whose_removal_goes_on_is_deleting_for_its_owner_and_in_listings_that_ask(
+    ops, who, service, workers, monkeypatch
+):
+    monkeypatch.setattr(batch_ops, "DELETE_WAIT_SECONDS", 0.0)
+    batch = running(ops, who, service, workers)
+    workers.release.clear()
+    assert ops.delete(who, batch.id) is False
+    left = ops.being_deleted(who, batch.id)
+    assert left is not None
+    assert (left.state, left.previous_state) == ("deleting", "running")
+    assert [b.id for b in ops.list_batches(who, states=["deleting"])] == [batch.id]
+    assert ops.list_batches(who, states=["running"]) == []
+    workers.release.set()
+    wait_until("the batch to be removed", lambda: ops.store.get_batch(batch.id) is None)
+    assert ops.being_deleted(who, batch.id) is None
+    assert ops.list_batches(who, states=["deleting"]) == []
 
 
 def test_deleting_a_finished_batch_removes_it_without_waiting_for_workers(

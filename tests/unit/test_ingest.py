@@ -11,6 +11,7 @@ import pytest
 
 from batchserve.blobs import LocalBlobStore, keys
 from batchserve.engine import ingest as ingest_module
+from batchserve.engine import text_records
 from batchserve.engine.errors import PayloadTooLarge
 from batchserve.engine.ingest import (
     ARROW_FILE,
@@ -152,7 +153,7 @@ def test_small_record_batches_are_joined_into_larger_ones(upload):
 
 
 def test_a_csv_is_read_in_blocks_of_whole_lines_in_order(upload, monkeypatch):
-    monkeypatch.setattr(ingest_module, "_CSV_BLOCK_BYTES", 16)
+    monkeypatch.setattr(text_records, "_CSV_BLOCK_BYTES", 16)
     rows = [(i, i % 7, f"car{i}") for i in range(500)]
     assert upload(csv_of(rows)) == 500
     table = upload.all()
@@ -161,14 +162,14 @@ def test_a_csv_is_read_in_blocks_of_whole_lines_in_order(upload, monkeypatch):
 
 
 def test_a_csv_line_longer_than_a_block_is_read_whole(upload, monkeypatch):
-    monkeypatch.setattr(ingest_module, "_CSV_BLOCK_BYTES", 8)
+    monkeypatch.setattr(text_records, "_CSV_BLOCK_BYTES", 8)
     data = b"hp,cyl,name\n1.5,4," + b"x" * 100 + b"\n2.5,6,y\n"
     assert upload(data) == 2
     assert upload.all().to_pylist() == [{"hp": 1.5, "cyl": 4}, {"hp": 2.5, "cyl": 6}]
 
 
 def test_a_csv_without_a_last_line_end_keeps_its_last_record(upload, monkeypatch):
-    monkeypatch.setattr(ingest_module, "_CSV_BLOCK_BYTES", 8)
+    monkeypatch.setattr(text_records, "_CSV_BLOCK_BYTES", 8)
     assert upload(b"hp,cyl\n1,2\n3,4") == 2
     assert upload.all().column("cyl").to_pylist() == [2, 4]
 
@@ -206,7 +207,7 @@ def test_a_digits_column_declared_as_text_stays_text(upload):
 
 
 def test_a_bad_value_keeps_its_block_as_text_in_a_part_of_its_own(upload, monkeypatch):
-    monkeypatch.setattr(ingest_module, "_CSV_BLOCK_BYTES", 12)
+    monkeypatch.setattr(text_records, "_CSV_BLOCK_BYTES", 12)
     monkeypatch.setattr(ingest_module, "_MIN_BATCH_ROWS", 1)
     upload(csv_of([(1, 4, "a"), ("abc", 4, "b"), (3, 4, "c"), (4, 4, "d")]))
     tables = [upload.table(key) for *_, key in upload.parts]

@@ -52,15 +52,26 @@ def test_a_parameter_name_must_be_an_identifier(name):
 
 def test_an_unknown_type_name_is_refused_with_the_supported_types():
     with pytest.raises(SchemaError) as caught:
-        normalize_schema({"hp": "double"}, "inputs")
+        normalize_schema({"hp": "decimal"}, "inputs")
     assert str(caught.value) == (
-        "inputs: 'hp' has type 'double'; the supported types are int, float, str, bool."
+        "inputs: 'hp' has type 'decimal'; declare it as int, float, str or bool "
+        "(or R's integer, numeric, character, logical)."
     )
 
 
 def test_a_python_type_is_not_a_type_name():
-    with pytest.raises(SchemaError, match="supported types"):
+    with pytest.raises(SchemaError, match="declare it as int, float, str or bool"):
         normalize_schema({"hp": float}, "inputs")
+
+
+def test_r_type_names_are_read_as_batchserve_types():
+    declared = {"hp": "numeric", "cyl": "integer", "name": "character", "am": "logical"}
+    assert normalize_schema(declared, "inputs") == {
+        "hp": "float",
+        "cyl": "int",
+        "name": "str",
+        "am": "bool",
+    }
 
 
 def test_describe_lists_names_and_types():

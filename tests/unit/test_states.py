@@ -46,10 +46,12 @@ def test_batch_states_are_spelled_as_on_the_wire():
         "running",
         "pausing",
         "paused",
+        "enabling",
         "cancelling",
         "cancelled",
         "completed",
         "failed",
+        "deleting",
     ]
 
 
@@ -69,7 +71,7 @@ def test_ml_server_spellings_are_aliases_of_the_canonical_states():
 
 
 def test_aliases_do_not_add_states():
-    assert len(list(BatchState)) == 9
+    assert len(list(BatchState)) == 11
 
 
 def test_a_state_prints_and_formats_as_its_value():
@@ -121,8 +123,23 @@ def test_every_state_has_a_row_in_its_table():
 
 @no_deadline
 @given(st.sampled_from(list(BatchState)))
-def test_final_batch_states_have_no_way_out(state):
-    assert (not BATCH_TRANSITIONS[state]) == state.is_final
+def test_final_batch_states_have_no_way_out_but_deletion(state):
+    assert (not BATCH_TRANSITIONS[state] - {BatchState.DELETING}) == (
+        state.is_final or state is BatchState.DELETING
+    )
+
+
+def test_any_batch_may_be_deleted_and_a_deleting_one_goes_nowhere():
+    assert all(
+        BatchState.DELETING in nxt for s, nxt in BATCH_TRANSITIONS.items() if s != "deleting"
+    )
+    assert BATCH_TRANSITIONS[BatchState.DELETING] == frozenset()
+
+
+def test_an_enabling_batch_becomes_pending_and_a_paused_one_is_enabled_through_enabling():
+    assert BatchState.PENDING not in BATCH_TRANSITIONS[BatchState.PAUSED]
+    assert check_batch_transition("paused", "enabling") is BatchState.ENABLING
+    assert check_batch_transition("enabling", "pending") is BatchState.PENDING
 
 
 @no_deadline
@@ -156,9 +173,10 @@ def test_nothing_leads_back_to_created():
 @given(st.data())
 def test_any_walk_from_created_can_always_still_finish(data):
     state = BatchState.CREATED
+    ends = FINAL_BATCH_STATES | {BatchState.DELETING}  # a deleting batch is removed
     for _ in range(30):
-        assert reachable(state, BATCH_TRANSITIONS) & FINAL_BATCH_STATES
-        if state.is_final:
+        assert reachable(state, BATCH_TRANSITIONS) & ends
+        if state.is_final or state is BatchState.DELETING:
             break
         state = data.draw(st.sampled_from(sorted(BATCH_TRANSITIONS[state])))
 
@@ -168,7 +186,7 @@ def test_any_walk_from_created_can_always_still_finish(data):
 def test_a_walk_of_allowed_moves_is_accepted_step_by_step(data):
     state = BatchState.CREATED
     for _ in range(30):
-        if state.is_final:
+        if state.is_final or state is BatchState.DELETING:
             break
         wanted = data.draw(st.sampled_from(sorted(BATCH_TRANSITIONS[state])))
         assert check_batch_transition(state, wanted) is wanted
@@ -217,21 +235,23 @@ def test_a_refused_move_names_every_allowed_state(current, wanted):
         assert allowed.value in allowed_part
 
 
-def test_a_refused_move_out_of_a_final_state_says_it_is_final():
+def test_a_refused_move_out_of_a_final_state_says_only_deletion_is_left():
     with pytest.raises(InvalidTransition) as caught:
         check_batch_transition(BatchState.COMPLETED, BatchState.RUNNING)
     assert str(caught.value) == (
         "A batch in state 'completed' cannot become 'running'; from 'completed' it may become: "
-        "none (it is final)."
+        "deleting."
     )
     assert caught.value.current == "completed"
     assert caught.value.wanted == "running"
+    with pytest.raises(InvalidTransition, match=r"none \(it is final\)"):
+        check_batch_transition(BatchState.DELETING, BatchState.RUNNING)
 
 
 def test_a_refused_move_lists_the_allowed_states_in_order():
     with pytest.raises(InvalidTransition) as caught:
         check_batch_transition(BatchState.PAUSING, BatchState.RUNNING)
-    assert str(caught.value).endswith("it may become: cancelling, failed, paused.")
+    assert str(caught.value).endswith("it may become: cancelling, deleting, failed, paused.")
 
 
 def test_a_refused_chunk_move_says_it_is_a_chunk():
@@ -243,8 +263,8 @@ def test_a_running_chunk_may_go_back_to_pending_for_a_retry():
     assert check_chunk_transition(ChunkState.RUNNING, ChunkState.PENDING) is ChunkState.PENDING
 
 
-def test_a_cancelling_batch_can_only_become_cancelled():
-    assert BATCH_TRANSITIONS[BatchState.CANCELLING] == {BatchState.CANCELLED}
+def test_a_cancelling_batch_can_only_become_cancelled_or_be_deleted():
+    assert BATCH_TRANSITIONS[BatchState.CANCELLING] == {BatchState.CANCELLED, BatchState.DELETING}
 
 
 # --- states_allowing -------------------------------------------------------------------------
@@ -264,3 +284,60 @@ def test_states_allowing_paused():
 
 def test_states_allowing_cancelling_excludes_final_states():
     assert not any(s.is_final for s in states_allowing(BatchState.CANCELLING))
+
+
+@pytest.mark.parametrize(
+    ("state", "spellings"),
+    [
+        (BatchState.COMPLETED, ["complete", "Complete", "completed", "COMPLETED"]),
+        (BatchState.FAILED, ["failed", "Failed"]),
+        (BatchState.RUNNING, ["inProgress", "inprogress", "running", "Running"]),
+        (BatchState.PAUSING, ["inProgress"]),
+        (BatchState.PAUSED, ["inProgress", "paused"]),
+        (BatchState.PENDING, ["pending", "Pending"]),
+        (BatchState.CANCELLED, ["cancelled", "Cancelled"]),
+    ],
+)
+def test_a_state_equals_its_machine_learning_server_spellings(state, spellings):
+    for spelling in spellings:
+        assert state == spelling
+        assert spelling == state
+        assert (state != spelling) is False
+
+
+@pytest.mark.parametrize(
+    ("state", "spelling"),
+    [
+        # An ML Server spelling that is another state's name stays that state's alone.
+        (BatchState.CREATED, "pending"),
+        (BatchState.CANCELLED, "failed"),
+        (BatchState.CANCELLING, "failed"),
+        (BatchState.COMPLETED, "failed"),
+        (BatchState.FAILED, "complete"),
+        (BatchState.PENDING, "inProgress"),
+        (BatchState.RUNNING, "complete"),
+    ],
+)
+def test_a_state_differs_from_other_states_spellings(state, spelling):
+    assert state != spelling
+    assert (state == spelling) is False
+
+
+def test_every_machine_learning_server_state_names_a_batchserve_state():
+    # ML Server's four states (its Swagger document's enum) each equal some canonical state.
+    for spelling in ("pending", "inProgress", "complete", "failed"):
+        assert any(state == spelling for state in BatchState), spelling
+
+
+def test_states_keep_their_canonical_value_hash_and_parsing():
+    assert BatchState.COMPLETED.value == "completed"
+    assert str(BatchState.COMPLETED) == "completed"
+    assert json.dumps({"state": BatchState.COMPLETED}) == '{"state": "completed"}'
+    assert BatchState("completed") is BatchState.COMPLETED
+    assert BatchState.complete is BatchState.COMPLETED
+    assert hash(BatchState.COMPLETED) == hash("completed")
+    assert {"completed": 1}[BatchState.COMPLETED] == 1
+    assert BatchState.COMPLETED != BatchState.FAILED
+    assert BatchState.COMPLETED != 3
+    with pytest.raises(ValueError):
+        BatchState("complete")

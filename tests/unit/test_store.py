@@ -41,7 +41,7 @@ def add_batch(store, service, owner, *, sealed=True, priority=0, chunks=(), **fi
         service_id=service.id,
         owner_id=owner.id,
         chunk_size=4,
-        parallel_count=2,
+        parallel_count=100,
         priority=priority,
         options={"outputs": {"y": "int"}},
         **fields,
@@ -295,7 +295,7 @@ def test_a_forbidden_transition_is_refused_and_changes_nothing(store, service, o
 def test_a_final_batch_cannot_move(store, service, owner):
     batch = add_batch(store, service, owner)
     store.transition(batch.id, BatchState.CANCELLED)
-    with pytest.raises(InvalidTransition, match="it is final"):
+    with pytest.raises(InvalidTransition, match="it may become: deleting"):
         store.transition(batch.id, BatchState.PENDING)
 
 
@@ -381,7 +381,10 @@ def test_marking_a_batch_for_deletion_keeps_its_rows_and_records_when(store, ser
     marked = store.get_batch(batch.id)
     assert marked.deleting_since is not None
     assert marked.deleting_since.tzinfo is not None
-    assert (marked.state, marked.revision) == (batch.state, batch.revision)
+    # Its state says so, with the one it had before: a change like any other.
+    assert (marked.state, marked.previous_state) == ("deleting", batch.state)
+    assert marked.revision == batch.revision + 1
+    assert marked.last_modified >= batch.last_modified
     assert len(store.chunks(batch.id)) == 2
 
 
@@ -889,3 +892,29 @@ def test_a_services_batches_are_listed_with_their_owners(store, owner, service):
     theirs = add_batch(store, service, bob, sealed=False)
     found = {b.id: (b.owner, b.sealed, b.deleting) for b in store.service_batches(service.id)}
     assert found == {mine.id: ("ann", True, False), theirs.id: ("bob", False, False)}
+
+
+def test_a_batch_s_chunks_are_claimed_only_up_to_its_parallel_count_wherever_they_run(
+    store, service, owner
+):
+    batch = add_batch(store, service, owner, chunks=[4, 4, 4])
+    store.update_batch(batch.id, parallel_count=2)
+    first = store.claim_chunk(batch.id, result_key, node_id="a")
+    second = store.claim_chunk(batch.id, result_key, node_id="b")
+    assert (first.node_id, second.node_id) == ("a", "b")
+    assert store.claim_chunk(batch.id, result_key, node_id="c") is None  # two run already
+    store.set_chunk(
+        first.id,
+        expect_state=ChunkState.RUNNING,
+        expect_key=first.result_key,
+        state=ChunkState.SUCCEEDED.value,
+    )
+    assert store.claim_chunk(batch.id, result_key, node_id="c").seq == 2
+
+
+def test_no_chunk_of_a_cancelling_or_paused_batch_is_claimed(store, service, owner):
+    for state in (BatchState.PAUSING, BatchState.CANCELLING):
+        batch = add_batch(store, service, owner, chunks=[4])
+        store.transition(batch.id, BatchState.PENDING)
+        store.transition(batch.id, state)
+        assert store.claim_chunk(batch.id, result_key) is None

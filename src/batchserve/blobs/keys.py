@@ -6,6 +6,7 @@ batches/<batch id>/                          everything of one batch (removed wi
     results/<chunk seq>.a<attempt>.arrows    one try of a chunk: Arrow IPC stream of results
     results/<chunk seq>.a<attempt>/<segment>  the same, as segments, on a store without append
     artifacts/<record index>/<file name>     a record's artifact files
+    tasks/<preparation|release>.bundle       the batch's job preparation and release code
 services/<name>/<version>/<uuid>.bundle      a published service's bundle
 ```
 """
@@ -23,6 +24,12 @@ def part_key(batch_id: str, seq: int) -> str:
     return f"{BATCHES}/{batch_id}/inputs/{seq:06d}.arrow"
 
 
+def added_part_key(batch_id: str, addition: str, seq: int) -> str:
+    """A part of records added to an open batch: ``addition`` names the addition (several may
+    arrive at once; their parts get their numbers only once each is stored)."""
+    return f"{BATCHES}/{batch_id}/inputs/{addition}-{seq:06d}.arrow"
+
+
 def result_key(batch_id: str, seq: int, attempt: int, *, segmented: bool = False) -> str:
     """Where one try of a chunk writes its results: a file appended to, or, on a store that
     cannot append, a folder of segments (:mod:`batchserve.blobs.segments`; the key ends in /)."""
@@ -33,6 +40,18 @@ def result_key(batch_id: str, seq: int, attempt: int, *, segmented: bool = False
 
 def artifact_key(batch_id: str, index: int, name: str) -> str:
     return f"{BATCHES}/{batch_id}/artifacts/{index}/{name}"
+
+
+#: The kinds of code a batch may carry besides its service's: run on each worker before its first
+#: chunk of the batch, and after the batch ends.
+JOB_TASKS = ("preparation", "release")
+
+
+def job_task_key(batch_id: str, kind: str) -> str:
+    """Where a batch's job preparation or release code is kept (``kind`` from JOB_TASKS)."""
+    if kind not in JOB_TASKS:
+        raise ValueError(f"unknown job task {kind!r}")
+    return f"{BATCHES}/{batch_id}/tasks/{kind}.bundle"
 
 
 def bundle_key(name: str, version: str, unique: str) -> str:

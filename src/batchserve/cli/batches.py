@@ -1,8 +1,9 @@
-"""``run`` and ``batch list|show|wait|results|artifacts|download|cancel|pause|resume|terminate|
-delete``."""
+"""``batch list|show|wait|results|artifacts|download``: finding, following and reading the batches
+``run`` starts (``control.py`` changes them)."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,10 +11,10 @@ import typer
 
 from batchserve.cli.connection import CliError, Connection, connected
 from batchserve.cli.output import JsonOption, Output, when
-from batchserve.cli.services import find_service, split_service
+from batchserve.cli.services import split_service
+from batchserve.cli.values import Pair, filter_pair, mapping, unique_keys
 from batchserve.cli.watch import Interrupted, watch
 from batchserve.client import BatchResponse, _ops
-from batchserve.client._records import FILE_FORMATS
 from batchserve.states import BatchState
 
 batch_app = typer.Typer(
@@ -35,95 +36,7 @@ ResultsFile = Annotated[
 ]
 
 
-def _records(path: Path) -> Any:
-    """What ``Service.batch`` takes for the records file ``path``.
-
-    The formats the SDK streams (CSV, TSV, JSON Lines, Parquet, Arrow) go as the path; a ``.json``
-    list of records, which cannot be streamed, is read into a DataFrame first.
-    """
-    if not path.is_file():
-        raise CliError(f"There is no records file at '{path}'.")
-    suffix = path.suffix.lower()
-    if suffix in FILE_FORMATS or suffix == ".txt":
-        return path
-    if suffix == ".json":
-        import pandas as pd
-
-        try:
-            return pd.read_json(path, orient="records")
-        except ValueError as exc:
-            raise CliError(f"Cannot read records from '{path}': {exc}") from None
-    raise CliError(
-        f"Cannot read records from '{path.name}': use a {', '.join(FILE_FORMATS)}, .txt or .json "
-        "file."
-    )
-
-
-def run(
-    service: Annotated[str, typer.Argument(metavar="NAME[:VERSION]")],
-    records_file: Annotated[
-        Path,
-        typer.Argument(
-            metavar="RECORDS_FILE",
-            help="The records: .csv, .tsv, .jsonl, .parquet, .arrow or .json.",
-        ),
-    ],
-    parallel: Annotated[
-        int, typer.Option("--parallel", "-P", min=1, help="Chunks run at once, at most.")
-    ] = 10,
-    priority: Annotated[
-        int, typer.Option("--priority", min=-1000, max=1000, help="Higher runs first.")
-    ] = 0,
-    chunk_size: Annotated[
-        int | None, typer.Option("--chunk-size", min=1, help="Records per chunk (default: auto).")
-    ] = None,
-    display_name: Annotated[str | None, typer.Option("--display-name")] = None,
-    wait: Annotated[
-        bool, typer.Option("--wait", "-w", help="Follow the batch until it is finished.")
-    ] = False,
-    output: ResultsFile = None,
-    json_mode: JsonOption = False,
-) -> None:
-    """Start a batch of a service over a records file."""
-    records = _records(records_file)
-    if output is not None:
-        _check_results_path(output)
-    out = Output(json_mode)
-    with connected() as conn:
-        svc = find_service(conn, service)
-        batch = svc.batch(
-            records,
-            parallel_count=parallel,
-            chunk_size=chunk_size,
-            priority=priority,
-            display_name=display_name,
-        ).start()
-        info = batch.data
-        assert info is not None
-        if not (wait or output is not None):
-            if out.json:
-                out.emit(info)
-            elif out.rich:
-                out.say(
-                    f"Started batch {info['id']} of {svc.name}:{svc.version} over "
-                    f"{info['total_item_count']} records. Follow it with `batchserve batch wait "
-                    f"{info['id']}`."
-                )
-            else:
-                typer.echo(info["id"])
-            return
-        if out.rich:
-            out.say(
-                f"Batch {info['id']} of {svc.name}:{svc.version}, "
-                f"{info['total_item_count']} records"
-            )
-        elif not out.json:
-            typer.echo(f"batch {info['id']} started", err=True)
-        code = _follow(conn, info["id"], out, output)
-    raise typer.Exit(code)
-
-
-def _check_results_path(path: Path) -> None:
+def check_results_path(path: Path) -> None:
     if path.suffix.lower() not in (".csv", ".jsonl", ".parquet"):
         raise CliError(
             f"Cannot write results to '{path.name}': use a .csv, .jsonl or .parquet file."
@@ -132,7 +45,7 @@ def _check_results_path(path: Path) -> None:
         raise CliError(f"The folder '{path.parent}' does not exist; create it first.")
 
 
-def _follow(conn: Connection, batch_id: str, out: Output, output: Path | None) -> int:
+def follow(conn: Connection, batch_id: str, out: Output, output: Path | None) -> int:
     """Watch the batch to its end, write its results, print the summary; the exit status."""
     try:
         info = watch(conn, batch_id, out)
@@ -181,6 +94,11 @@ def _summary(info: dict[str, Any]) -> str:
     )
 
 
+#: The most batches the server gives in one page of a listing (``limit`` of ``GET /v1/batches``);
+#: a longer ``--limit`` is read a page at a time.
+PAGE_MOST = 1000
+
+
 @batch_app.command("list")
 def batch_list(
     status: Annotated[
@@ -190,7 +108,27 @@ def batch_list(
     service: Annotated[
         str | None, typer.Option("--service", metavar="NAME[:VERSION]", help="Only this service.")
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=10_000)] = 50,
+    metadata: Annotated[
+        list[Pair] | None,
+        typer.Option(
+            "--metadata",
+            "-m",
+            parser=filter_pair,
+            callback=unique_keys,
+            metavar="KEY=VALUE",
+            help="Only batches whose metadata has this pair; repeat it to require several.",
+        ),
+    ] = None,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit",
+            "-n",
+            min=1,
+            help=f"Show at most this many batches, the newest (more than {PAGE_MOST} are read "
+            "a page at a time).",
+        ),
+    ] = 50,
     json_mode: JsonOption = False,
 ) -> None:
     """List batches, newest first."""
@@ -198,11 +136,16 @@ def batch_list(
     for s in status or []:
         if s not in states:
             raise CliError(f"Unknown status {s!r}: use one of {', '.join(dict.fromkeys(states))}.")
-    params: dict[str, Any] = {"limit": limit, "state": status or None}
-    if service is not None:
-        params["service"], params["version"] = split_service(service)
+    name, version = split_service(service) if service is not None else (None, None)
     with connected() as conn:
-        batches = conn.request("GET", "/v1/batches", params=params)["batches"]
+        listing = conn.client.list_batches(
+            state=status or None,
+            service=name,
+            version=version,
+            metadata=mapping(metadata),
+            page_size=min(limit, PAGE_MOST),
+        )
+        batches = [b.data for b in itertools.islice(listing, limit) if b.data is not None]
     out = Output(json_mode)
     if out.json:
         out.emit_lines(batches)
@@ -227,7 +170,7 @@ def batch_list(
     )
 
 
-def _get(conn: Connection, batch_id: str) -> dict[str, Any]:
+def get_info(conn: Connection, batch_id: str) -> dict[str, Any]:
     return conn.run(_ops.get_batch(batch_id))
 
 
@@ -235,7 +178,7 @@ def _get(conn: Connection, batch_id: str) -> dict[str, Any]:
 def batch_show(batch_id: BatchId, json_mode: JsonOption = False) -> None:
     """Show a batch: state, counts, options and statistics."""
     with connected() as conn:
-        info = _get(conn, batch_id)
+        info = get_info(conn, batch_id)
     out = Output(json_mode)
     if out.json:
         out.emit(info)
@@ -253,7 +196,7 @@ def batch_show(batch_id: BatchId, json_mode: JsonOption = False) -> None:
             "failed": info["failed_item_count"],
             "cancelled": info["cancelled_item_count"],
             "priority": info["priority"],
-            "parallel": info["parallel_count"],
+            "parallel": parallel_text(info),
             "chunks": f"{info['chunk_count']}"
             + (
                 f" of up to {info['chunk_size']} records"
@@ -267,9 +210,45 @@ def batch_show(batch_id: BatchId, json_mode: JsonOption = False) -> None:
             "time": _stage_times(stats),
             "termination": info.get("termination_reason"),
             "error": info.get("error"),
+            "cannot run": (info.get("scheduling_error") or {}).get("message"),
             "metadata": info.get("metadata") or None,
+            # Only the names: environment values are often credentials.
+            "environment": ", ".join(info.get("environment") or {}) or None,
+            "limits": limits_text(info),
+            "failures": failures_text(info),
+            "open": "yes: batch add adds records, batch close ends it"
+            if info.get("on_all_tasks_complete") == "noaction"
+            else None,
+            "preemption": "allowed" if info.get("allow_preemption") else None,
+            "depends on": info.get("depends_on") or None,
+            "etag": info.get("etag"),
         }
     )
+
+
+def parallel_text(info: dict[str, Any]) -> str:
+    count = info["parallel_count"]
+    return "no limit (as many chunks as the workers take)" if count == -1 else str(count)
+
+
+def limits_text(info: dict[str, Any]) -> str | None:
+    """``wall clock 3600 s, record 30 s``: the time limits a batch was given."""
+    shown = [
+        f"{name} {info[key]:g} s"
+        for name, key in (("wall clock", "max_wall_clock_time"), ("record", "task_timeout"))
+        if info.get(key)
+    ]
+    return ", ".join(shown) or None
+
+
+def failures_text(info: dict[str, Any]) -> str:
+    """``2 retries, at most 5 failed records, terminatejob``: what failed records do."""
+    retries = info.get("max_task_retry_count") or 0
+    shown = ["unlimited retries" if retries == -1 else f"{retries} retries"]
+    if info.get("max_failed_records") is not None:
+        shown.append(f"at most {info['max_failed_records']} failed records")
+    shown.append(info.get("task_failure_mode") or "noaction")
+    return ", ".join(shown)
 
 
 def _stage_times(stats: dict[str, Any]) -> str | None:
@@ -294,11 +273,11 @@ def batch_wait(
 ) -> None:
     """Follow a batch until it is finished (a progress bar on a terminal)."""
     if output is not None:
-        _check_results_path(output)
+        check_results_path(output)
     out = Output(json_mode)
     with connected() as conn:
-        _get(conn, batch_id)  # an unknown id fails here, before any progress is drawn
-        code = _follow(conn, batch_id, out, output)
+        get_info(conn, batch_id)  # an unknown id fails here, before any progress is drawn
+        code = follow(conn, batch_id, out, output)
     raise typer.Exit(code)
 
 
@@ -310,10 +289,10 @@ def batch_results(
 ) -> None:
     """The finished records' results: into a file with -o (format by extension), else printed."""
     if output is not None:
-        _check_results_path(output)
+        check_results_path(output)
     out = Output(json_mode)
     with connected() as conn:
-        response = BatchResponse(_get(conn, batch_id), conn.client._runner)
+        response = BatchResponse(get_info(conn, batch_id), conn.client._runner)
         if output is not None:
             response.export(output)
             if not out.json:
@@ -393,85 +372,3 @@ def batch_download(
     else:
         for path in paths:
             out.say(path)
-
-
-def _control(info: dict[str, Any], json_mode: bool, verb: str, *expected: BatchState) -> None:
-    """Print the batch a control command returned; ``expected`` are the states it aims at (the
-    server leaves a batch that finished already as it is)."""
-    out = Output(json_mode)
-    if out.json:
-        out.emit(info)
-    elif info["state"] in expected:
-        out.say(f"{verb} batch {info['id']}: now {info['state']}.")
-    else:
-        out.say(f"Batch {info['id']} is {info['state']}: nothing was {verb.lower()}.")
-
-
-_STOPPED = (BatchState.CANCELLING, BatchState.CANCELLED)
-
-
-@batch_app.command("cancel")
-def batch_cancel(batch_id: BatchId, json_mode: JsonOption = False) -> None:
-    """Cancel a batch; the records finished so far keep their results."""
-    with connected() as conn:
-        _control(conn.run(_ops.cancel_batch(batch_id)), json_mode, "Cancelled", *_STOPPED)
-
-
-@batch_app.command("pause")
-def batch_pause(
-    batch_id: BatchId,
-    mode: Annotated[
-        str,
-        typer.Option(
-            "--mode", help="Running chunks: requeue (run again later), terminate, or wait."
-        ),
-    ] = "requeue",
-    json_mode: JsonOption = False,
-) -> None:
-    """Pause (disable) a batch: none of its chunks starts until it is resumed."""
-    if mode not in ("requeue", "terminate", "wait"):
-        raise CliError(f"--mode must be requeue, terminate or wait, not {mode!r}.")
-    with connected() as conn:
-        _control(
-            conn.run(_ops.disable_batch(batch_id, mode)),
-            json_mode,
-            "Paused",
-            BatchState.PAUSING,
-            BatchState.PAUSED,
-        )
-
-
-@batch_app.command("resume")
-def batch_resume(batch_id: BatchId, json_mode: JsonOption = False) -> None:
-    """Resume (enable) a paused batch."""
-    with connected() as conn:
-        _control(
-            conn.run(_ops.enable_batch(batch_id)),
-            json_mode,
-            "Resumed",
-            BatchState.PENDING,
-            BatchState.RUNNING,
-        )
-
-
-@batch_app.command("terminate")
-def batch_terminate(
-    batch_id: BatchId,
-    reason: Annotated[
-        str | None, typer.Option("--reason", help="Recorded as the termination reason.")
-    ] = None,
-    json_mode: JsonOption = False,
-) -> None:
-    """Stop a batch, recording a reason; finished records keep their results."""
-    with connected() as conn:
-        _control(
-            conn.run(_ops.terminate_batch(batch_id, reason)), json_mode, "Terminated", *_STOPPED
-        )
-
-
-@batch_app.command("delete")
-def batch_delete(batch_id: BatchId) -> None:
-    """Delete a batch and its results (stopping it first if it runs)."""
-    with connected() as conn:
-        conn.run(_ops.delete_batch(batch_id))
-    Output().say(f"Deleted batch {batch_id}.")

@@ -3,9 +3,9 @@
 It is the SDK's :class:`~batchserve.Client` made from the stored login (or ``BATCHSERVE_URL`` and
 ``BATCHSERVE_TOKEN``), plus the two things the command line adds: the access token is renewed with
 the stored refresh token when it has expired, and renewed tokens are written back to the
-configuration file when the command ends. Routes the SDK has no method for (users, the list of all
-batches, revoking a token) are sent through the same client, so they get the same authorisation,
-token renewal and errors.
+configuration file when the command ends. Routes the SDK has no method for (users, nodes, revoking
+a token) are sent through the same client, so they get the same authorisation, token renewal and
+errors.
 """
 
 from __future__ import annotations

@@ -1,22 +1,22 @@
 """``batchserve``: the command line's entry point, ``serve``, and how errors are reported.
 
-The other commands live in one module per subject (``auth.py``, ``services.py``, ``batches.py``);
-``main()`` turns every error a user can cause (an unreachable server, a refused token, an unknown
-batch, a bad file) into one line on stderr and a non-zero exit status, never a traceback.
+The other commands live in one module per subject (``auth.py``, ``services.py``, ``run.py``,
+``batches.py``, ``control.py``); ``main()`` turns every error a user can cause (an unreachable
+server, a refused token, an unknown batch, a bad file) into one line on stderr and a non-zero exit
+status, never a traceback. A malformed option value is the command line's own usage error (exit
+status 2).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
 import typer
 
-from batchserve.cli import auth, batches, services
+from batchserve.cli import auth, batches, control, nodes, run, services
 from batchserve.cli.config import TOKEN_ENV, ConfigError, load
 from batchserve.cli.connection import CliError, chosen_url
 from batchserve.cli.output import error_line
@@ -52,11 +52,13 @@ def serve(
     ),
     workers: int = typer.Option(
         None,
-        min=1,
+        min=0,
         help="Worker processes (default: one per core); with --executor ray, actors at once "
-        "(default: the cluster's CPUs).",
+        "(default: the cluster's CPUs). 0: an API node, which runs no service code (compute "
+        "nodes started with batchserve worker, on the same PostgreSQL, do).",
     ),
     log_level: str = typer.Option("info", help="Log level: debug, info, warning, error."),
+    log_format: nodes.LogFormatOption = nodes.LogFormat.text,
     shutdown_timeout: float = typer.Option(
         None,
         min=0,
@@ -96,10 +98,7 @@ def serve(
     """Run the embedded server: HTTP API, scheduler and a local worker pool."""
     import uvicorn
 
-    from batchserve.engine.core import ConfigurationError, Engine
-    from batchserve.executors.base import ExecutorUnavailable
     from batchserve.server.app import create_app, uvicorn_options
-    from batchserve.settings import Settings
 
     given = {
         "host": host,
@@ -114,31 +113,8 @@ def serve(
         "worker_network": worker_network,
         "worker_memory": worker_memory,
     }
-    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    from pydantic import ValidationError
-
-    from batchserve.worker.sandbox import SandboxUnavailable
-
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        typer.echo(f"error: {problems}", err=True)
-        raise typer.Exit(2) from None
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        engine = Engine(settings)
-    except (SandboxUnavailable, ConfigurationError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    try:
-        engine.start()
-    except ExecutorUnavailable as exc:
-        typer.echo(f"error: {exc}", err=True)
-        engine.stop()
-        raise typer.Exit(2) from None
+    engine = nodes.started_engine(given, log_level, log_format=log_format)
+    settings = engine.settings
     url = f"http://{settings.host}:{settings.port}"
     typer.echo(f"batchserve is serving on {url} (API docs: {url}/docs)")
     typer.echo(f"data directory: {settings.home}; blob store: {engine.blobs.url}")
@@ -160,6 +136,7 @@ def serve(
             host=settings.host,
             port=settings.port,
             log_level=log_level.lower(),
+            log_config=None,  # uvicorn logs through the handler of batchserve.logs
             access_log=False,
             **uvicorn_options(settings),
         )
@@ -167,6 +144,8 @@ def serve(
         engine.stop()
 
 
+app.command()(nodes.worker)
+app.command("nodes")(nodes.nodes_list)
 app.command()(auth.login)
 app.command()(auth.logout)
 app.command()(auth.whoami)
@@ -175,8 +154,16 @@ app.add_typer(auth.users_app)
 app.command()(services.publish)
 app.add_typer(services.services_app)
 app.command()(services.consume)
-app.command()(batches.run)
+app.command()(run.run)
 app.add_typer(batches.batch_app)
+batches.batch_app.command("update")(control.batch_update)
+batches.batch_app.command("add")(control.batch_add)
+batches.batch_app.command("close")(control.batch_close)
+batches.batch_app.command("cancel")(control.batch_cancel)
+batches.batch_app.command("pause")(control.batch_pause)
+batches.batch_app.command("resume")(control.batch_resume)
+batches.batch_app.command("terminate")(control.batch_terminate)
+batches.batch_app.command("delete")(control.batch_delete)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from batchserve.cli.connection import CliError, Connection, connected
 from batchserve.cli.output import JsonOption, Output, when
 from batchserve.client import Service
 from batchserve.errors import NotFoundError
+from batchserve.type_names import TYPE_NAMES, TYPE_SPELLINGS
 
 services_app = typer.Typer(
     name="services",
@@ -24,7 +25,7 @@ services_app = typer.Typer(
     add_completion=False,
 )
 
-TYPES = ("int", "float", "str", "bool")
+TYPES = TYPE_NAMES
 
 
 def split_service(spec: str) -> tuple[str, str | None]:
@@ -48,12 +49,12 @@ def _schema(pairs: list[str], option: str) -> dict[str, str]:
     schema: dict[str, str] = {}
     for pair in pairs:
         name, sep, kind = pair.partition("=")
-        if not sep or not name or kind not in TYPES:
+        if not sep or not name or kind not in TYPE_SPELLINGS:
             raise CliError(
                 f"{option} {pair!r} is not NAME=TYPE with TYPE one of {', '.join(TYPES)} "
-                f"(like {option} hp=float)."
+                f"or R's integer, numeric, character, logical (like {option} hp=float)."
             )
-        schema[name] = kind
+        schema[name] = TYPE_SPELLINGS[kind]
     return schema
 
 

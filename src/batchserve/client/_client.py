@@ -18,6 +18,7 @@ import httpx
 from batchserve._version import __version__
 from batchserve.client import _ops
 from batchserve.client._batch import Batch
+from batchserve.client._batchtasks import BatchTasks
 from batchserve.client._publish import prepare_publication
 from batchserve.client._runner import Runner, Session, SyncRunner
 from batchserve.client._service import (
@@ -210,6 +211,8 @@ class Client(ClientBase):
             headers={"User-Agent": USER_AGENT},
         )
         self._runner = SyncRunner(session, self._http)
+        #: The batch domain: ``client.batch.get(id)``, ``client.batch.list_info()``.
+        self.batch = BatchTasks(self._runner)
         if session.has_credentials:
             try:
                 self._runner.run(session.login())

@@ -172,51 +172,109 @@ def get_batch(execution_id: str, wait: float = 0.0) -> Op[dict[str, Any]]:
     return dict(resp.json())
 
 
+def add_records(execution_id: str, body: RecordsBody) -> Op[dict[str, Any]]:
+    """Add records to an open batch: ``{"first_index", "count", "batch"}``."""
+    resp = yield from call(
+        Request(
+            "POST",
+            f"/v1/batches/{q(execution_id)}/records",
+            content=body.pieces,
+            headers={"Content-Type": body.content_type},
+        )
+    )
+    return dict(resp.json())
+
+
+def close_batch(execution_id: str, if_match: str | None = None) -> Op[dict[str, Any]]:
+    resp = yield from call(
+        Request("POST", f"/v1/batches/{q(execution_id)}/close", headers=_conditional(if_match))
+    )
+    return dict(resp.json())
+
+
+def attach_job_task(execution_id: str, kind: str, code: bytes, name: str) -> Op[dict[str, Any]]:
+    resp = yield from call(
+        Request(
+            "PUT",
+            f"/v1/batches/{q(execution_id)}/{kind}",
+            params={"name": name},
+            content=code,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+    )
+    return dict(resp.json())
+
+
 def start_batch(execution_id: str) -> Op[dict[str, Any]]:
     resp = yield from call(Request("POST", f"/v1/batches/{q(execution_id)}/start"))
     return dict(resp.json())
 
 
-def cancel_batch(execution_id: str) -> Op[dict[str, Any]]:
-    resp = yield from call(Request("POST", f"/v1/batches/{q(execution_id)}/cancel"))
+def _conditional(if_match: str | None) -> dict[str, str]:
+    """The headers that make a change conditional on the batch's etag."""
+    return {"If-Match": if_match} if if_match else {}
+
+
+def cancel_batch(execution_id: str, if_match: str | None = None) -> Op[dict[str, Any]]:
+    resp = yield from call(
+        Request("POST", f"/v1/batches/{q(execution_id)}/cancel", headers=_conditional(if_match))
+    )
     return dict(resp.json())
 
 
 def update_batch(
     execution_id: str, changes: dict[str, Any], if_match: str | None
 ) -> Op[dict[str, Any]]:
-    headers = {"If-Match": if_match} if if_match else {}
-    resp = yield from call(
-        Request("PATCH", f"/v1/batches/{q(execution_id)}", json=changes, headers=headers)
-    )
-    return dict(resp.json())
-
-
-def terminate_batch(execution_id: str, reason: str | None) -> Op[dict[str, Any]]:
-    resp = yield from call(
-        Request("POST", f"/v1/batches/{q(execution_id)}/terminate", json={"reason": reason})
-    )
-    return dict(resp.json())
-
-
-def disable_batch(execution_id: str, disable_tasks: str) -> Op[dict[str, Any]]:
     resp = yield from call(
         Request(
-            "POST",
-            f"/v1/batches/{q(execution_id)}/disable",
-            json={"disable_tasks": disable_tasks},
+            "PATCH",
+            f"/v1/batches/{q(execution_id)}",
+            json=changes,
+            headers=_conditional(if_match),
         )
     )
     return dict(resp.json())
 
 
-def enable_batch(execution_id: str) -> Op[dict[str, Any]]:
-    resp = yield from call(Request("POST", f"/v1/batches/{q(execution_id)}/enable"))
+def terminate_batch(
+    execution_id: str, reason: str | None, if_match: str | None = None
+) -> Op[dict[str, Any]]:
+    resp = yield from call(
+        Request(
+            "POST",
+            f"/v1/batches/{q(execution_id)}/terminate",
+            json={"reason": reason},
+            headers=_conditional(if_match),
+        )
+    )
     return dict(resp.json())
 
 
-def delete_batch(execution_id: str) -> Op[None]:
-    yield from call(Request("DELETE", f"/v1/batches/{q(execution_id)}"))
+def disable_batch(
+    execution_id: str, disable_tasks: str, if_match: str | None = None
+) -> Op[dict[str, Any]]:
+    resp = yield from call(
+        Request(
+            "POST",
+            f"/v1/batches/{q(execution_id)}/disable",
+            json={"disable_tasks": disable_tasks},
+            headers=_conditional(if_match),
+        )
+    )
+    return dict(resp.json())
+
+
+def enable_batch(execution_id: str, if_match: str | None = None) -> Op[dict[str, Any]]:
+    resp = yield from call(
+        Request("POST", f"/v1/batches/{q(execution_id)}/enable", headers=_conditional(if_match))
+    )
+    return dict(resp.json())
+
+
+def delete_batch(execution_id: str, if_match: str | None = None) -> Op[None]:
+    yield from call(
+        Request("DELETE", f"/v1/batches/{q(execution_id)}", headers=_conditional(if_match))
+    )
 
 
 def results_page(
@@ -225,6 +283,18 @@ def results_page(
     resp = yield from call(
         Request(
             "GET", f"/v1/batches/{q(execution_id)}/results", params={"start": start, "limit": limit}
+        )
+    )
+    return dict(resp.json())
+
+
+def records_page(
+    execution_id: str, start: int, limit: int = RESULTS_PAGE_SIZE
+) -> Op[dict[str, Any]]:
+    """A page of a batch's input records (``InputPage``)."""
+    resp = yield from call(
+        Request(
+            "GET", f"/v1/batches/{q(execution_id)}/records", params={"start": start, "limit": limit}
         )
     )
     return dict(resp.json())

@@ -146,6 +146,24 @@ def _named(objects: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
     return dict(objects)
 
 
+def job_task_bundle(code: Any, kind: str) -> tuple[bytes, str]:
+    """A batch's job preparation or release as the server takes it, and its name: a function
+    called with no arguments in each worker, or Python source text run there."""
+    if isinstance(code, str):
+        if not code.strip():
+            raise UsageError(f"{kind} is empty: give a function, or Python source text.")
+        name = kind
+    elif callable(code):
+        name = str(getattr(code, "__qualname__", None) or getattr(code, "__name__", kind))[:200]
+    else:
+        raise UsageError(
+            f"{kind} must be a function (called with no arguments in each worker) or Python "
+            f"source text, not {type(code).__name__}."
+        )
+    bundle = {"code": code, "init": None, "models": {}, "objects": {}}
+    return _pickle(bundle), name
+
+
 def _pickle(bundle: dict[str, Any]) -> bytes:
     import cloudpickle
 

@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from batchserve.client import _ops
 from batchserve.client._export import ArrowSink
@@ -162,24 +163,48 @@ class BatchResponse:
         return str(self.info["id"])
 
     @property
+    def api(self) -> str:
+        """The batch's absolute REST URL (``GET`` it for its state now)."""
+        return batch_url(self._runner.base_url, self.execution_id)
+
+    @property
     def state(self) -> BatchState:
         return BatchState(self.info["state"])
 
+    # Every record ends with one final result: succeeded, failed, or cancelled (given up, unrun
+    # or stopped, when the batch was stopped before it finished). So, once the batch is final,
+    # total = completed + cancelled, and completed = succeeded + failed; before, the difference
+    # is the records still waiting or running.
+
     @property
     def completed_item_count(self) -> int:
+        """Records that ran to a result: :attr:`succeeded_item_count` +
+        :attr:`failed_item_count`. Cancelled records are not counted here (see
+        :attr:`cancelled_item_count`)."""
         return int(self.info.get("completed_item_count") or 0)
 
     @property
     def total_item_count(self) -> int:
+        """All the records of the batch: once it is final, :attr:`completed_item_count` +
+        :attr:`cancelled_item_count`."""
         return int(self.info.get("total_item_count") or 0)
 
     @property
     def succeeded_item_count(self) -> int:
+        """Records whose call returned outputs."""
         return int(self.info.get("succeeded_item_count") or 0)
 
     @property
     def failed_item_count(self) -> int:
+        """Records whose call raised, or whose inputs did not fit (each with its error)."""
         return int(self.info.get("failed_item_count") or 0)
+
+    @property
+    def cancelled_item_count(self) -> int:
+        """Records given up, unrun or stopped, when the batch was stopped before they finished
+        (cancelled, terminated, or failed by its failure policy or its wall-clock limit): they
+        have a final result too, whose ``status`` is ``cancelled``."""
+        return int(self.info.get("cancelled_item_count") or 0)
 
     def execution(self, index: int) -> ServiceResponse:
         """The result of record ``index`` (0-based).
@@ -266,6 +291,11 @@ class BatchResponse:
             f"<BatchResponse {self.execution_id} state={self.state.value} "
             f"completed={self.completed_item_count}/{self.total_item_count}>"
         )
+
+
+def batch_url(base_url: str, execution_id: str) -> str:
+    """The absolute REST URL of a batch."""
+    return f"{base_url.rstrip('/')}/v1/batches/{quote(execution_id, safe='')}"
 
 
 def export_results(execution_id: str, path: Path, columns: Sequence[str] | None = None) -> Op[str]:

@@ -36,7 +36,9 @@ class Runner(Protocol):
     """What objects hold to carry out their operations.
 
     Typed as the blocking runner sees it; :class:`AsyncRunner` returns an awaitable of the result
-    instead, and an asyncio facade types its methods accordingly.
+    instead. The shared classes are written against this type, and the asyncio classes
+    (``_async.py``) declare each of their methods that runs an operation as a coroutine, made
+    from the blocking method (``_twins.py``).
     """
 
     base_url: str

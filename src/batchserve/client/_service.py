@@ -15,8 +15,10 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from batchserve.client import _ops
-from batchserve.client._batch import Batch, retry_count, seconds
-from batchserve.client._publish import DEFAULT_RESOURCES
+from batchserve.client._batch import Batch
+from batchserve.client._checks import check_parallel_count, retry_count, seconds
+from batchserve.client._operations import BatchTaskOperation, sync_runner
+from batchserve.client._publish import DEFAULT_RESOURCES, job_task_bundle
 from batchserve.client._records import records_body
 from batchserve.client._responses import ServiceResponse
 from batchserve.client._types import plain
@@ -118,6 +120,9 @@ class Service:
         depends_on: Iterable[Batch | str] | None = None,
         id_column: str | None = None,
         format: str | None = None,
+        open: bool = False,
+        preparation: Any = None,
+        release: Any = None,
     ) -> Batch:
         """Prepare a batch execution over ``records``; :meth:`Batch.start` runs it.
 
@@ -144,9 +149,24 @@ class Service:
         batch fails with ``MaxWallClockTimeExpiry``), ``max_task_retry_count`` (tries of a
         failed record after its first; -1 for no limit), ``task_timeout`` (seconds one record,
         or one call of a vectorized service, may run; a longer one is stopped and counts as a
-        failed try). ``allow_preemption`` lets batches of higher priority requeue this one's
+        failed try). ``parallel_count`` caps the chunks that run at once (-1: no limit but the
+        workers). ``allow_preemption`` lets batches of higher priority requeue this one's
         running chunks. ``depends_on`` (started batches or their ids): this batch runs only
         after all of them have completed, and fails if one of them does not.
+
+        ``open=True`` makes an open batch (Azure Batch's ``on_all_tasks_complete="noaction"``):
+        :meth:`Batch.add` adds records to it, while it waits or runs, and it completes only once
+        :meth:`Batch.close` is called and its records are done.
+
+        ``preparation`` and ``release`` (Azure Batch's job preparation and release tasks) are
+        functions called with no arguments, or Python source text, run in the workers beside
+        the service: the preparation once in each worker before its first chunk of the batch
+        (to fetch a reference file, warm a cache), the release once in each worker that ran the
+        batch, after the batch ends (to clean up). Both, and the records, run with the batch's
+        environment and find a folder of the worker's kept from one to the other in
+        ``BATCHSERVE_JOB_DIR``. Where the preparation fails, the worker's records fail with its
+        error (and the failure mode decides the rest); a failed release is logged by the
+        server. Only the service's publisher, or an owner, may give them.
         """
         if task_failure_mode not in ("noaction", "terminatejob"):
             raise UsageError(
@@ -192,14 +212,22 @@ class Service:
             "max_failed_records": max_failed_records,
             "task_failure_mode": None if task_failure_mode == "noaction" else task_failure_mode,
             "id_column": id_column,
+            "on_all_tasks_complete": "noaction" if open else None,
         }
         if not self.inputs:
             raise UsageError(f"Service {self.name} {self.version} has no inputs to run a batch on.")
-        for option, value in (("parallel_count", parallel_count), ("chunk_size", chunk_size)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise UsageError(f"{option} must be a whole number of at least 1, not {value!r}.")
+        check_parallel_count(parallel_count)  # -1: no limit but the workers
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise UsageError(
+                f"chunk_size must be a whole number of at least 1, not {chunk_size!r}."
+            )
         if id_column is not None and (not isinstance(id_column, str) or not id_column):
             raise UsageError(f"id_column must be the name of a column, not {id_column!r}.")
+        job_tasks = {
+            kind: job_task_bundle(code, kind)
+            for kind, code in (("preparation", preparation), ("release", release))
+            if code is not None
+        }
         body = records_body(records, self.inputs, id_column=id_column, format=format)
         return Batch(
             self,
@@ -208,6 +236,7 @@ class Service:
             parallel_count=parallel_count,
             chunk_size=chunk_size,
             options={k: v for k, v in options.items() if v is not None and v != {}},
+            job_tasks=job_tasks,
         )
 
     def get_batch(self, execution_id: str) -> Batch:
@@ -246,6 +275,28 @@ class Service:
     def list_batch_executions(self) -> list[str]:
         """The execution ids of this service version's batches, newest first."""
         return [str(b.execution_id) for b in self.list_batches(page_size=1000)]
+
+    def get_batch_executions(self) -> list[str]:
+        """The execution ids of this service version's batches, newest first: ML Server's name
+        for :meth:`list_batch_executions`."""
+        return self.list_batch_executions()
+
+    def run_deferred(self, records: Any, **batch_options: Any) -> BatchTaskOperation:
+        """Upload ``records`` as a batch of this service, start it, and return its
+        batch-task operation (status, task info, wait, result, cancel, delete).
+
+        ``records`` and ``batch_options`` are those of :meth:`batch` (``parallel_count``,
+        ``chunk_size``, ``priority``, ``metadata``, ``max_task_retry_count``, ...). Bad options
+        raise before anything is sent; records the service cannot take are refused by the
+        server (:class:`~batchserve.errors.BadRequestError`), and no batch is made.
+        """
+        batch_id = self._runner.run(self._run_deferred(records, batch_options))
+        return BatchTaskOperation(batch_id, sync_runner(self._runner))
+
+    def _run_deferred(self, records: Any, batch_options: dict[str, Any]) -> Op[str]:
+        batch = self.batch(records, **batch_options)
+        yield from batch._start()
+        return batch._require_id()
 
     def __repr__(self) -> str:
         args = ", ".join(f"{n}: {t}" for n, t in self.inputs.items())

@@ -1,6 +1,6 @@
 """Batches described as batch inference tasks: :class:`BatchTaskStatus` and :class:`BatchTaskInfo`.
 
-The asyncio client's batch operations (``_operations.py``) speak this vocabulary. A batch has nine
+The batch-task operations (``_operations.py``) speak this vocabulary. A batch has nine
 states (:class:`~batchserve.states.BatchState`); a task has six statuses, so some states share a
 status:
 
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
 from typing import Any
+from urllib.parse import quote
 
 from batchserve.errors import UsageError
 from batchserve.states import BatchState
@@ -41,6 +42,8 @@ class BatchTaskStatus(IntEnum):
     COMPLETED = 4  # every record has a final result (some may have failed)
     FAILED = 5  # the batch failed
     CANCELED = 6  # cancelled, or being cancelled
+    # batchserve's own spelling (its states say ``cancelled``): an alias, the same member.
+    CANCELLED = 6
 
     @property
     def is_running(self) -> bool:
@@ -60,11 +63,22 @@ class BatchTaskStatus(IntEnum):
     def is_finished(self) -> bool:
         return self.is_succeeded or self.is_failed
 
+    @property
+    def status_name(self) -> str:
+        """``success``, ``failed`` (a cancelled batch too), ``running`` (created, pending or in
+        progress), or ``unknown``: the task API's summary of the status."""
+        if self.is_succeeded:
+            return "success"
+        if self.is_failed:
+            return "failed"
+        return "running" if self.is_running else "unknown"
+
     @classmethod
     def of_state(cls, state: BatchState | str) -> BatchTaskStatus:
-        """The status of a batch in ``state``; UNKNOWN for a state this SDK does not know."""
+        """The status of a batch in ``state``; UNKNOWN for a state this SDK does not know.
+        ``canceled`` (one l) is read as ``cancelled``."""
         try:
-            return _STATUS_OF_STATE[BatchState(state)]
+            return _STATUS_OF_STATE[BatchState(_STATE_SPELLINGS.get(str(state), state))]
         except ValueError:
             return cls.UNKNOWN
 
@@ -75,25 +89,30 @@ class BatchTaskStatus(IntEnum):
 
 
 _S = BatchTaskStatus
+#: State names spelled as the task API spells its statuses.
+_STATE_SPELLINGS = {"canceled": BatchState.CANCELLED.value}
 _STATUS_OF_STATE: dict[BatchState, BatchTaskStatus] = {
     BatchState.CREATED: _S.CREATED,
     BatchState.PENDING: _S.PENDING,
     BatchState.PAUSED: _S.PENDING,
     BatchState.RUNNING: _S.IN_PROGRESS,
     BatchState.PAUSING: _S.IN_PROGRESS,
+    BatchState.ENABLING: _S.PENDING,  # nothing of it runs yet, as when paused
     BatchState.COMPLETED: _S.COMPLETED,
     BatchState.FAILED: _S.FAILED,
     BatchState.CANCELLING: _S.CANCELED,
     BatchState.CANCELLED: _S.CANCELED,
+    BatchState.DELETING: _S.CANCELED,
 }
 
 
 def parse_status(value: BatchTaskStatus | int | str) -> BatchTaskStatus:
-    """A status given as the enum, its number, or its name in any case (``"in_progress"``).
+    """A status given as the enum, its number, or its name in any case (``"in_progress"``;
+    ``"canceled"`` and ``"cancelled"`` are the same status).
 
     Raises :class:`~batchserve.errors.UsageError` (a ``ValueError``) for anything else.
     """
-    names = ", ".join(s.name for s in BatchTaskStatus if s.value > 0)
+    names = ", ".join(s.name for s in BatchTaskStatus if s.value > 0) + " (or CANCELLED)"
     if isinstance(value, BatchTaskStatus):
         return value
     if isinstance(value, bool):  # a bool is an int to Python, never a status to a person
@@ -128,7 +147,8 @@ def states_for_filter(status: BatchTaskStatus | int | str | None) -> list[str] |
         return None
     if parsed is BatchTaskStatus.UNKNOWN:
         raise UsageError("No batch has the status UNKNOWN: filter by another status, or by none.")
-    return [s.value for s in parsed.states]
+    # A batch being deleted is gone for readers: a listing asks for it only by its own name.
+    return [s.value for s in parsed.states if s is not BatchState.DELETING]
 
 
 @dataclass(frozen=True)
@@ -234,11 +254,19 @@ def _time(value: Any) -> datetime | None:
 class BatchTaskInfo:
     """A batch as a batch inference task, read from the server at one moment.
 
+    ``operation_id`` is ``task_id``: a batch is its own operation. ``model_uri`` names the
+    service version it runs, ``name:version``. The task API's datasets are locations here:
+    ``source_dataset_id`` is the URL of the batch's input records, ``result_dataset_id`` the URL
+    of its results once it has completed (None before, and for a failed or cancelled batch).
     ``labels`` is the batch's metadata; ``state`` its batchserve state, which ``status``
     summarises; ``created_by`` the user who created it.
     """
 
     task_id: str
+    operation_id: str
+    model_uri: str
+    source_dataset_id: str
+    result_dataset_id: str | None
     service: ServiceRef
     status: BatchTaskStatus
     state: BatchState | str
@@ -257,18 +285,29 @@ class BatchTaskInfo:
         return self.task_id
 
 
-def task_info(data: Mapping[str, Any], errors: BatchTaskErrorsInfo) -> BatchTaskInfo:
-    """A :class:`BatchTaskInfo` from the server's description of a batch (``BatchPublic``)."""
+def task_info(
+    data: Mapping[str, Any], errors: BatchTaskErrorsInfo, base_url: str = ""
+) -> BatchTaskInfo:
+    """A :class:`BatchTaskInfo` from the server's description of a batch (``BatchPublic``);
+    its locations start with ``base_url``, the server's."""
     ref = data.get("service") or {}
     raw_state = str(data["state"])
     try:
         state: BatchState | str = BatchState(raw_state)
     except ValueError:
         state = raw_state
+    task_id = str(data["id"])
+    status = BatchTaskStatus.of_state(raw_state)
+    service = ServiceRef(str(ref.get("name", "")), str(ref.get("version", "")))
+    location = f"{base_url.rstrip('/')}/v1/batches/{quote(task_id, safe='')}"
     return BatchTaskInfo(
-        task_id=str(data["id"]),
-        service=ServiceRef(str(ref.get("name", "")), str(ref.get("version", ""))),
-        status=BatchTaskStatus.of_state(raw_state),
+        task_id=task_id,
+        operation_id=task_id,
+        model_uri=f"{service.name}:{service.version}",
+        source_dataset_id=f"{location}/records",
+        result_dataset_id=f"{location}/results" if status.is_succeeded else None,
+        service=service,
+        status=status,
         state=state,
         labels=dict(data.get("metadata") or {}),
         display_name=data.get("display_name"),

@@ -1,8 +1,10 @@
 """Input and output schemas: how types are spelled on the wire, and what can be inferred.
 
 A service declares each input and output as one of ``int``, ``float``, ``str``, ``bool``; on the
-wire these are the strings ``"int"``, ``"float"``, ``"str"``, ``"bool"``. The SDK accepts either
-spelling and refuses anything else before sending, naming the offending input or output.
+wire these are the strings ``"int"``, ``"float"``, ``"str"``, ``"bool"``. The SDK accepts the
+types, those strings and R's names (``"integer"``, ``"numeric"``, ``"character"``,
+``"logical"``, see :mod:`batchserve.type_names`) and refuses anything else before sending,
+naming the offending input or output.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from batchserve.errors import UsageError
+from batchserve.type_names import ACCEPTED, TYPE_SPELLINGS
 
 WIRE_TYPES: dict[type, str] = {int: "int", float: "float", str: "str", bool: "bool"}
 WIRE_NAMES = frozenset(WIRE_TYPES.values())
@@ -20,14 +23,14 @@ WIRE_NAMES = frozenset(WIRE_TYPES.values())
 
 def wire_type(value: Any, *, kind: str, name: str) -> str:
     """The wire spelling of the type ``value`` declared for the ``kind`` (input/output) ``name``."""
-    if isinstance(value, str) and value in WIRE_NAMES:
-        return value
+    if isinstance(value, str) and value in TYPE_SPELLINGS:
+        return TYPE_SPELLINGS[value]
     if isinstance(value, type) and value in WIRE_TYPES:
         return WIRE_TYPES[value]
     shown = value.__name__ if isinstance(value, type) else repr(value)
     raise UsageError(
         f"The {kind} {name!r} is declared as {shown}, which a service cannot use: declare it as "
-        "int, float, str or bool (or the strings 'int', 'float', 'str', 'bool')."
+        f"{ACCEPTED}, as a type or a string."
     )
 
 

@@ -36,8 +36,8 @@ from batchserve.engine.errors import (
 )
 from batchserve.engine.logins import LoginThrottle
 from batchserve.store import AlreadyExists, Store
+from batchserve.store.base import LastOwner
 from batchserve.store.models import User
-from batchserve.store.sql import LastOwner
 
 log = logging.getLogger(__name__)
 

@@ -157,6 +157,59 @@ class ResultOps:
         rows.sort(key=lambda r: r["index"])
         return rows
 
+    def failures(
+        self, batch: Batch, after: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Up to ``limit`` failed records with an index of ``after`` or more, in index order,
+        and the index to continue from (None: no failed record follows). Only the chunks that
+        hold failures are read, a few at a time, and a slice of a chunk at a time: a chunk that
+        failed whole (millions of records, when a batch fails) is read no further than needed."""
+        rows: list[dict[str, Any]] = []
+        parts = self._parts(batch) if batch.options.get("id_column") else []
+        position = after
+        while True:
+            chunks = self.store.chunks_with_failures(batch.id, position, FAILURE_CHUNKS)
+            if not chunks:
+                return rows, None
+            for chunk in chunks:
+                for table in self._chunk_tables(batch, chunk, parts, position):
+                    keep = pc.and_(
+                        pc.equal(table.column("status"), "failed"),
+                        pc.greater_equal(table.column("index"), position),
+                    )
+                    found = table.filter(keep)
+                    if found.num_rows > limit - len(rows):
+                        rows.extend(found.slice(0, limit - len(rows)).to_pylist())
+                        return rows, rows[-1]["index"] + 1
+                    rows.extend(found.to_pylist())
+                position = max(position, chunk.start_index + chunk.count)
+                if len(rows) == limit:
+                    return rows, position
+
+    def inputs(self, batch: Batch, start: int, limit: int) -> list[dict[str, Any]]:
+        """The input records whose index is in ``[start, start + limit)``, as the service gets
+        them: ``{"index", "inputs"}``, and ``"id"`` when the batch has an id column. Only the
+        upload parts' slices that hold the range are read."""
+        stop = min(start + limit, batch.total_count)
+        if start >= stop:
+            return []
+        try:
+            table, _ = read_range(self.blobs, self._parts(batch), start, stop - start)
+        except (BlobNotFound, LookupError):
+            # Its parts are being removed with the batch.
+            raise NotFound(f"The records of batch {batch.id} are no longer stored.") from None
+        ids = None
+        if ID_FIELD in table.column_names:
+            ids = table.column(ID_FIELD).cast(_id_type(batch)).to_pylist()
+            table = table.drop_columns([ID_FIELD])
+        rows: list[dict[str, Any]] = []
+        for offset, values in enumerate(table.to_pylist()):
+            row: dict[str, Any] = {"index": start + offset, "inputs": values}
+            if ids is not None:
+                row["id"] = ids[offset]
+            rows.append(row)
+        return rows
+
     def record(self, batch: Batch, index: int) -> dict[str, Any]:
         if index < 0 or index >= batch.total_count:
             raise NotFound(
@@ -257,6 +310,8 @@ class ResultOps:
 
 #: The formats the whole result set can be streamed in (``GET .../results?format=``).
 RESULT_FORMATS = ("arrow", "parquet", "csv", "tsv", "jsonl")
+#: Chunks with failures looked at per store read while failed records are gathered.
+FAILURE_CHUNKS = 20
 #: Results are read and converted at most this many rows at a time.
 RESULT_SLICE_ROWS = 1 << 17
 

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 import time
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from batchserve.blobs import BlobStore
 from batchserve.engine.auth import Principal
+from batchserve.engine.batch_listing import BatchListing
 from batchserve.engine.environment import check_environment
 from batchserve.engine.errors import (
     BadRequest,
     Conflict,
     Forbidden,
     NotFound,
-    PreconditionFailed,
     UnsupportedMediaType,
     check_text,
 )
@@ -32,10 +28,14 @@ from batchserve.engine.ingest import (
     ingest,
     unsupported,
 )
+from batchserve.engine.open_batches import OpenBatches
+from batchserve.engine.preconditions import check_etag, revision, stale
 from batchserve.engine.scheduler import (
     CancelBatch,
+    CloseBatch,
     DeleteBatch,
     DisableBatch,
+    EnableBatch,
     Scheduler,
     Wake,
     remove_batch,
@@ -43,7 +43,7 @@ from batchserve.engine.scheduler import (
 from batchserve.schema import SchemaError
 from batchserve.states import BatchState, ChunkState, InvalidTransition, states_allowing
 from batchserve.store import BatchCounts, RevisionMismatch, Store
-from batchserve.store.models import Batch, Service, utcnow
+from batchserve.store.models import Batch, Service, is_open, utcnow
 
 DISABLE_MODES = ("requeue", "terminate", "wait")
 MOVE_TRIES = 5  # a user's state change raced by the scheduler is tried again this many times
@@ -52,51 +52,7 @@ MOVE_TRIES = 5  # a user's state change raced by the scheduler is tried again th
 DELETE_WAIT_SECONDS = 2.0
 
 
-@dataclass(frozen=True)
-class BatchPage:
-    """One page of a batch listing; ``next_cursor`` asks for the next (None: this is the last)."""
-
-    batches: list[Batch]
-    next_cursor: str | None
-
-
-def parse_states(values: list[str] | None) -> list[str] | None:
-    """Canonical state names from repeated and/or comma-separated values; None means any."""
-    names = [n.strip().lower() for v in values or [] for n in v.split(",") if n.strip()]
-    valid = [s.value for s in BatchState if s.name.isupper()]
-    bad = [n for n in names if n not in valid]
-    if bad:
-        raise BadRequest(
-            f"Unknown batch state(s): {', '.join(repr(n) for n in bad)}; the states are "
-            f"{', '.join(valid)}.",
-            unknown=bad,
-            states=valid,
-        )
-    return names or None
-
-
-def encode_cursor(last: Batch) -> str:
-    """The opaque position after ``last``: its (creation time, id), the listing's sort key."""
-    raw = json.dumps([last.creation_time.isoformat(), last.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        when, batch_id = json.loads(raw)
-        at = datetime.fromisoformat(when)
-        if at.tzinfo is None or not isinstance(batch_id, str):
-            raise ValueError(cursor)
-    except (ValueError, TypeError, UnicodeDecodeError):
-        raise BadRequest(
-            f"The cursor {cursor!r} is not one this server handed out; pass the next_cursor of "
-            "the previous page, or leave cursor out to start from the newest batch."
-        ) from None
-    return at, batch_id
-
-
-class BatchOps:
+class BatchOps(BatchListing, OpenBatches):
     def __init__(
         self,
         store: Store,
@@ -164,8 +120,7 @@ class BatchOps:
                 f"Service {service.name} {service.version} declares no inputs, so "
                 "it cannot be batched; consume it instead."
             )
-        if parallel_count < 1:
-            raise BadRequest("parallel_count must be at least 1.")
+        _check_parallel_count(parallel_count)
         if chunk_size is not None and chunk_size < 1:
             raise BadRequest("chunk_size must be at least 1.")
         batch_id = uuid.uuid4().hex
@@ -197,6 +152,7 @@ class BatchOps:
             options=opts,
             priority=priority,
             display_name=display_name,
+            upload_node=self.scheduler.node_id,  # this node receives its upload
         )
         if start:
             # Started at once: its records run as their parts are stored, while the rest of
@@ -264,6 +220,21 @@ class BatchOps:
         assert found is not None
         return found
 
+    def statuses(
+        self, who: Principal, batch_ids: list[str]
+    ) -> list[tuple[Batch, BatchCounts, str | None]]:
+        """The batches of ``batch_ids`` that ``who`` may see, each with its counts and its
+        creator's username, read in one statement (a page watching many batches at once);
+        the others are left out, as if they did not exist."""
+        visible = []
+        for batch, counts, created_by in self.store.batch_statuses(batch_ids):
+            try:
+                _visible(who, batch.id, batch)
+            except NotFound:
+                continue
+            visible.append((batch, counts, created_by))
+        return visible
+
     def _dependencies(self, who: Principal, ids: Any) -> list[str]:
         if isinstance(ids, str) or not isinstance(ids, (list, tuple)):
             raise BadRequest("depends_on must be a list of batch ids.")
@@ -292,36 +263,62 @@ class BatchOps:
         self.scheduler.post(Wake())
         return batch
 
-    def disable(self, who: Principal, batch_id: str, disable_tasks: str = "requeue") -> Batch:
+    def disable(
+        self,
+        who: Principal,
+        batch_id: str,
+        disable_tasks: str = "requeue",
+        *,
+        if_match: str | None = None,
+    ) -> Batch:
         """Pause a batch: no new chunk of it starts; ``disable_tasks`` says what happens to the
         running ones (``requeue``, ``terminate`` or ``wait``). It is ``pausing`` until none
-        runs, then ``paused``."""
+        runs, then ``paused``. ``if_match`` (an etag) makes the change conditional."""
         if disable_tasks not in DISABLE_MODES:
             raise BadRequest(
                 f"disable_tasks must be one of {', '.join(DISABLE_MODES)}, not {disable_tasks!r}."
             )
+        # The mode is kept with the batch: whichever node runs its chunks acts on it.
+        options = {**self.get(who, batch_id).options, "disable_tasks": disable_tasks}
         moved = self._move(
             who,
             batch_id,
             BatchState.PAUSING,
             "disable",
             allowed_from=[BatchState.PENDING, BatchState.RUNNING],
+            if_match=if_match,
+            options=options,
         )
         self.scheduler.post(DisableBatch(batch_id, disable_tasks))
         return moved
 
-    def enable(self, who: Principal, batch_id: str) -> Batch:
-        """Let a paused batch run again."""
+    def enable(self, who: Principal, batch_id: str, *, if_match: str | None = None) -> Batch:
+        """Let a paused batch run again; ``if_match`` (an etag) makes it conditional. It is
+        ``enabling`` until its chunks are queued again (by this node's scheduler, or the
+        leader's), then ``pending``."""
         moved = self._move(
-            who, batch_id, BatchState.PENDING, "enable", allowed_from=[BatchState.PAUSED]
+            who,
+            batch_id,
+            BatchState.ENABLING,
+            "enable",
+            allowed_from=[BatchState.PAUSED],
+            if_match=if_match,
         )
-        self.store.mark_queued(batch_id)
-        self.scheduler.post(Wake())
+        self.scheduler.post(EnableBatch(batch_id))
         return moved
 
-    def cancel(self, who: Principal, batch_id: str, reason: str = "UserTerminate") -> Batch:
+    def cancel(
+        self,
+        who: Principal,
+        batch_id: str,
+        reason: str = "UserTerminate",
+        *,
+        if_match: str | None = None,
+    ) -> Batch:
+        """Stop a batch, recording ``reason``; ``if_match`` (an etag) makes it conditional."""
         check_text(reason, "The reason", max_length=200)
         batch = self.get(who, batch_id)
+        check_etag(batch, if_match)
         if batch.state == BatchState.CREATED.value:
             self.store.finish_pending_chunks(batch_id, ChunkState.CANCELLED, "cancelled")
             return self._move(
@@ -329,13 +326,19 @@ class BatchOps:
                 batch_id,
                 BatchState.CANCELLED,
                 "cancel",
+                if_match=if_match,
                 termination_reason=reason,
                 end_time=utcnow(),
             )
         if BatchState(batch.state).is_final or batch.state == BatchState.CANCELLING.value:
             return batch  # cancelling a finished batch changes nothing (idempotent)
         moved = self._move(
-            who, batch_id, BatchState.CANCELLING, "cancel", termination_reason=reason
+            who,
+            batch_id,
+            BatchState.CANCELLING,
+            "cancel",
+            if_match=if_match,
+            termination_reason=reason,
         )
         self.scheduler.post(CancelBatch(batch_id, "cancelled before it ran"))
         return moved
@@ -352,31 +355,43 @@ class BatchOps:
         max_failed_records: int | None = None,
         max_wall_clock_time: float | None = None,
         max_task_retry_count: int | None = None,
+        allow_preemption: bool | None = None,
+        display_name: str | None = None,
+        on_all_tasks_complete: str | None = None,
     ) -> Batch:
-        """Change a batch's settings while it is not finished; ``if_match`` is an etag."""
+        """Change a batch's settings while it is not finished; ``if_match`` is an etag.
+        ``on_all_tasks_complete="terminatejob"`` closes an open batch (see :meth:`close`).
+
+        ``parallel_count`` -1 lifts the limit (the workers are the only one); ``display_name``
+        ``""`` removes the display name."""
         batch = self.get(who, batch_id)
         if BatchState(batch.state).is_final:
             raise Conflict(
                 f"Batch {batch_id} is {batch.state}; its settings can be changed only while it is "
-                "created, pending, running, pausing or paused.",
+                "created, pending, running, pausing, paused or enabling.",
                 state=batch.state,
             )
-        expect = None
-        if if_match is not None:
-            try:
-                expect = int(if_match.strip().removeprefix("W/").strip('"'))
-            except ValueError:
-                raise PreconditionFailed(
-                    f"The If-Match value {if_match!r} is not an etag of "
-                    "this server; read the batch for its etag."
-                ) from None
+        if on_all_tasks_complete not in (None, "noaction", "terminatejob"):
+            raise BadRequest(
+                "on_all_tasks_complete must be 'noaction' (open: records may be added) or "
+                f"'terminatejob' (it completes once its records are done), not "
+                f"{on_all_tasks_complete!r}."
+            )
+        if on_all_tasks_complete == "noaction" and not is_open(batch):
+            raise Conflict(
+                f"Batch {batch_id} is not open, and cannot be opened: a batch is open only from "
+                "its creation (open=True, or on_all_tasks_complete=noaction)."
+            )
+        expect = revision(if_match)
         fields: dict[str, Any] = {}
         if priority is not None and priority != batch.priority:
             fields["priority"] = self._check_priority(who, priority)
         if parallel_count is not None:
-            if parallel_count < 1:
-                raise BadRequest("parallel_count must be at least 1.")
-            fields["parallel_count"] = parallel_count
+            fields["parallel_count"] = _check_parallel_count(parallel_count)
+        if display_name is not None:
+            if display_name:
+                check_text(display_name, "display_name", max_length=1024)
+            fields["display_name"] = display_name or None
         options = dict(batch.options)
         if metadata is not None:
             options["metadata"] = dict(metadata)
@@ -386,22 +401,26 @@ class BatchOps:
             options["max_wall_clock_time"] = max_wall_clock_time
         if max_task_retry_count is not None:
             options["max_task_retry_count"] = max_task_retry_count
+        if allow_preemption is not None:
+            options["allow_preemption"] = bool(allow_preemption)
         _check_constraints(options)
+        closing = on_all_tasks_complete == "terminatejob" and is_open(batch)
+        if closing:
+            options.update(on_all_tasks_complete="terminatejob", closed_at=True)
         if options != batch.options:
             fields["options"] = options
         try:
             updated = self.store.update_batch(batch_id, expect_revision=expect, **fields)
         except RevisionMismatch as exc:
-            raise PreconditionFailed(
-                f"Batch {batch_id} changed since etag {if_match} was read (its etag is now "
-                f'"{exc.current}"); read it again and retry with the new etag.'
-            ) from None
+            raise stale(batch_id, if_match, exc.current) from None
         if updated is None:
             raise NotFound(f"No batch {batch_id!r} exists.")
+        if closing:
+            self.scheduler.post(CloseBatch(batch_id))
         self.scheduler.post(Wake())  # a new priority or parallel count may free work now
         return updated
 
-    def delete(self, who: Principal, batch_id: str) -> bool:
+    def delete(self, who: Principal, batch_id: str, *, if_match: str | None = None) -> bool:
         """Delete a batch with its records, results and files, stopping it first if it runs.
 
         The batch is marked for deletion before anything else, and from then on it is gone for
@@ -409,11 +428,16 @@ class BatchOps:
         batch is removed at once. One that is not finished is removed by the scheduler, once it
         has stopped the batch's workers, so that none writes a file after the removal; the call
         waits for that up to ``DELETE_WAIT_SECONDS``. True when the batch was removed, False when
-        its removal goes on after the call. A removal cut short by a crash is finished when the
-        engine starts again.
+        its removal goes on after the call (see :meth:`being_deleted`). A removal cut short by a
+        crash is finished when the engine starts again. ``if_match`` (an etag) deletes it only if
+        it has not changed since.
         """
         batch = self.get(who, batch_id)
-        if not self.store.mark_deleting(batch_id):
+        try:
+            marked = self.store.mark_deleting(batch_id, expect_revision=revision(if_match))
+        except RevisionMismatch as exc:
+            raise stale(batch_id, if_match, exc.current) from None
+        if not marked:
             raise _not_found(batch_id)  # a delete that came first marked it
         if BatchState(batch.state).is_final:  # none of its workers runs
             remove_batch(self.store, self.blobs, batch_id)
@@ -426,6 +450,16 @@ class BatchOps:
             time.sleep(0.02)
         return True
 
+    def being_deleted(self, who: Principal, batch_id: str) -> Batch | None:
+        """A batch of ``who``'s whose deletion goes on (state ``deleting``); None once it is
+        removed. Every other read says such a batch does not exist."""
+        batch = self.store.get_batch(batch_id)
+        if batch is None or batch.deleting_since is None:
+            return None
+        if not who.is_owner and batch.owner_id != who.id:
+            return None
+        return batch
+
     def _move(
         self,
         who: Principal,
@@ -434,22 +468,33 @@ class BatchOps:
         action: str,
         *,
         allowed_from: list[BatchState] | None = None,
+        if_match: str | None = None,
         **fields: Any,
     ) -> Batch:
         """Move a batch for a user's ``action``; 409 naming the states that allow it when the
-        batch is in another (``allowed_from``, by default every state the table allows).
+        batch is in another (``allowed_from``, by default every state the table allows), 412
+        when ``if_match`` is given and the batch's etag is another.
 
         The scheduler may move the batch at the same moment (pending to running, say): the move
-        is then tried again from the state it has now.
+        is then tried again from the state it has now (with ``if_match``, that race is a 412:
+        the batch changed since the etag was read).
         """
+        expect = revision(if_match)
         for _ in range(MOVE_TRIES):
             batch = self.get(who, batch_id)
+            check_etag(batch, if_match)  # a precondition is checked before all else
             try:
                 if allowed_from is not None and batch.state not in allowed_from:
                     raise InvalidTransition("batch", batch.state, wanted.value, frozenset())
                 moved = self.store.transition(
-                    batch_id, wanted, only_from=[BatchState(batch.state)], **fields
+                    batch_id,
+                    wanted,
+                    only_from=[BatchState(batch.state)],
+                    expect_revision=expect,
+                    **fields,
                 )
+            except RevisionMismatch as exc:
+                raise stale(batch_id, if_match, exc.current) from None
             except InvalidTransition:
                 allowed = ", ".join(s.value for s in (allowed_from or states_allowing(wanted)))
                 raise Conflict(
@@ -463,58 +508,6 @@ class BatchOps:
             f"Batch {batch_id} kept changing state while {action!r} was being applied; read it "
             "again and retry."
         )
-
-    def list_batches(
-        self,
-        who: Principal,
-        *,
-        service: Service | None = None,
-        services: list[Service] | None = None,
-        states: list[str] | None = None,
-        limit: int = 100,
-    ) -> list[Batch]:
-        """Up to ``limit`` batches ``who`` may see, newest first (see :meth:`list_page`)."""
-        return self.list_page(
-            who, service=service, services=services, states=states, limit=limit
-        ).batches
-
-    def list_page(
-        self,
-        who: Principal,
-        *,
-        service: Service | None = None,
-        services: list[Service] | None = None,
-        states: list[str] | None = None,
-        metadata: dict[str, str] | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        limit: int = 100,
-        cursor: str | None = None,
-    ) -> BatchPage:
-        """One page of the batches ``who`` may see (their own; an owner sees all), newest first.
-
-        ``states`` are canonical state names (an entry may hold several, comma-separated);
-        ``metadata`` keeps batches whose metadata has all these pairs. ``cursor`` is the
-        ``next_cursor`` of the previous page; the page's own is None at the end.
-        """
-        ids = (
-            [service.id]
-            if service is not None
-            else ([s.id for s in services] if services is not None else None)
-        )
-        page = self.store.list_batches(
-            service_ids=ids,
-            states=parse_states(states),
-            metadata=metadata,
-            created_after=created_after,
-            created_before=created_before,
-            limit=limit + 1,  # one more tells whether another page follows
-            before=decode_cursor(cursor) if cursor else None,
-            owner_id=None if who.is_owner else who.id,
-        )
-        more = len(page) > limit
-        page = page[:limit]
-        return BatchPage(page, encode_cursor(page[-1]) if more else None)
 
     def counts(self, batch_id: str) -> BatchCounts:
         return self.store.batch_counts(batch_id)
@@ -534,10 +527,24 @@ def _check_constraints(options: dict[str, Any]) -> None:
     timeout = options.get("task_timeout")
     if timeout is not None and not (_seconds(timeout) and timeout > 0):
         raise BadRequest("task_timeout must be a number of seconds greater than 0.")
+    if options.get("on_all_tasks_complete") not in (None, "noaction", "terminatejob"):
+        raise BadRequest(
+            "on_all_tasks_complete must be 'noaction' (an open batch: records may be added until "
+            "it is closed) or 'terminatejob' (it completes once its records are done)."
+        )
     for what in ("metadata", "environment"):
         for key, value in (options.get(what) or {}).items():
             check_text(key, f"The {what} key {key!r}")
             check_text(value, f"The {what} value of {key!r}")
+
+
+def _check_parallel_count(value: int) -> int:
+    """``value`` if it is a parallel count: at least 1, or -1 for no limit but the workers."""
+    if isinstance(value, bool) or not isinstance(value, int) or not (value >= 1 or value == -1):
+        raise BadRequest(
+            f"parallel_count must be at least 1, or -1 for no limit but the workers; not {value!r}."
+        )
+    return value
 
 
 def _seconds(value: Any) -> bool:

@@ -7,21 +7,21 @@ import logging
 import os
 from pathlib import Path
 
-from batchserve.blobs import BlobNotFound, BlobStore, LocalBlobStore, blob_store_from_url, keys
-from batchserve.blobs.segments import open_stream_reader
+from batchserve.blobs import BlobStore, LocalBlobStore, blob_store_from_url
 from batchserve.engine.auth import Accounts
 from batchserve.engine.batch_results import ResultOps
 from batchserve.engine.batches import BatchOps
 from batchserve.engine.endings import Endings
-from batchserve.engine.results import read_results
-from batchserve.engine.scheduler import CancelBatch, Scheduler, Wake, remove_batch
+from batchserve.engine.job_tasks import JobTaskOps
+from batchserve.engine.metrics import NodeMetrics
+from batchserve.engine.nodes import Identity, Membership
+from batchserve.engine.scheduler import ConsumeWaiting, Scheduler, Wake
 from batchserve.engine.services import ServiceOps
 from batchserve.executors import Executor, ProcessExecutor
-from batchserve.executors.base import EventSink
+from batchserve.executors.base import EventSink, NoWorkers
 from batchserve.settings import Settings
-from batchserve.states import BatchState, ChunkState
 from batchserve.store import Store, upgrade
-from batchserve.store.models import utcnow
+from batchserve.store.nodes import node_name
 from batchserve.worker.sandbox import WorkerSandbox, not_dumpable
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,10 @@ class ConfigurationError(RuntimeError):
 
 
 def build_executor(settings: Settings, blobs: BlobStore, sink: EventSink) -> Executor:
-    """The executor the settings choose: the local pool, or actors on a Ray cluster."""
+    """The executor the settings choose: none (an API node), the local pool, or actors on a
+    Ray cluster."""
+    if settings.workers == 0:
+        return NoWorkers()
     if settings.executor == "ray":
         try:
             from batchserve.executors.ray import RayExecutor
@@ -90,12 +93,33 @@ def build_executor(settings: Settings, blobs: BlobStore, sink: EventSink) -> Exe
     )
 
 
+ROLES = ("all", "api", "compute")
+
+
 class Engine:
-    def __init__(self, settings: Settings) -> None:
+    """One node: ``all`` (the embedded server: API and workers), ``api`` (``--workers 0``) or
+    ``compute`` (``batchserve worker``: workers, no HTTP face). Any number of nodes share one
+    PostgreSQL store and one blob store; SQLite is one node's alone."""
+
+    def __init__(self, settings: Settings, role: str | None = None) -> None:
         self.settings = settings
+        self.role = role or ("api" if settings.workers == 0 else "all")
+        if self.role not in ROLES:
+            raise ValueError(f"unknown node role {self.role!r}")
+        if self.role == "compute" and settings.workers == 0:
+            raise ConfigurationError("a compute node needs workers: --workers is at least 1")
         make_private(settings.home)
         upgrade(settings.db_url)
-        self.store = Store(settings.db_url)
+        self.identity = Identity.here(self.role)
+        self.store = Store(settings.db_url, node_name(self.identity.id))
+        if self.role != "all" and not self.store.shared:
+            self.store.close()
+            raise ConfigurationError(
+                "API nodes (--workers 0) and compute nodes (batchserve worker) share their "
+                "batches through PostgreSQL; SQLite is one server's alone. Set "
+                "BATCHSERVE_DATABASE_URL=postgresql://... on every node, or run one "
+                "batchserve serve."
+            )
         self.endings = Endings()
         self.store.on_end = self.endings.ended
         # The composition root: the backends the settings choose are named here only.
@@ -112,12 +136,29 @@ class Engine:
             consume_workers=settings.consume_workers,
         )
         self.executor = build_executor(settings, self.blobs, self.scheduler.post)
+        self.membership = Membership(
+            self.store,
+            self.identity,
+            lease_seconds=settings.node_lease,
+            workers=self.executor.capacity(),
+            executor=self.executor.describe(),
+            on_wake=self._woken,
+        )
+        self.scheduler.node_id = self.identity.id
+        self.scheduler.is_leader = lambda: self.membership.is_leader
+        self.scheduler.cluster = self.membership.cluster
+        # Prometheus figures: this node's own, and on the nodes that answer HTTP the cluster's,
+        # read from the store at each scrape (see batchserve.engine.metrics).
+        self.metrics = self.scheduler.metrics = NodeMetrics()
+        if self.role != "compute":
+            self.metrics.watch_cluster(self.store)
         self.services = ServiceOps(
             self.store,
             self.blobs,
             self.scheduler,
             consume_timeout=settings.consume_timeout,
             check_resources=self.executor.check_resources,
+            remote=self.role == "api",
         )
         self.batches = BatchOps(
             self.store,
@@ -127,6 +168,7 @@ class Engine:
             allowed_environment=settings.allowed_environment,
         )
         self.results = ResultOps(self.store, self.blobs)
+        self.job_tasks = JobTaskOps(self.batches, self.store, self.blobs)
         self.generated_admin_password: str | None = None
         self._stopped = False
 
@@ -134,72 +176,52 @@ class Engine:
         # Processes of this user (sandboxed workers share it when the server is not root) must
         # not read this one's memory or environment through /proc.
         not_dumpable()
-        self.generated_admin_password = self.accounts.ensure_admin(
-            self.settings.admin_password, self.settings.admin_password_file
-        )
-        self._recover()
+        if not self.store.shared:
+            self._check_alone()
+        if self.role != "compute":
+            self.generated_admin_password = self.accounts.ensure_admin(
+                self.settings.admin_password, self.settings.admin_password_file
+            )
         self.executor.start()
+        self.membership.start()
         self.scheduler.start(self.executor)
-        for batch in self.store.batches_in_states([BatchState.CANCELLING]):
-            self.scheduler.post(CancelBatch(batch.id, "cancelled before it ran"))
         self.scheduler.post(Wake())
 
-    def _recover(self) -> None:
-        """Make the store true again after a crash: nothing runs before this process starts."""
-        for batch in self.store.batches_being_deleted():
-            # None of its workers runs any more: its removal can be finished.
-            log.warning("removing batch %s, whose deletion was cut short", batch.id)
-            remove_batch(self.store, self.blobs, batch.id)
-        self._settle_stopping_chunks()
-        requeued = self.store.requeue_running_chunks()
-        if requeued:
-            log.warning("requeued %d chunk(s) left running by a previous process", requeued)
-        for batch in self.store.batches_in_states([BatchState.PAUSING]):
-            # Nothing of it runs any more: disabling it is done.
-            self.store.transition(batch.id, BatchState.PAUSED, only_from=[BatchState.PAUSING])
-        for batch in self.store.batches_in_states(list(BatchState), sealed=False):
-            log.warning("removing batch %s whose upload never finished", batch.id)
-            remove_batch(self.store, self.blobs, batch.id)
-        self._remove_orphan_files()
+    def _check_alone(self) -> None:
+        """SQLite is one server's: refuse to start beside another live one on the same file."""
+        live, _ = self.membership.cluster()
+        if live:
+            self.store.close()
+            raise ConfigurationError(
+                "another batchserve server runs on this data directory's SQLite database "
+                f"({self.settings.db_url}); stop it first, or share batches between servers "
+                "through PostgreSQL (BATCHSERVE_DATABASE_URL)"
+            )
 
-    def _remove_orphan_files(self) -> None:
-        """Remove the files of batches that no longer exist: deleting a service removes its
-        batches' rows first and their files after, so a crash in between leaves files nothing
-        refers to."""
-        for batch_id in self.blobs.folders(keys.BATCHES):
-            if self.store.get_batch(batch_id) is None:
-                log.warning("removing the files of batch %s, which no longer exists", batch_id)
-                self.blobs.delete_prefix(keys.batch_prefix(batch_id))
+    def _woken(self, payload: str) -> None:
+        """A notification from another node (or this node's leadership): act on it now."""
+        kind, _, ident = payload.partition(":")
+        if kind == "end":
+            self.endings.ended(ident)
+        elif kind == "consumed":
+            self.services.answered(ident)
+            return
+        elif kind == "consume":
+            self.scheduler.post(ConsumeWaiting())
+            return
+        elif kind in ("listening", "lead"):  # anything may have been missed meanwhile
+            self.scheduler.post(ConsumeWaiting())
+        self.scheduler.post(Wake())
 
-    def _settle_stopping_chunks(self) -> None:
-        """End the running chunks of batches that were being cancelled as the cancel would have:
-        cancelled, with the records already in their result files keeping their results.
+    def drain(self) -> None:
+        """Claim nothing new; the chunks running now finish (see :meth:`running`)."""
+        self.scheduler.draining = True
+        self.membership.draining = True
+        self.scheduler.post(Wake())
 
-        Requeued instead, such a chunk would never run again, yet its result file would still
-        hold the records it finished: results and counts would disagree.
-        """
-        for batch in self.store.batches_in_states([BatchState.CANCELLING]):
-            outputs = batch.options.get("outputs", {})
-            for chunk in self.store.chunks(batch.id, [ChunkState.RUNNING]):
-                statuses: list[str] = []
-                if chunk.result_key is not None:
-                    try:
-                        with open_stream_reader(self.blobs, chunk.result_key) as f:
-                            statuses = read_results(f, outputs).column("status").to_pylist()
-                    except BlobNotFound:
-                        pass
-                succeeded, failed = statuses.count("succeeded"), statuses.count("failed")
-                self.store.set_chunk(
-                    chunk.id,
-                    expect_state=ChunkState.RUNNING,
-                    state=ChunkState.CANCELLED.value,
-                    finished_at=utcnow(),
-                    succeeded=succeeded,
-                    failed=failed,
-                    cancelled=chunk.count - succeeded - failed,
-                    error="cancelled",
-                )
-                log.warning("chunk %s of batch %s, being cancelled, settled", chunk.seq, batch.id)
+    def running(self) -> int:
+        """How many chunks run on this node now."""
+        return len(self.scheduler._running)
 
     def stop(self) -> None:
         if self._stopped:
@@ -207,4 +229,6 @@ class Engine:
         self._stopped = True
         self.scheduler.stop()
         self.executor.shutdown()
+        self.scheduler.release()
+        self.membership.stop()
         self.store.close()

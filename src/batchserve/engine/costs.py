@@ -27,9 +27,15 @@ costs (milliseconds, and noisy) drown the records' time. Until then chunks are p
 measured after a few quick chunks and a slow one after its first; and an estimate never sure is
 not kept for the next batch, which then probes too. So history can only make chunks better.
 
+Noise only ever makes a chunk slower (a busy machine, a held-up store), never quicker. So a chunk
+whose records ran in under a ``CONTRADICTED``-th of the time the estimate gave them proves the
+estimate wrong, however it was reached (a small chunk held up long enough to look sure, a
+batch on a busier machine): the estimate then starts again from that chunk alone.
+
 :func:`range_size` turns the estimate into the size of the next range of records: never so
 small that the fixed cost is more than ``FIXED_SHARE`` of a chunk's time (unless the batch is
-too small to give every slot a chunk that large: then one chunk a slot); half a slot's share
+too small to give every slot a chunk that large: then one chunk a slot, as long as its records
+take half its fixed cost); half a slot's share
 of the work left while much is left, so that later ranges can even out the finish; in the last
 round, each slot's equal share, so that the slots finish together.
 """
@@ -54,6 +60,12 @@ SURE_SECONDS = 0.01
 DECAY = 0.7
 #: The fixed cost per chunk is the median of this many last chunks.
 CHUNK_WINDOW = 9
+#: No chunk's fixed cost is taken for less: a claim in the store and a round trip to a worker
+#: cost at least this much. The time around a chunk's records is the difference of two
+#: measurements, and a busy machine can make it come out near nothing.
+MIN_FIXED_SECONDS = 0.001
+#: A chunk this many times quicker than its estimate proves the estimate wrong.
+CONTRADICTED = 4.0
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,7 @@ class Costs:
 
     @property
     def fixed(self) -> float:
-        return self.chunk + self.call
+        return max(self.chunk + self.call, MIN_FIXED_SECONDS)
 
     def seconds(self, records: int) -> float:
         return self.fixed + records * self.record
@@ -112,6 +124,11 @@ class CostEstimate:
         ``chunk_seconds`` more went around them."""
         if records <= 0:
             return
+        known = self.costs()
+        if known is not None and CONTRADICTED * run_seconds < known.call + records * known.record:
+            self._w = self._n = self._t = self._nn = self._nt = 0.0
+            self._least = math.inf
+            self.sure = False
         for name in ("_w", "_n", "_t", "_nn", "_nt"):
             setattr(self, name, getattr(self, name) * DECAY)
         self._add(float(records), max(run_seconds, 0.0))
@@ -175,8 +192,11 @@ def range_size(
         # Half of a slot's share: the other half is left to even out the finish.
         size = min(math.ceil(per_slot / (2 * record)), math.ceil(target_seconds / record))
     # At least the floor, unless that would leave slots idle: the floor keeps chunks from
-    # being cut finer than the slots need, not the slots from sharing a small batch.
-    least = min(floor, math.ceil(remaining / slots))
+    # being cut finer than the slots need, not the slots from sharing a small batch. Sharing
+    # pays only while a share's records take a good part (half) of its fixed cost, which the
+    # scheduler spends on each chunk in turn: below that, a tail whose chunks end before the
+    # next is cut would be halved again and again, down to single records.
+    least = min(floor, max(math.ceil(remaining / slots), math.ceil(costs.fixed / (2 * record))))
     size = min(max(size, least), maximum, remaining)
     if remaining - size < max(least // 2, 1) and remaining <= maximum:
         size = remaining  # not a sliver left for a chunk of its own

@@ -7,10 +7,10 @@ service's history. Only the declared input columns (and the record id column, wh
 names one) are kept. A few parsed blocks are in memory at a time, whatever the size of the upload.
 
 CSV and TSV are cut into blocks of whole lines and parsed on two threads, numbers straight to
-their declared types; JSON Lines and Arrow IPC streams are parsed as they arrive; Parquet and
-Arrow IPC files keep their index at the end, so they are first spooled to a temporary file
-(bounded by the upload limit) and then read row group by row group, or record batch by record
-batch.
+their declared types, and JSON Lines is parsed as it arrives (both in
+:mod:`batchserve.engine.text_records`); so are Arrow IPC streams. Parquet and Arrow IPC files keep
+their index at the end, so they are first spooled to a temporary file (bounded by the upload
+limit) and then read row group by row group, or record batch by record batch.
 
 Every upload is bounded as it is read: a line of CSV, TSV or JSON Lines may be at most
 ``max_line_bytes`` long (it is refused once it passes that, not once it has arrived whole), JSON
@@ -21,32 +21,28 @@ single values (:func:`check_column_types`).
 from __future__ import annotations
 
 import base64
-import contextlib
-import csv
-import io
-import json
-import queue
 import shutil
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from batchserve.blobs import BlobStore, keys
-from batchserve.engine.errors import PayloadTooLarge
+from batchserve.engine.text_records import (
+    BLOCK_BYTES,
+    MAX_LINE_BYTES,
+    CsvBlocks,
+    JsonLines,
+    buffered,
+    csv_header,
+)
 from batchserve.schema import (
-    ARROW_TYPES,
     SchemaError,
     check_columns,
-    check_json_depth,
     conform_column,
 )
 
@@ -63,7 +59,6 @@ FORMATS = (ARROW_STREAM, ARROW_FILE, CSV, TSV, JSONL, NDJSON, PARQUET)
 #: a service input, and workers (which read only the inputs) never see it.
 ID_FIELD = "batchserve:id"
 
-_BLOCK_BYTES = 1 << 20
 #: A part is closed once it holds this many bytes of Arrow data: large enough to be read and
 #: written in few operations, small enough that a started batch's workers get records to run
 #: while the rest of a long upload streams in.
@@ -71,14 +66,6 @@ PART_BYTES = 8 << 20
 #: Record batches smaller than this are joined before they are written, so that a part is not
 #: made of thousands of tiny batches (an upload of many small Arrow batches, say).
 _MIN_BATCH_ROWS = 16_384
-#: CSV is parsed in blocks of whole lines of about this size, on this many threads.
-_CSV_BLOCK_BYTES = 4 << 20
-_CSV_THREADS = 2
-#: The longest line of CSV, TSV or JSON Lines read by default (BATCHSERVE_MAX_LINE_BYTES): a line
-#: is held whole in memory while it is parsed.
-MAX_LINE_BYTES = 64 << 20
-#: The longest CSV or TSV header line.
-MAX_HEADER_BYTES = 1 << 20
 
 #: What an accepted column's type is, as said in the message refusing another.
 ACCEPTED_TYPES = (
@@ -116,15 +103,6 @@ class Ingested:
     parts: int
     #: The type of the record id column (None when the batch has none).
     id_type: pa.DataType | None = None
-
-
-def line_too_long(line: int, limit: int, what: str) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"Line {line} of the {what} records is longer than the limit of {limit} bytes "
-        "(BATCHSERVE_MAX_LINE_BYTES) and was not read to its end. Each line must hold one "
-        "record: check that the lines end with a line break (\\n), and keep large values out "
-        "of the records."
-    )
 
 
 def _scalar(data_type: pa.DataType) -> bool:
@@ -165,33 +143,6 @@ def check_column_types(schema: pa.Schema, names: list[str], id_column: str | Non
             "uploading: flatten a struct into one column per field, send a list or binary value "
             "as text (JSON or base64) in a str input."
         )
-
-
-def _csv_header(source: Any, delimiter: str) -> list[str]:
-    """The column names of a CSV/TSV upload: its first line, read from the stream."""
-    line = source.readline(MAX_HEADER_BYTES + 1)
-    if len(line) > MAX_HEADER_BYTES and not line.endswith(b"\n"):
-        raise SchemaError(
-            f"The header row of the records is longer than {MAX_HEADER_BYTES} bytes; the first "
-            "line must name the columns, separated by commas (tabs in TSV), and end with a line "
-            "break."
-        )
-    text = line.decode("utf-8-sig", errors="replace").rstrip("\r\n")
-    if not text.strip():
-        raise SchemaError("The upload holds no records (not even a header row).")
-    try:
-        return next(csv.reader([text], delimiter=delimiter))
-    except csv.Error as exc:  # a column name longer than the csv module's field limit (128 KiB)
-        raise SchemaError(
-            f"The header row of the records cannot be read ({exc}); it must name the columns, "
-            "each name shorter than 128 KiB."
-        ) from None
-
-
-def _buffered(source: BinaryIO) -> Any:
-    if isinstance(source, io.BufferedReader):
-        return source
-    return io.BufferedReader(source, buffer_size=_BLOCK_BYTES)
 
 
 class _Reader:
@@ -241,7 +192,7 @@ class _Reader:
             elif kind in (CSV, TSV):
                 yield from self._csv("\t" if kind == TSV else ",")
             elif kind in (JSONL, NDJSON):
-                yield from _JsonLines(self).batches()
+                yield from JsonLines(self).batches()
             elif kind == PARQUET and path is not None:
                 yield from self._parquet(path)
             elif kind == ARROW_FILE and path is not None:
@@ -254,13 +205,13 @@ class _Reader:
             raise SchemaError(f"The records cannot be read as {kind}: {exc}") from None
 
     def _csv(self, delimiter: str) -> Iterator[pa.RecordBatch]:
-        buffered = _buffered(self.source)
+        source = buffered(self.source)
         # Check the header first, then read only the wanted columns: other columns are never
         # parsed, so their values cannot fail the upload.
-        header = _csv_header(buffered, delimiter)
+        header = csv_header(source, delimiter)
         self.check(header)
-        yield from _CsvBlocks(
-            buffered,
+        yield from CsvBlocks(
+            source,
             header,
             delimiter,
             self.inputs,
@@ -293,310 +244,6 @@ class _Reader:
                 yield reader.get_batch(i).select(self.wanted)
 
 
-#: The texts a CSV value is missing as (pyarrow's, "NA", "null" and the like), but for the
-#: spellings of NaN: a float input takes NaN as a value, as in every other format (the README,
-#: "NaN and Infinity").
-_CSV_NULLS = [v for v in pacsv.ConvertOptions().null_values if v.lower().lstrip("-") != "nan"]
-
-
-class _CsvBlocks:
-    """A CSV/TSV upload cut into blocks of whole lines, each parsed on its own by pyarrow, two at
-    a time on threads (pyarrow parses without the GIL), in order.
-
-    Integer and float inputs are parsed straight to their declared types. A block in which one
-    of them does not parse is parsed again with those columns as text, which the upload keeps as
-    text so that only the records with a bad value fail, each naming its value (see
-    :func:`~batchserve.schema.conform_column`). Like pyarrow's own CSV readers by default, the
-    cut assumes no line break inside a quoted value. A line longer than ``max_line_bytes`` is
-    refused as soon as that much of it has arrived.
-    """
-
-    def __init__(
-        self,
-        source: Any,
-        header: list[str],
-        delimiter: str,
-        inputs: dict[str, str],
-        wanted: list[str],
-        id_column: str | None,
-        max_line_bytes: int = MAX_LINE_BYTES,
-    ) -> None:
-        self.source = source
-        self.max_line_bytes = max_line_bytes
-        self.header = header
-        self.parse_options = pacsv.ParseOptions(delimiter=delimiter)
-        # (An input that is the id column too is read as text: the id keeps it as written.)
-        typed = {
-            n: ARROW_TYPES[t] for n, t in inputs.items() if t in ("int", "float") and n != id_column
-        }
-        # Ids stay text, as written (a leading zero is part of an id).
-        text = {name: pa.string() for name in wanted}
-        self.typed = pacsv.ConvertOptions(
-            column_types={**text, **typed},
-            include_columns=wanted,
-            strings_can_be_null=True,
-            null_values=_CSV_NULLS,
-        )
-        self.as_text = pacsv.ConvertOptions(
-            column_types=text,
-            include_columns=wanted,
-            strings_can_be_null=True,
-            null_values=_CSV_NULLS,
-        )
-
-    def _pieces(self) -> Iterator[bytes]:
-        """The body after the header line (read by _csv_header already), as it arrives: each
-        read returns what one read of the body gives, so a slow upload is parsed as far as it
-        has come."""
-        while True:
-            piece = self.source.read1(_CSV_BLOCK_BYTES)
-            if not piece:
-                return
-            yield piece
-
-    def _parse(self, block: bytes) -> pa.Table:
-        try:
-            return self._read(block, self.typed)
-        except pa.ArrowInvalid as exc:
-            if "conversion error" not in str(exc).lower():
-                raise  # not a value: the file itself is malformed
-            return self._read(block, self.as_text)
-
-    def _read(self, block: bytes, convert: pacsv.ConvertOptions) -> pa.Table:
-        # The block is one piece of pyarrow's reading: it is in memory whole anyway, and a value
-        # longer than pyarrow's own block size (1 MiB) would otherwise straddle two of them.
-        read_options = pacsv.ReadOptions(
-            column_names=self.header, use_threads=False, block_size=max(len(block) + 1, 1 << 20)
-        )
-        return pacsv.read_csv(
-            pa.py_buffer(block),
-            read_options=read_options,
-            parse_options=self.parse_options,
-            convert_options=convert,
-        )
-
-    def _blocks(self) -> Iterator[bytes]:
-        """The body in blocks of whole lines of about ``_CSV_BLOCK_BYTES`` (or of one longer
-        line)."""
-        parts: list[bytes] = []  # the start of the next block
-        size = 0
-        line = 0  # bytes of the last line in parts, not ended yet
-        lines = 1  # lines before parts (the header)
-        for piece in self._pieces():
-            parts.append(piece)
-            size += len(piece)
-            end = piece.rfind(b"\n")
-            line = len(piece) - end - 1 if end >= 0 else line + len(piece)
-            if line > self.max_line_bytes:
-                counted = sum(p.count(b"\n") for p in parts)
-                raise line_too_long(lines + counted + 1, self.max_line_bytes, "CSV")
-            if size >= _CSV_BLOCK_BYTES and end >= 0:  # else read on to the end of a line
-                data = b"".join(parts)
-                cut = len(data) - line
-                lines += data.count(b"\n", 0, cut)
-                yield data[:cut]
-                parts, size = [data[cut:]], line
-        rest = b"".join(parts)
-        if rest.strip():
-            yield rest
-
-    def batches(self) -> Iterator[pa.RecordBatch]:
-        """The parsed record batches, in order. A thread of its own reads the body and hands the
-        blocks to the parsers, so that blocks parsed so far are written while the upload waits
-        for more (a slow client, or the rest of a long upload)."""
-        pool = ThreadPoolExecutor(_CSV_THREADS, thread_name_prefix="batchserve-csv-in")
-        parsed: queue.Queue[Future[pa.Table] | BaseException | None] = queue.Queue(_CSV_THREADS + 1)
-        stop = threading.Event()
-
-        def cut() -> None:
-            try:
-                for block in self._blocks():
-                    if stop.is_set():
-                        return
-                    parsed.put(pool.submit(self._parse, block))
-                parsed.put(None)
-            except BaseException as exc:  # handed to the reader of the batches
-                with contextlib.suppress(queue.Full):
-                    parsed.put(exc, timeout=1)
-
-        cutter = threading.Thread(target=cut, name="batchserve-csv-cut", daemon=True)
-        cutter.start()
-        try:
-            while True:
-                item = parsed.get()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield from item.result().to_batches()
-        finally:
-            # An upload cut short (or done): the cutter stops at its next block, or once the
-            # body it reads is closed; the blocks not parsed yet are dropped.
-            stop.set()
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    parsed.get_nowait()
-            pool.shutdown(wait=False, cancel_futures=True)
-
-
-class _JsonLines:
-    """JSON Lines, parsed by pyarrow a block of whole lines at a time.
-
-    A block pyarrow refuses (a malformed line, or a value of another type than its neighbours)
-    is parsed again line by line, which names the bad line, or keeps values that do not fit
-    their declared type as text so that only their records fail.
-    """
-
-    def __init__(self, reader: _Reader) -> None:
-        self.reader = reader
-        self.line = 0  # lines before the current block
-        self.checked = False
-        self.id_type: pa.DataType | None = None
-
-    def batches(self) -> Iterator[pa.RecordBatch]:
-        source = _buffered(self.reader.source)
-        limit = self.reader.max_line_bytes
-        while True:
-            block = source.read(_BLOCK_BYTES)
-            if not block:
-                break
-            if not block.endswith(b"\n"):
-                # The rest of the last line, read no further than the limit.
-                start = block.rfind(b"\n") + 1
-                block += source.readline(max(limit - (len(block) - start), 0) + 1)
-                if len(block.rstrip(b"\r\n")) - start > limit:
-                    line = self.line + block.count(b"\n", 0, start) + 1
-                    raise line_too_long(line, limit, "JSON Lines")
-            if self.line == 0 and block.startswith(b"\xef\xbb\xbf"):
-                block = block[3:]
-            # Before any parser sees it: pyarrow's crashes the process on deep nesting.
-            check_json_depth(block, "the JSON Lines records", lines=True, lines_before=self.line)
-            table = self._parse(block)
-            self.line += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-            if table is not None:
-                yield from table.to_batches()
-
-    def _schema(self) -> pa.Schema:
-        fields = [pa.field(n, ARROW_TYPES[t]) for n, t in self.reader.inputs.items()]
-        id_column = self.reader.id_column
-        if id_column and id_column not in self.reader.inputs and self.id_type is not None:
-            fields.append(pa.field(id_column, self.id_type))
-        return pa.schema(fields)
-
-    def _parse(self, block: bytes) -> pa.Table | None:
-        id_column = self.reader.id_column
-        infer = bool(id_column and id_column not in self.reader.inputs and self.id_type is None)
-        table = None
-        if self.checked:
-            try:
-                table = pajson.read_json(
-                    io.BytesIO(block),
-                    read_options=pajson.ReadOptions(block_size=len(block) + 1),
-                    parse_options=pajson.ParseOptions(
-                        explicit_schema=self._schema(),
-                        unexpected_field_behavior="infer" if infer else "ignore",
-                    ),
-                )
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                table = None
-        if table is None:
-            table = self._parse_lines(block)
-        if table is None:
-            return None
-        if id_column and id_column not in self.reader.inputs and id_column in table.column_names:
-            column = table.column(id_column)
-            if self.id_type is None and not pa.types.is_null(column.type):
-                self.id_type = column.type
-        for name in self.reader.wanted:
-            if name not in table.column_names:  # no record of the block has it
-                table = table.append_column(name, pa.nulls(table.num_rows))
-        return table.select(self.reader.wanted)
-
-    def _parse_lines(self, block: bytes) -> pa.Table | None:
-        rows: list[dict[str, Any]] = []
-        keys: dict[str, None] = {}
-        for n, raw in enumerate(block.split(b"\n"), start=self.line + 1):
-            text = raw.strip()
-            if not text:
-                continue
-            try:
-                value = json.loads(text.decode("utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                why = exc.msg if isinstance(exc, json.JSONDecodeError) else "it is not UTF-8 text"
-                raise SchemaError(
-                    f"Line {n} of the JSON Lines records is not valid JSON ({why}). Each line "
-                    'must hold one JSON object, like {"hp": 110, "wt": 2.6}; fix that line.'
-                ) from None
-            if not isinstance(value, dict):
-                kind = _JSON_KINDS.get(type(value), "value")
-                raise SchemaError(
-                    f"Line {n} of the JSON Lines records holds a JSON {kind}, "
-                    'not an object: each line must hold one record, like {"hp": 110, "wt": 2.6}.'
-                )
-            if not self.checked:
-                keys.update(dict.fromkeys(value))
-            rows.append(value)
-        if not self.checked:
-            if not rows:
-                return None
-            self.reader.check(list(keys))
-            self.checked = True
-        if not rows:
-            return None
-        columns = {}
-        for name in self.reader.wanted:
-            values = [row.get(name) for row in rows]
-            if name in self.reader.inputs:
-                columns[name] = _values(values)
-            else:
-                columns[name] = _id_values(values, self.id_type, name, self.line)
-        return pa.table(columns)
-
-
-_JSON_KINDS = {
-    list: "array",
-    str: "string",
-    int: "number",
-    float: "number",
-    bool: "boolean",
-    type(None): "null",
-}
-
-
-def _values(values: list[Any]) -> pa.Array:
-    """A column of JSON values; values of mixed types are kept as text (checked per record)."""
-    try:
-        array = pa.array(values)
-        if not pa.types.is_nested(array.type):
-            return array
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        pass
-    return pa.array(
-        [
-            None
-            if v is None
-            else v
-            if isinstance(v, str)
-            else json.dumps(v)
-            if isinstance(v, (dict, list))
-            else str(v)
-            for v in values
-        ],
-        type=pa.string(),
-    )
-
-
-def _id_values(values: list[Any], id_type: pa.DataType | None, name: str, line: int) -> pa.Array:
-    try:
-        array = pa.array(values, type=id_type) if id_type is not None else pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        raise SchemaError(
-            f"The id column {name!r} holds values of different types (after line {line}, "
-            f"values that are not {id_type}); give every record an id of one type."
-        ) from None
-    return array
-
-
 def _spool(source: BinaryIO, spool_dir: Path | None) -> tuple[Path, Callable[[], None]]:
     """Copy the upload to a temporary file (its size bounded by the body reader's limit)."""
     if spool_dir is not None:
@@ -605,7 +252,7 @@ def _spool(source: BinaryIO, spool_dir: Path | None) -> tuple[Path, Callable[[],
     path = Path(name)
     try:
         with open(fd, "wb") as out:
-            shutil.copyfileobj(source, out, _BLOCK_BYTES)
+            shutil.copyfileobj(source, out, BLOCK_BYTES)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -625,10 +272,14 @@ def ingest(
     spool_dir: Path | None = None,
     part_bytes: int = PART_BYTES,
     max_line_bytes: int = MAX_LINE_BYTES,
+    key_for: Callable[[int], str] | None = None,
 ) -> Ingested:
     """Write the parts of an upload.
 
-    ``on_part(seq, start_index, count, bytes, key)`` is called after each part file is written.
+    ``on_part(seq, start_index, count, bytes, key)`` is called after each part file is written;
+    ``seq`` and ``start_index`` count from 0 in this upload. ``key_for(seq)`` names a part's
+    file (by default the batch's part ``seq``: records added later to an open batch name
+    theirs otherwise).
     ``spool_dir`` holds the temporary copy of a Parquet or Arrow file upload while it is read.
     Raises :class:`~batchserve.schema.SchemaError` with a clear message on bad records
     (:class:`UnsupportedFormat` for an unknown content type), and
@@ -646,7 +297,7 @@ def ingest(
         return path
 
     try:
-        parts = _Parts(reader, batch_id, blobs, on_part, part_bytes)
+        parts = _Parts(reader, batch_id, blobs, on_part, part_bytes, key_for)
         return parts.write(reader.batches(spool))
     finally:
         for cleanup in cleanups:
@@ -663,8 +314,10 @@ class _Parts:
         blobs: BlobStore,
         on_part: Callable[[int, int, int, int, str], None],
         part_bytes: int,
+        key_for: Callable[[int], str] | None = None,
     ) -> None:
         self.reader = reader
+        self.key_for = key_for or (lambda seq: keys.part_key(batch_id, seq))
         self.batch_id = batch_id
         self.blobs = blobs
         self.on_part = on_part
@@ -747,7 +400,7 @@ class _Parts:
         if self._open is not None and self._open[2] != rb.schema:
             self._close_part()
         if self._open is None:
-            key = keys.part_key(self.batch_id, self.seq)
+            key = self.key_for(self.seq)
             sink = self.blobs.open_write(key)
             self._open = (sink, pa.ipc.new_file(sink, rb.schema), rb.schema)
             self._part_start = self.total
@@ -765,7 +418,7 @@ class _Parts:
         self._open = None
         writer.close()
         sink.close()
-        key = keys.part_key(self.batch_id, self.seq)
+        key = self.key_for(self.seq)
         self.on_part(
             self.seq, self._part_start, self.total - self._part_start, self._part_bytes, key
         )

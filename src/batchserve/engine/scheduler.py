@@ -10,32 +10,57 @@ it depends on have completed. When the machine is full, a batch that still wants
 them from running chunks of lower-priority batches that allow preemption; those chunks go back
 to the queue (requeued, not failed).
 
-Between events it keeps time: a batch past its ``max_wall_clock_time`` fails, and a worker
-whose record has run far past ``task_timeout`` without stopping is killed.
+Between events it keeps time: a worker whose record has run far past ``task_timeout`` without
+stopping is killed, and (on the leader) a batch past its ``max_wall_clock_time`` fails.
 
 A batch marked for deletion is never dispatched again; the scheduler removes it once it has
 stopped the batch's workers, so that none of them writes a file after the removal.
+
+Many nodes may run a scheduler each on one store. Each claims chunks for itself (the store
+keeps ``parallel_count`` across them), acts on what the store says of the chunks it runs, and
+one of them, the leader, keeps time for all (:mod:`batchserve.engine.cluster`). How chunks and
+batches end is in :mod:`batchserve.engine.chunk_endings`.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 import queue
 import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
-from batchserve.blobs import BlobNotFound, BlobStore, keys
-from batchserve.blobs.segments import open_stream_reader
-from batchserve.engine.costs import CostEstimate, Costs, range_size
+from batchserve.blobs import BlobStore
+from batchserve.blobs.keys import job_task_key
+from batchserve.engine.cluster import ClusterDuties
+from batchserve.engine.costs import CostEstimate
+from batchserve.engine.events import (
+    CancelBatch,
+    CloseBatch,
+    ConsumeOver,
+    ConsumeRequest,
+    ConsumeWaiting,
+    DeleteBatch,
+    DisableBatch,
+    EnableBatch,
+    Wake,
+    WarmService,
+)
 from batchserve.engine.inputs import PartRef
-from batchserve.engine.results import read_results
+from batchserve.engine.metrics import NodeMetrics
+from batchserve.engine.running import (
+    RunningChunk,
+    remove_batch,
+    result_key,
+    scheduling_error,
+    service_spec,
+)
+from batchserve.engine.sizing import ChunkSizing
 from batchserve.engine.tasks import (
     ChunkTask,
     ConsumeTask,
@@ -46,111 +71,22 @@ from batchserve.engine.tasks import (
     ServiceSpec,
 )
 from batchserve.executors.base import Executor
+from batchserve.logs import log_context
 from batchserve.states import BatchState, ChunkState
 from batchserve.store import Store
-from batchserve.store.models import Batch, Chunk, Service, utcnow
+from batchserve.store.models import Batch, Chunk, utcnow
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Wake:
-    """Something changed in the store (a batch was started); look for work."""
-
-
-@dataclass(frozen=True)
-class WarmService:
-    """A service was published (or its code replaced): idle workers load it now."""
-
-    service: ServiceSpec
-
-
-@dataclass(frozen=True)
-class CancelBatch:
-    batch_id: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class DeleteBatch:
-    """Remove a batch marked for deletion (see :meth:`Store.mark_deleting`)."""
-
-    batch_id: str
-
-
-@dataclass(frozen=True)
-class DisableBatch:
-    """Pause a batch that is now ``pausing``; ``mode`` says what happens to its running chunks:
-    ``requeue`` (stopped and queued again), ``terminate`` (stopped; their unfinished records
-    fail) or ``wait`` (left to finish)."""
-
-    batch_id: str
-    mode: str
-
-
-@dataclass(frozen=True)
-class ConsumeRequest:
-    task: ConsumeTask
-    future: Future[dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class ConsumeOver:
-    """A consume ended (answered), or its caller gave up on it (``abandoned``: it timed out or
-    the client went away), so its worker must stop."""
-
-    task_id: str
-    abandoned: bool = False
-
-
-@dataclass
-class _Running:
-    batch_id: str
-    chunk_id: int
-    result_key: str
-    count: int
-    service_id: int
-    started: float  # time.monotonic() at dispatch
-    last_seen: float  # time.monotonic() of the last sign of progress
-    # Seconds of silence after which the worker is presumed stuck past its task_timeout.
-    stuck_after: float | None = None
-    preemptible: bool = False  # its batch allows a higher priority to requeue it
-    expected_end: float = 0.0  # time.monotonic() when it should finish, by the cost estimate
-    costs_key: tuple[int, str] | None = None  # whose cost estimate it updates (service, bundle)
-    claim_seconds: float = 0.0  # the scheduler's time claiming and sending it
-
-
-def service_spec(service: Service) -> ServiceSpec:
-    return ServiceSpec(
-        key=service.bundle_key,
-        bundle_key=service.bundle_key,
-        mode=service.mode,
-        inputs=dict(service.inputs),
-        outputs=dict(service.outputs),
-        artifacts=tuple(service.artifacts),
-        publisher=str(service.owner_id),
-        resources=dict(service.resources or {}),
-    )
-
-
-def result_key(chunk: Chunk, *, segmented: bool = False) -> str:
-    return keys.result_key(chunk.batch_id, chunk.seq, chunk.attempts, segmented=segmented)
-
-
-def remove_batch(store: Store, blobs: BlobStore, batch_id: str) -> None:
-    """Remove a batch's files, then its rows: once its row is gone, nothing of it is left. (A
-    crash in between leaves the row, and the removal is done again at start.)"""
-    blobs.delete_prefix(keys.batch_prefix(batch_id))
-    store.delete_batch(batch_id)
 
 
 # A record that ignores the timeout signal (stuck in native code) is given this much more than
 # its limit, twice over, before its worker is killed.
 STUCK_GRACE_SECONDS = 5.0
 TICK_SECONDS = 0.25  # how often limits are checked when no event comes
+LOOK_SECONDS = 1.0  # how often a node looks for one-record requests without being told
 
 
-class Scheduler:
+class Scheduler(ClusterDuties, ChunkSizing):
     def __init__(
         self,
         store: Store,
@@ -182,7 +118,7 @@ class Scheduler:
         self._parts: dict[str, tuple[PartRef, ...]] = {}
         self.executor: Executor | None = None
         self._events: queue.Queue[object] = queue.Queue()
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, RunningChunk] = {}
         self._per_batch: Counter[str] = Counter()
         self._consumes: dict[str, Future[dict[str, Any]]] = {}
         self._consume_queue: list[ConsumeTask] = []
@@ -190,14 +126,33 @@ class Scheduler:
         self._warm: list[ServiceSpec] = []  # services for the workers that stay idle to load
         self._preempted: set[str] = set()  # stopped for a higher priority; Lost not heard yet
         # Finished chunks whose results are written down after the next dispatch.
-        self._finished_runs: list[tuple[_Running, dict[str, Any]]] = []
+        self._finished_runs: list[tuple[RunningChunk, dict[str, Any]]] = []
         self._last_tick = 0.0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        # This node among the nodes sharing the store (see batchserve.engine.nodes): its id
+        # names its claims; the leader runs the cluster's time-driven duties.
+        self.node_id = uuid.uuid4().hex  # the engine gives it its node's
+        self.metrics = NodeMetrics()  # the engine gives it its node's
+        self.is_leader: Callable[[], bool] = lambda: True
+        # The live and the dead nodes (ids), as the leader sees them; alone, only this one.
+        self.cluster: Callable[[], tuple[list[str], list[str]]] = lambda: (
+            [self.node_id],
+            [],
+        )
+        self._last_take_back = 0.0
+        self._last_look = 0.0
+        self.draining = False  # claims nothing new (a compute node asked to stop)
+        self._remote: dict[str, str] = {}  # consume task id -> its request row (another node's)
+        self._remote_waiting = True  # requests may wait in the store
+        self._led = False  # this node did a leader's first round
 
     # --- called from other threads ----------------------------------------------------------
 
     def post(self, event: object) -> None:
+        if isinstance(event, ConsumeWaiting):
+            self._remote_waiting = True
+            event = Wake()
         if isinstance(event, Finished):
             # A request-response answer goes to its caller from the posting thread, not after
             # whatever store work the loop is busy with; the loop still wakes to use the slot.
@@ -253,8 +208,17 @@ class Scheduler:
                 if now - self._last_tick >= TICK_SECONDS:
                     self._last_tick = now
                     self._record_finished()
-                    self._check_limits(now)
-                    self._remove_deleted()
+                    self._reconcile()
+                    self._kill_stuck_workers(now)
+                    self._release_ended()
+                    if now - self._last_look >= LOOK_SECONDS:
+                        # Notifications can be missed (a listener reconnecting): look anyway.
+                        self._last_look = now
+                        self._remote_waiting = True
+                    if self.is_leader():
+                        self._lead()
+                    else:
+                        self._led = False
                 self._dispatch()
                 if self._finished_runs:
                     # Workers that finished got new chunks first; now write down what they did.
@@ -291,6 +255,10 @@ class Scheduler:
             self._cancel(event.batch_id, event.reason)
         elif isinstance(event, DisableBatch):
             self._disable(event.batch_id, event.mode)
+        elif isinstance(event, EnableBatch):
+            self._enable(event.batch_id)
+        elif isinstance(event, CloseBatch):
+            self._maybe_complete(event.batch_id)
         elif isinstance(event, DeleteBatch):
             self._delete(event.batch_id)
         elif isinstance(event, WarmService):
@@ -331,9 +299,10 @@ class Scheduler:
         """Write down the chunks that finished since the last dispatch."""
         runs, self._finished_runs = self._finished_runs, []
         for run, result in runs:
-            self._record(run, result)
+            with log_context(run.batch_id, run.chunk_id):
+                self._record(run, result)
 
-    def _record(self, run: _Running, result: dict[str, Any]) -> None:
+    def _record(self, run: RunningChunk, result: dict[str, Any]) -> None:
         began = time.monotonic()
         if "error" in result:
             self._settle_from_file(run, ChunkState.FAILED, result["error"])
@@ -341,6 +310,7 @@ class Scheduler:
             self.store.set_chunk(
                 run.chunk_id,
                 expect_state=ChunkState.RUNNING,
+                expect_key=run.result_key,
                 state=ChunkState.SUCCEEDED.value,
                 finished_at=utcnow(),
                 succeeded=result["succeeded"],
@@ -353,19 +323,12 @@ class Scheduler:
             worker = float(result.get("run_seconds") or 0.0)
             fixed = run.claim_seconds + max(worker - running, 0.0)
             self._observe(run, running, fixed + (time.monotonic() - began))
+        done = (int(result.get(k) or 0) for k in ("succeeded", "failed"))
+        self.metrics.chunk_finished(self.store, run.service_id, run.last_seen - run.started, *done)
         self._after_chunk(run.batch_id)
 
-    def _after_chunk(self, batch_id: str) -> None:
-        """A chunk of the batch ended: fail the batch by its policy, or complete it, or finish
-        its pause; one read of the batch for all three."""
-        batch = self.store.get_batch(batch_id)
-        if batch is None:
-            return
-        if not self._apply_failure_policy(batch_id, batch):
-            self._maybe_complete(batch_id, batch)
-        self._maybe_paused(batch_id, batch)
-
     def _lost(self, event: Lost) -> None:
+        self.metrics.worker_lost(event.stopped)
         self._consuming.discard(event.task_id)
         future = self._consumes.pop(event.task_id, None)
         if future is not None:
@@ -378,268 +341,8 @@ class Scheduler:
         if run is None:
             return
         self._per_batch[run.batch_id] -= 1
-        self._retry_or_fail(run, event.reason)
-
-    def _retry_or_fail(self, run: _Running, reason: str) -> None:
-        """A chunk's worker died (or was killed as stuck): run the chunk again, or give up."""
-        chunk = self.store.get_chunk(run.chunk_id)
-        if chunk is None:
-            return
-        if chunk.lost_workers < self.max_worker_loss_retries:
-            log.warning("chunk %s of batch %s: %s; retrying", chunk.seq, run.batch_id, reason)
-            self._queue_again(run, lost_workers=chunk.lost_workers + 1)
-            self._maybe_paused(run.batch_id)
-        else:
-            self._settle_from_file(
-                run,
-                ChunkState.FAILED,
-                f"{reason}, {chunk.lost_workers + 1} times; the chunk was given up",
-            )
-            if not self._apply_failure_policy(run.batch_id):
-                self._maybe_complete(run.batch_id)
-            self._maybe_paused(run.batch_id)
-
-    def _queue_again(self, run: _Running, **counters: Any) -> None:
-        """Put a chunk that stopped running back in the queue, to run from its start on a new
-        try; ``counters`` say why (a lost worker, a timeout, a requeue)."""
-        self.store.set_chunk(
-            run.chunk_id,
-            expect_state=ChunkState.RUNNING,
-            expect_key=run.result_key,
-            state=ChunkState.PENDING.value,
-            succeeded=0,
-            failed=0,
-            queued_at=utcnow(),
-            **counters,
-        )
-
-    def _settle_from_file(self, run: _Running, state: ChunkState, error: str) -> None:
-        """End a chunk early: records already in its result file keep their results."""
-        succeeded = failed = 0
-        try:
-            with open_stream_reader(self.blobs, run.result_key) as f:
-                statuses = read_results(f, None).column("status").to_pylist()
-            succeeded = statuses.count("succeeded")
-            failed = statuses.count("failed")
-        except (BlobNotFound, KeyError):
-            pass
-        rest = run.count - succeeded - failed
-        cancelled = rest if state == ChunkState.CANCELLED else 0
-        if state == ChunkState.FAILED:
-            failed += rest
-        self.store.set_chunk(
-            run.chunk_id,
-            expect_state=ChunkState.RUNNING,
-            state=state.value,
-            finished_at=utcnow(),
-            succeeded=succeeded,
-            failed=failed,
-            cancelled=cancelled,
-            error=error,
-        )
-
-    def _cancel(self, batch_id: str, reason: str) -> None:
-        self._stop_running(batch_id, reason)
-        self._finish_cancel(batch_id, reason)
-
-    def _stop_running(
-        self, batch_id: str, reason: str, state: ChunkState = ChunkState.CANCELLED
-    ) -> None:
-        """Stop every running chunk of a batch; their finished records keep their results and
-        the rest become ``state`` (cancelled, or failed)."""
-        assert self.executor is not None
-        for task_id, run in list(self._running.items()):
-            if run.batch_id != batch_id:
-                continue
-            self.executor.stop_task(task_id)  # returns once the worker is gone
-            del self._running[task_id]
-            self._per_batch[batch_id] -= 1
-            try:
-                self._settle_from_file(run, state, reason)
-            except Exception:  # an unreadable result file must not leave the batch cancelling
-                log.exception("could not read the results of a stopped chunk")
-                self.store.set_chunk(
-                    run.chunk_id,
-                    expect_state=ChunkState.RUNNING,
-                    state=state.value,
-                    finished_at=utcnow(),
-                    error=reason,
-                    succeeded=0,
-                    failed=run.count if state == ChunkState.FAILED else 0,
-                    cancelled=run.count if state == ChunkState.CANCELLED else 0,
-                )
-
-    def _requeue(self, task_id: str, why: str) -> None:
-        """Stop a running chunk and queue it again from its start: not a failure, no retry used.
-
-        Its records run again in full on the next try (the stopped try's result file is left
-        unread), so no record ends with two results.
-        """
-        assert self.executor is not None
-        run = self._running.pop(task_id)
-        self._per_batch[run.batch_id] -= 1
-        self._preempted.add(task_id)
-        self.executor.stop_task(task_id)
-        log.info("requeued chunk %s of batch %s: %s", run.chunk_id, run.batch_id, why)
-        self._queue_again(run, requeued=Chunk.requeued + run.count)
-
-    def _delete(self, batch_id: str) -> None:
-        """Remove a batch marked for deletion: its running chunks are stopped first, so that no
-        worker writes a file of it after its files are removed."""
-        batch = self.store.get_batch(batch_id)
-        if batch is None or batch.deleting_since is None:
-            return
-        assert self.executor is not None
-        for task_id, run in list(self._running.items()):
-            if run.batch_id == batch_id:
-                self.executor.stop_task(task_id)  # returns once the worker is gone
-                del self._running[task_id]  # its Lost event finds nothing to do
-        del self._per_batch[batch_id]
-        remove_batch(self.store, self.blobs, batch_id)
-        log.info("removed deleted batch %s", batch_id)
-
-    def _remove_deleted(self) -> None:
-        """Remove the batches marked for deletion that are still there: a removal that failed
-        (a blob store or database error) is tried again. One that fails again must not keep the
-        others from being scheduled."""
-        for batch in self.store.batches_being_deleted():
-            try:
-                self._delete(batch.id)
-            except Exception:
-                log.exception("could not remove batch %s, marked for deletion", batch.id)
-
-    def _disable(self, batch_id: str, mode: str) -> None:
-        batch = self.store.get_batch(batch_id)
-        if batch is None or batch.state != BatchState.PAUSING.value:
-            return
-        if mode == "requeue":
-            for task_id in [t for t, r in self._running.items() if r.batch_id == batch_id]:
-                self._requeue(task_id, "the batch was disabled")
-        elif mode == "terminate":
-            self._stop_running(
-                batch_id, "stopped when the batch was disabled (terminate)", ChunkState.FAILED
-            )
-        self._maybe_paused(batch_id)
-
-    def _maybe_paused(self, batch_id: str, batch: Batch | None = None) -> None:
-        """A pausing batch with nothing left running is paused (``batch``: as just read)."""
-        if self._per_batch[batch_id] > 0:
-            return
-        if batch is not None and batch.state != BatchState.PAUSING.value:
-            return
-        self.store.transition(batch_id, BatchState.PAUSED, only_from=[BatchState.PAUSING])
-
-    def _end(self, batch_id: str, reason: str, termination_reason: str) -> None:
-        """Fail a batch now: stop its running chunks, and its records that did not run are
-        reported cancelled with ``reason``."""
-        self._stop_running(batch_id, reason)
-        self.store.finish_pending_chunks(batch_id, ChunkState.CANCELLED, reason)
-        self.store.transition(
-            batch_id,
-            BatchState.FAILED,
-            end_time=utcnow(),
-            termination_reason=termination_reason,
-            error=reason,
-        )
-
-    def _finish_cancel(self, batch_id: str, reason: str) -> None:
-        self.store.finish_pending_chunks(batch_id, ChunkState.CANCELLED, reason)
-        self.store.transition(
-            batch_id, BatchState.CANCELLED, only_from=[BatchState.CANCELLING], end_time=utcnow()
-        )
-
-    def _apply_failure_policy(self, batch_id: str, batch: Batch | None = None) -> bool:
-        """Fail the batch when its failed records pass its limit; True when it was failed.
-
-        ``task_failure_mode="terminatejob"`` allows no failed record; ``max_failed_records``
-        allows that many. Records that did not run then are reported cancelled.
-        """
-        batch = batch or self.store.get_batch(batch_id)
-        if batch is None or batch.state not in (BatchState.PENDING.value, BatchState.RUNNING.value):
-            return False
-        options = batch.options
-        limit = options.get("max_failed_records")
-        if options.get("task_failure_mode") == "terminatejob":
-            limit = 0
-        if limit is None:
-            return False
-        failed = self.store.batch_counts(batch_id).failed
-        if failed <= limit:
-            return False
-        reason = f"the batch failed: {failed} record(s) failed, more than the {limit} allowed"
-        self._end(batch_id, reason, "TaskFailed")
-        return True
-
-    # --- limits in time ---------------------------------------------------------------------
-
-    def _kill_stuck(self, task_id: str, run: _Running) -> None:
-        """A record ignored its task_timeout (stuck in native code): kill its worker. That is a
-        failed try of the chunk, run again while ``max_task_retry_count`` allows."""
-        assert self.executor is not None
-        self._running.pop(task_id)
-        self._per_batch[run.batch_id] -= 1
-        self._preempted.add(task_id)  # its Lost event is handled here, not again
-        self.executor.stop_task(task_id)
-        batch = self.store.get_batch(run.batch_id)
-        chunk = self.store.get_chunk(run.chunk_id)
-        if batch is None or chunk is None:
-            return
-        limit = int(batch.options.get("max_task_retry_count") or 0)
-        timeout = batch.options.get("task_timeout")
-        reason = (
-            f"a record ran past the task_timeout of {timeout:g} s and did not stop, so its "
-            "worker was killed"
-        )
-        if limit == -1 or chunk.timed_out < limit:
-            log.warning("chunk %s of batch %s: %s; retrying", chunk.seq, run.batch_id, reason)
-            self._queue_again(run, timed_out=chunk.timed_out + 1)
-            self._maybe_paused(run.batch_id)
-            return
-        self.store.set_chunk(run.chunk_id, timed_out=chunk.timed_out + 1)
-        self._settle_from_file(run, ChunkState.FAILED, reason)
-        if not self._apply_failure_policy(run.batch_id):
-            self._maybe_complete(run.batch_id)
-        self._maybe_paused(run.batch_id)
-
-    def _check_limits(self, now: float) -> None:
-        """Fail batches past their wall-clock limit; kill workers stuck past a task timeout."""
-        for task_id, run in list(self._running.items()):
-            if run.stuck_after is not None and now - run.last_seen > run.stuck_after:
-                self._kill_stuck(task_id, run)
-        active = [
-            BatchState.PENDING,
-            BatchState.RUNNING,
-            BatchState.PAUSING,
-            BatchState.PAUSED,
-        ]
-        wall = utcnow()
-        for batch in self.store.batches_in_states(active):
-            if batch.state == BatchState.PAUSING.value and self._per_batch[batch.id] <= 0:
-                self._maybe_paused(batch.id)  # in case no finished chunk said so
-            limit = batch.options.get("max_wall_clock_time")
-            if limit is None or batch.start_time is None:
-                continue
-            if (wall - batch.start_time).total_seconds() > float(limit):
-                self._end(
-                    batch.id,
-                    f"the batch ran longer than its max_wall_clock_time of {limit:g} s",
-                    "MaxWallClockTimeExpiry",
-                )
-
-    def _maybe_complete(self, batch_id: str, batch: Batch | None = None) -> None:
-        batch = batch or self.store.get_batch(batch_id)
-        if batch is None or not batch.sealed:
-            return
-        if not self.store.has_unfinished_records(batch_id):
-            if batch.state == BatchState.CANCELLING.value:
-                self.store.transition(batch_id, BatchState.CANCELLED, end_time=utcnow())
-            elif batch.state in (BatchState.PENDING.value, BatchState.RUNNING.value):
-                self.store.transition(
-                    batch_id,
-                    BatchState.COMPLETED,
-                    end_time=utcnow(),
-                    termination_reason="AllTasksComplete",
-                )
+        with log_context(run.batch_id, run.chunk_id):
+            self._retry_or_fail(run, event.reason)
 
     # --- dispatch ---------------------------------------------------------------------------
 
@@ -654,6 +357,9 @@ class Scheduler:
             task = self._consume_queue.pop(0)
             self._consuming.add(task.task_id)
             executor.submit(task)
+        if self.draining:
+            return
+        self._take_remote_consumes(executor)
         if executor.free_slots() == 0 and not any(r.preemptible for r in self._running.values()):
             return  # nothing could start now, nor be preempted: no need to read the batches
         # Started batches whose upload goes on too: their stored records may run already.
@@ -689,11 +395,22 @@ class Scheduler:
                 continue
             if other is not None and not BatchState(other.state).is_final:
                 return False
+            if not self.is_leader():
+                return False  # the leader fails it
             how = "was deleted" if other is None else f"ended {other.state}"
+            message = f"batch {other_id}, which this batch depends on, {how}"
             self._end(
                 batch.id,
-                f"batch {other_id}, which this batch depends on, {how}",
+                message,
                 "DependencyFailed",
+                scheduling_error=scheduling_error(
+                    "usererror",
+                    "DependencyFailed",
+                    f"{message[0].upper()}{message[1:]}: this batch runs only once every batch "
+                    "it depends on has completed.",
+                    batch_id=other_id,
+                    state="deleted" if other is None else other.state,
+                ),
             )
             return False
         return True
@@ -710,7 +427,10 @@ class Scheduler:
             return
         victims.sort()
         for batch in runnable:
-            wanted = batch.parallel_count - self._per_batch[batch.id]
+            if self._per_batch[batch.id] >= batch.parallel_cap or victims[0][0] >= batch.priority:
+                continue  # at its cap here already, or nothing of lower priority to take
+            # Counted in the store: other nodes may run chunks of it, and preempt for it too.
+            wanted = batch.parallel_cap - self.store.running_chunks(batch.id)
             if wanted <= 0 or not self.store.has_waiting_records(batch.id):
                 continue
             while wanted > 0 and victims and victims[0][0] < batch.priority:
@@ -762,7 +482,7 @@ class Scheduler:
         claimed = 0
         while (
             executor.free_slots() > 0
-            and self._per_batch[batch.id] < batch.parallel_count
+            and self._per_batch[batch.id] < batch.parallel_cap
             and (most is None or claimed < most)
         ):
             spec = spec or self._spec(batch.service_id)
@@ -774,7 +494,9 @@ class Scheduler:
             size_for = functools.partial(
                 self._range_size, batch, spec.mode, costs, estimate.probes, now
             )
-            chunk = self.store.claim_chunk(batch.id, self._result_key, size_for)
+            chunk = self.store.claim_chunk(
+                batch.id, self._result_key, size_for, node_id=self.node_id
+            )
             if chunk is None:
                 break
             claimed_any = True
@@ -793,8 +515,14 @@ class Scheduler:
                 environment=dict(options.get("environment") or {}),
                 max_task_retry_count=int(options.get("max_task_retry_count") or 0),
                 task_timeout=timeout,
+                preparation_key=job_task_key(batch.id, "preparation")
+                if options.get("job_preparation_task")
+                else None,
+                release_key=job_task_key(batch.id, "release")
+                if options.get("job_release_task")
+                else None,
             )
-            self._running[task.task_id] = _Running(
+            self._running[task.task_id] = RunningChunk(
                 batch.id,
                 chunk.id,
                 task.result_key,
@@ -816,105 +544,16 @@ class Scheduler:
             executor.submit(task)
             self._running[task.task_id].claim_seconds = time.monotonic() - now
         if claimed_any and batch.state == BatchState.PENDING.value:
-            self.store.transition(
+            moved = self.store.transition(
                 batch.id,
                 BatchState.RUNNING,
                 only_from=[BatchState.PENDING],
                 start_time=batch.start_time or utcnow(),
             )
+            self.metrics.batch_started(moved)
         elif not claimed_any and self._per_batch[batch.id] == 0:
             self._maybe_complete(batch.id)
         return claimed_any
-
-    def _range_size(
-        self,
-        batch: Batch,
-        mode: str,
-        costs: Costs | None,
-        probes: int,
-        now: float,
-        remaining: int,
-        sealed: bool,
-    ) -> int:
-        """How many of a batch's ``remaining`` unclaimed records its next chunk takes: the size
-        asked for, else as :func:`~batchserve.engine.costs.range_size` says from the service's
-        costs and the batch's running chunks. While the upload goes on (not ``sealed``), a chunk
-        takes the records stored so far, up to the target time; 0 waits for more when they are
-        fewer than the floor."""
-        if batch.chunk_size:
-            return int(batch.chunk_size) if sealed or remaining >= batch.chunk_size else 0
-        assert self.executor is not None
-        slots = min(batch.parallel_count, self.executor.capacity())
-        if not sealed and costs is not None:
-            if remaining < costs.floor():
-                return 0
-            at_most = max(1, math.ceil(self.target_chunk_seconds / costs.record))
-            return min(remaining, at_most, self.max_chunk_size)
-        busy = sum(
-            max(0.0, r.expected_end - now) for r in self._running.values() if r.batch_id == batch.id
-        )
-        return range_size(
-            remaining,
-            slots,
-            costs,
-            busy,
-            mode=mode,
-            target_seconds=self.target_chunk_seconds,
-            maximum=self.max_chunk_size,
-            probes=probes,
-        )
-
-    def _parts_of(self, batch: Batch, start: int, count: int) -> tuple[PartRef, ...]:
-        """The upload parts holding a chunk's records (kept once the batch is sealed: its parts
-        never change then)."""
-        parts = self._parts.get(batch.id)
-        if parts is None:
-            parts = tuple(
-                PartRef(p.key, p.start_index, p.count) for p in self.store.parts(batch.id)
-            )
-            if batch.sealed:
-                self._parts[batch.id] = parts
-        stop = start + count
-        return tuple(p for p in parts if p.start_index < stop and p.start_index + p.count > start)
-
-    def _estimate(self, service_id: int, spec: ServiceSpec) -> CostEstimate:
-        """The running cost estimate of a service, started from what the store kept."""
-        key = (service_id, spec.bundle_key)
-        estimate = self._costs.get(key)
-        if estimate is None:
-            service = self.store.get_service_by_id(service_id)
-            prior = None
-            if (
-                service is not None
-                and service.record_seconds is not None
-                and service.chunk_seconds is not None
-            ):
-                prior = Costs(
-                    service.chunk_seconds, service.call_seconds or 0.0, service.record_seconds
-                )
-            estimate = self._costs[key] = CostEstimate(prior)
-        return estimate
-
-    def _observe(self, run: _Running, running: float, around: float) -> None:
-        """Fold a finished chunk's times into its service's cost estimate, and keep it."""
-        if run.costs_key is None or not run.count:
-            return
-        estimate = self._costs.get(run.costs_key)
-        if estimate is None:
-            return
-        try:
-            estimate.observe(run.count, running, around)
-            costs = estimate.costs()
-            now = time.monotonic()
-            # Kept for a restart (and for other nodes) at most once a second: this process
-            # sizes the next chunks from its own estimate.
-            if costs is not None and now - self._costs_kept.get(run.costs_key, -1e9) >= 1.0:
-                self._costs_kept[run.costs_key] = now
-                self.store.observe_costs(
-                    run.service_id, chunk=costs.chunk, call=costs.call, record=costs.record
-                )
-        except Exception:  # an estimate is no reason to leave a finished chunk unrecorded
-            log.exception("could not update the cost estimate of service %s", run.service_id)
 
     def _spec(self, service_id: int) -> ServiceSpec:
         # Looked up per dispatch round, not cached by id: a deleted service's id may be reused.
@@ -934,3 +573,19 @@ def _statistics(result: dict[str, Any]) -> dict[str, Any]:
         if result.get(name):
             fields[name] = getattr(Chunk, name) + float(result[name])
     return fields
+
+
+__all__ = [
+    "CancelBatch",
+    "CloseBatch",
+    "ConsumeWaiting",
+    "DeleteBatch",
+    "DisableBatch",
+    "EnableBatch",
+    "Scheduler",
+    "Wake",
+    "WarmService",
+    "remove_batch",
+    "result_key",
+    "service_spec",
+]

@@ -113,12 +113,18 @@ class ServiceOps:
         consume_timeout: float = 600.0,
         *,
         check_resources: Callable[[dict[str, Any]], str | None] | None = None,
+        remote: bool = False,
     ) -> None:
         self.store = store
         self.blobs = blobs
         self.scheduler = scheduler
         self.consume_timeout = consume_timeout
         self.check_resources = check_resources
+        # No workers here (an API node): one-record requests wait in the store for a compute
+        # node, and the answer comes back through it.
+        self.remote = remote
+        self._answers: dict[str, threading.Event] = {}
+        self._answers_lock = threading.Lock()
 
     def _resources(self, value: Any) -> dict[str, Any]:
         try:
@@ -455,6 +461,8 @@ class ServiceOps:
                 f"{', '.join(map(shown, unknown))}; its inputs are "
                 f"{', '.join(svc.inputs) or '(none)'}."
             )
+        if self.remote:
+            return self._consume_remote(svc, inputs, gone)
         future = self.scheduler.consume(service_spec(svc), inputs)
         deadline = time.monotonic() + self.consume_timeout
         try:
@@ -477,3 +485,50 @@ class ServiceOps:
             ) from None
         except RuntimeError as exc:
             raise Unavailable(f"The worker running the request failed: {exc}.") from None
+
+    def answered(self, consume_id: str) -> None:
+        """A compute node answered a request of this node (a notification says so)."""
+        with self._answers_lock:
+            event = self._answers.get(consume_id)
+        if event is not None:
+            event.set()
+
+    def _consume_remote(
+        self, svc: Service, inputs: dict[str, Any], gone: threading.Event | None
+    ) -> dict[str, Any]:
+        """Run one record on a compute node: the request waits in the store for one, and its
+        answer comes back through it (woken by a notification, else looked at every 0.25 s)."""
+        if not self.store.compute_nodes():
+            raise Unavailable(
+                "No compute node is running, so nothing can run the service; start one with "
+                "batchserve worker, sharing this server's database and blob store."
+            )
+        consume_id = uuid.uuid4().hex
+        answer = threading.Event()
+        with self._answers_lock:
+            self._answers[consume_id] = answer
+        deadline = time.monotonic() + self.consume_timeout
+        try:
+            self.store.add_consume(consume_id, svc.id, inputs)
+            while True:
+                request = self.store.get_consume(consume_id)
+                if request is not None and request.state == "done":
+                    if request.error is not None:
+                        raise Unavailable(
+                            f"The worker running the request failed: {request.error}."
+                        )
+                    return dict(request.result or {})
+                left = deadline - time.monotonic()
+                if left <= 0 or (gone is not None and gone.is_set()):
+                    self.store.abandon_consume(consume_id)
+                    if gone is not None and gone.is_set():
+                        raise Unavailable("The client went away; the request was stopped.")
+                    raise Unavailable(
+                        f"The service did not answer within {self.consume_timeout:g} s; the "
+                        "request was stopped. Run long work as a batch instead."
+                    )
+                answer.wait(min(left, 0.25))
+                answer.clear()
+        finally:
+            with self._answers_lock:
+                self._answers.pop(consume_id, None)

@@ -60,6 +60,34 @@ class ChunkTask:
     max_task_retry_count: int = 0
     # Seconds one try of a record (row mode) or one call (vectorized) may run; None: no limit.
     task_timeout: float | None = None
+    # The batch's job preparation (run once by each worker before its first chunk of the batch)
+    # and release (run by each such worker after the batch ends): blob keys of their bundles.
+    preparation_key: str | None = None
+    release_key: str | None = None
+
+
+@dataclass(frozen=True)
+class ReleaseTask:
+    """Run a batch's job release code, in a worker that ran chunks of the batch, once the
+    batch has ended. Nothing of it is reported to the batch: a failure is logged."""
+
+    task_id: str
+    batch_id: str
+    release_key: str
+    service: ServiceSpec
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+def release_task_of(task: ChunkTask) -> ReleaseTask:
+    """The job release a worker owes for having run ``task`` (which must have a release)."""
+    assert task.release_key is not None
+    return ReleaseTask(
+        f"release-{task.batch_id}-{task.task_id}",
+        task.batch_id,
+        task.release_key,
+        task.service,
+        dict(task.environment),
+    )
 
 
 @dataclass(frozen=True)
@@ -116,8 +144,13 @@ class Lost:
 TaskEvent = Progress | Finished | Lost
 
 
-Task = ChunkTask | ConsumeTask | LoadTask
-_KINDS: dict[str, type[Any]] = {"chunk": ChunkTask, "consume": ConsumeTask, "load": LoadTask}
+Task = ChunkTask | ConsumeTask | LoadTask | ReleaseTask
+_KINDS: dict[str, type[Any]] = {
+    "chunk": ChunkTask,
+    "consume": ConsumeTask,
+    "load": LoadTask,
+    "release": ReleaseTask,
+}
 
 
 def task_to_wire(task: Task) -> dict[str, Any]:

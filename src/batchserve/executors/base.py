@@ -57,3 +57,54 @@ class Executor(Protocol):
     def workers(self) -> list[dict[str, object]]:
         """A description of each worker (pid, busy, task) for operators and tests."""
         ...
+
+    def owed_releases(self) -> set[str]:
+        """The batches whose job release some worker here owes (it ran chunks of the batch,
+        which has release code), to be run once the batch ends."""
+        ...
+
+    def release(self, batch_id: str) -> None:
+        """The batch ended: each worker that owes its release runs it (see
+        :class:`~batchserve.engine.tasks.ReleaseTask`)."""
+        ...
+
+
+class NoWorkers:
+    """The executor of a node that runs no service code (an API node, ``--workers 0``):
+    chunks and one-record requests run on the compute nodes sharing its store."""
+
+    def start(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return "none on this node (an API node): the compute nodes sharing its store run chunks"
+
+    def capacity(self) -> int:
+        return 0
+
+    def free_slots(self) -> int:
+        return 0
+
+    def slots_for(self, spec: ServiceSpec) -> int:
+        return 1
+
+    def check_resources(self, resources: dict[str, Any]) -> str | None:
+        return None  # the compute nodes judge them
+
+    def submit(self, task: ChunkTask | ConsumeTask | LoadTask) -> None:
+        raise RuntimeError("this node runs no tasks")
+
+    def stop_task(self, task_id: str) -> bool:
+        return False
+
+    def workers(self) -> list[dict[str, object]]:
+        return []
+
+    def owed_releases(self) -> set[str]:
+        return set()
+
+    def release(self, batch_id: str) -> None:
+        pass

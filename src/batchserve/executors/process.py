@@ -34,10 +34,12 @@ from batchserve.engine.tasks import (
     LoadTask,
     Lost,
     Progress,
+    ReleaseTask,
     ServiceSpec,
     Task,
     chunk_result,
     consume_result,
+    release_task_of,
     task_to_wire,
 )
 from batchserve.executors.base import EventSink
@@ -130,6 +132,10 @@ class _Slot:
     # The task this idle worker is kept free for: a service asking for num_cpus = N takes N
     # slots, one running it and the others held, so no more workers run than there are cores.
     held_for: str | None = None
+    # The job releases this worker owes, by batch, for batches it ran chunks of; and those due
+    # (their batch ended) that wait for it to finish its task.
+    releases: dict[str, ReleaseTask] = field(default_factory=dict)
+    due: list[ReleaseTask] = field(default_factory=list)
 
 
 class ProcessExecutor:
@@ -189,6 +195,8 @@ class ProcessExecutor:
         channel = Channel(ours)
         slot.process, slot.channel, slot.setup = proc, channel, setup
         slot.task, slot.task_info, slot.publisher, slot.stopping = None, {}, None, False
+        # A new worker owes nothing: what a preparation set up died with the worker before it.
+        slot.releases, slot.due = {}, []
         threading.Thread(
             target=self._read,
             args=(slot, proc, channel, setup),
@@ -227,7 +235,9 @@ class ProcessExecutor:
                     self._spawn(slot)
                 except Exception:  # the fork server is gone: the process is shutting down
                     log.exception("could not start a new worker")
-        if task is not None:
+        if isinstance(task, ReleaseTask):
+            log.warning("the worker running the job release of batch %s died", task.batch_id)
+        elif task is not None:
             reason = (
                 "stopped" if stopped else f"the worker process died (exit code {proc.exitcode})"
             )
@@ -251,6 +261,21 @@ class ProcessExecutor:
             if not all(isinstance(v, int) and 0 <= v <= task.count for v in (succeeded, failed)):
                 raise ValueError(f"progress counts out of range: {succeeded}, {failed}")
             self._sink(Progress(task.task_id, succeeded, failed))
+        elif kind == "finished" and isinstance(task, ReleaseTask):
+            raw = message.get("result")
+            if isinstance(raw, dict) and raw.get("error"):
+                log.warning(
+                    "the job release of batch %s failed in worker %s: %s",
+                    task.batch_id,
+                    proc.pid,
+                    str(raw["error"])[:2000],
+                )
+            else:
+                log.info("ran the job release of batch %s in worker %s", task.batch_id, proc.pid)
+            with self._lock:
+                if slot.process is proc:
+                    slot.task, slot.task_info = None, {}
+                    self._send_due(slot)
         elif kind == "finished":
             raw = message.get("result")
             if isinstance(task, ChunkTask):
@@ -263,6 +288,7 @@ class ProcessExecutor:
             with self._lock:
                 if slot.process is proc:
                     slot.task, slot.task_info = None, {}
+                    self._send_due(slot)
                 self._release(task.task_id)
             self._sink(Finished(task.task_id, result))
         else:
@@ -350,6 +376,8 @@ class ProcessExecutor:
                 other.held_for = task.task_id
             if isinstance(task, ChunkTask):
                 slot.task_info = {"batch_id": task.batch_id, "chunk_id": task.chunk_id}
+                if task.release_key:
+                    slot.releases[task.batch_id] = release_task_of(task)
             elif isinstance(task, LoadTask):
                 slot.task_info = {"loading": task.service.key}
             else:
@@ -357,6 +385,32 @@ class ProcessExecutor:
             channel = slot.channel
         assert channel is not None
         self._send(channel, task)
+
+    # --- job releases ------------------------------------------------------------------------
+
+    def owed_releases(self) -> set[str]:
+        """The batches whose job release some worker here owes, once they end."""
+        with self._lock:
+            return {batch_id for s in self._slots for batch_id in s.releases}
+
+    def release(self, batch_id: str) -> None:
+        """The batch ended: each worker that owes its release runs it, now if it is idle, else
+        once its task is over."""
+        with self._lock:
+            for slot in self._slots:
+                task = slot.releases.pop(batch_id, None)
+                if task is not None:
+                    slot.due.append(task)
+                    if slot.task is None and not slot.stopping and not slot.held_for:
+                        self._send_due(slot)
+
+    def _send_due(self, slot: _Slot) -> None:
+        """Give an idle worker its next due release (called with the lock held)."""
+        if not slot.due or slot.channel is None:
+            return
+        task = slot.due.pop(0)
+        slot.task, slot.task_info = task, {"batch_id": task.batch_id, "releasing": True}
+        self._send(slot.channel, task)
 
     def _recycle(self, slot: _Slot) -> None:
         """Replace the slot's idle worker by a fresh one (called with the lock held)."""
@@ -374,9 +428,14 @@ class ProcessExecutor:
         read: dict[str, int] = {}
         append: dict[str, int] = {}
         try:
-            wanted = [task.service.bundle_key]
+            if isinstance(task, ReleaseTask):
+                wanted = [task.release_key]
+            else:
+                wanted = [task.service.bundle_key]
             if isinstance(task, ChunkTask):
                 wanted += [p.key for p in task.parts]
+                if task.preparation_key:
+                    wanted.append(task.preparation_key)
             for key in wanted:
                 if key in read:
                     continue

@@ -37,10 +37,12 @@ from batchserve.engine.tasks import (
     LoadTask,
     Lost,
     Progress,
+    ReleaseTask,
     ServiceSpec,
     Task,
     chunk_result,
     consume_result,
+    release_task_of,
     task_from_wire,
     task_to_wire,
 )
@@ -112,6 +114,11 @@ class ServiceActor:
         except Exception as exc:
             return {"error": f"{type(exc).__name__}: {exc}"}
 
+    def release(self, wire: dict[str, Any]) -> dict[str, Any]:
+        task = task_from_wire(wire)
+        assert isinstance(task, ReleaseTask)
+        return self._runtime.run_release(task)
+
     def run_chunk(self, wire: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Progress messages while the chunk runs, then its result."""
         task = task_from_wire(wire)
@@ -173,6 +180,8 @@ class _Actor:
     task: Task | None = None
     stopping: bool = False
     driver: threading.Thread | None = None
+    # The job releases this actor owes, by batch, for batches it ran chunks of.
+    releases: dict[str, ReleaseTask] = field(default_factory=dict)
 
 
 class RayExecutor:
@@ -315,6 +324,8 @@ class RayExecutor:
                 raise RuntimeError("no free slot")
             actor = self._actor_for(task.service)
             actor.task = task
+            if isinstance(task, ChunkTask) and task.release_key:
+                actor.releases[task.batch_id] = release_task_of(task)
             actor.driver = threading.Thread(
                 target=self._drive, args=(actor, task), daemon=True, name="batchserve-ray-task"
             )
@@ -393,6 +404,38 @@ class RayExecutor:
             elif message.get("type") == "finished":
                 return Finished(task.task_id, chunk_result(message.get("result"), task.count))
         return Finished(task.task_id, {"error": "the Ray actor ended the chunk without a result"})
+
+    # --- job releases ------------------------------------------------------------------------
+
+    def owed_releases(self) -> set[str]:
+        with self._lock:
+            return {batch_id for a in self._actors for batch_id in a.releases}
+
+    def release(self, batch_id: str) -> None:
+        """Each actor that ran the batch runs its release, alongside whatever it runs now (an
+        actor takes a few calls at once); an actor gone since took what it prepared with it."""
+        with self._lock:
+            owing = [(a, a.releases.pop(batch_id)) for a in self._actors if batch_id in a.releases]
+        for actor, task in owing:
+            threading.Thread(
+                target=self._run_release,
+                args=(actor, task),
+                daemon=True,
+                name="batchserve-ray-release",
+            ).start()
+
+    def _run_release(self, actor: _Actor, task: ReleaseTask) -> None:
+        try:
+            raw = ray.get(actor.handle.release.remote(task_to_wire(task)))
+        except RayError as exc:
+            log.warning("the job release of batch %s did not run: %s", task.batch_id, exc)
+            return
+        if isinstance(raw, dict) and raw.get("error"):
+            log.warning(
+                "the job release of batch %s failed: %s", task.batch_id, str(raw["error"])[:2000]
+            )
+        else:
+            log.info("ran the job release of batch %s on a Ray actor", task.batch_id)
 
     def stop_task(self, task_id: str) -> bool:
         with self._lock:

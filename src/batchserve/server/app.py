@@ -12,11 +12,19 @@ from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 
 from batchserve.engine.core import Engine
-from batchserve.server import errors, limits, mlserver, query, stopping
+from batchserve.server import errors, limits, metrics, mlserver, query, stopping, ui
 from batchserve.server.mlserver import batches as mlserver_batches
 from batchserve.server.mlserver import sessions as mlserver_sessions
 from batchserve.server.protocol import http_protocol
-from batchserve.server.routes import auth, batches, health, services, workers
+from batchserve.server.routes import (
+    auth,
+    batch_control,
+    batches,
+    health,
+    job_tasks,
+    services,
+    workers,
+)
 from batchserve.server.threads import Threads
 from batchserve.settings import Settings
 
@@ -24,9 +32,11 @@ from batchserve.settings import Settings
 # batchserve.server.limits).
 BODIES: dict[Callable[..., Any], limits.BodyKind] = {
     batches.create_batch: limits.RECORDS,
+    job_tasks.put_job_task: limits.JOB_TASK,
     services.publish: limits.BUNDLE,
     mlserver_batches.start_batch: limits.JSON_RECORDS,
     mlserver_sessions.put_object: limits.SESSION_OBJECT,
+    **ui.BODIES,  # the dashboard's forms
 }
 
 
@@ -80,12 +90,15 @@ def create_app(
     errors.install(app)
     app.add_middleware(limits.RequestGuard, bodies=BODIES)
     app.add_middleware(stopping.StoppingAnswer)  # the outer one: it answers for the guard too
+    app.add_middleware(metrics.RequestMetrics, metrics=engine.metrics)  # times every answer
     # Routes are matched in the order they are added, one after another: batches first, as
     # their status is what clients ask for most often. No two routers' paths overlap.
-    for module in (batches, health, auth, services, workers):
+    for module in (batches, batch_control, health, auth, services, workers, job_tasks):
         app.include_router(module.router)
     for router in mlserver.routers:  # the Machine Learning Server compatible face
         app.include_router(router)
+    app.include_router(metrics.router)  # GET /metrics, for Prometheus
+    app.include_router(ui.router)  # the web dashboard, /ui
     return app
 
 

@@ -96,6 +96,14 @@ SESSION_OBJECT = BodyKind(
     upload=True,
     publishes=True,
 )
+JOB_TASK = BodyKind(
+    "max_bundle_bytes",
+    "a batch's job preparation or release code",
+    "keep large data out of it (let it read the data from storage), or ask the server's "
+    "operator to raise the limit",
+    upload=True,
+    publishes=True,
+)
 JSON_RECORDS = BodyKind(
     "max_json_batch_bytes",
     "the JSON records of a batch execution",

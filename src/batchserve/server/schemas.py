@@ -201,6 +201,25 @@ class BatchStatistics(BaseModel):
         )
 
 
+class SchedulingError(BaseModel):
+    """Why a batch cannot run, or could not (Azure Batch's ``JobSchedulingError``)."""
+
+    category: str = Field(
+        description="usererror (the batch asks for what cannot be) or servererror (the servers "
+        "cannot run it now)."
+    )
+    code: str = Field(description="DependencyFailed, NoComputeNodes.")
+    message: str
+    details: dict[str, str] = Field(default_factory=dict)
+
+
+class JobTaskPublic(BaseModel):
+    """A batch's job preparation or release code, as attached."""
+
+    name: str = Field(description="The function's name, as the SDK sent it.")
+    size: int = Field(description="Bytes of its bundle.")
+
+
 class BatchPublic(BaseModel):
     id: str
     service: ServiceRef
@@ -237,7 +256,24 @@ class BatchPublic(BaseModel):
     max_task_retry_count: int = 0
     task_timeout: float | None = None
     allow_preemption: bool = False
+    on_all_tasks_complete: str = Field(
+        "terminatejob",
+        description="noaction: an open batch, which takes more records and does not complete "
+        "until it is closed; terminatejob: it completes once every record has a result.",
+    )
     depends_on: list[str] = Field(default_factory=list)
+    id_column: str | None = Field(
+        None,
+        description="The column of the records whose values are carried into the results as "
+        "each record's id (records added to an open batch carry it too).",
+    )
+    scheduling_error: SchedulingError | None = None
+    job_preparation_task: JobTaskPublic | None = Field(
+        None, description="Run once by each worker before its first chunk of the batch."
+    )
+    job_release_task: JobTaskPublic | None = Field(
+        None, description="Run once by each worker that ran the batch, after the batch ends."
+    )
     statistics: BatchStatistics
 
     @classmethod
@@ -277,7 +313,16 @@ class BatchPublic(BaseModel):
             max_task_retry_count=opts.get("max_task_retry_count") or 0,
             task_timeout=opts.get("task_timeout"),
             allow_preemption=bool(opts.get("allow_preemption")),
+            on_all_tasks_complete=opts.get("on_all_tasks_complete") or "terminatejob",
             depends_on=list(opts.get("depends_on") or []),
+            id_column=opts.get("id_column"),
+            scheduling_error=(
+                SchedulingError.model_validate(batch.scheduling_error)
+                if batch.scheduling_error
+                else None
+            ),
+            job_preparation_task=opts.get("job_preparation_task"),
+            job_release_task=opts.get("job_release_task"),
             statistics=BatchStatistics.of(batch, counts),
         )
 
@@ -286,11 +331,31 @@ class BatchUpdate(BaseModel):
     """Settings of a batch that may change while it runs; absent fields stay as they are."""
 
     priority: int | None = Field(None, ge=-1000, le=1000)
-    parallel_count: int | None = Field(None, ge=1, le=10_000)
+    parallel_count: int | None = Field(
+        None,
+        ge=-1,
+        le=10_000,
+        description="Chunks run at once at most; -1: no limit but the workers.",
+    )
     metadata: dict[str, str] | None = None
     max_failed_records: int | None = Field(None, ge=0)
     max_wall_clock_time: float | None = Field(None, gt=0)
     max_task_retry_count: int | None = Field(None, ge=-1)
+    allow_preemption: bool | None = Field(
+        None, description="Higher-priority batches may requeue this batch's running chunks."
+    )
+    display_name: str | None = Field(None, max_length=1024, description='"" removes it.')
+    on_all_tasks_complete: Literal["noaction", "terminatejob"] | None = Field(
+        None, description="terminatejob closes an open batch (as POST .../close does)."
+    )
+
+
+class RecordsAdded(BaseModel):
+    """Records added to an open batch: they are ``first_index`` to ``first_index + count - 1``."""
+
+    first_index: int
+    count: int
+    batch: BatchPublic
 
 
 class DisableRequest(BaseModel):
@@ -316,6 +381,21 @@ class ResultPage(BaseModel):
     limit: int
     next_start: int | None
     results: list[RecordResult]
+
+
+class InputRecord(BaseModel):
+    index: int
+    id: Any = None  # the record's id, when the batch was given an id_column
+    inputs: dict[str, Any]
+
+
+class InputPage(BaseModel):
+    """A page of a batch's input records, in index order."""
+
+    start: int
+    limit: int
+    next_start: int | None
+    records: list[InputRecord]
 
 
 class ArtifactList(BaseModel):

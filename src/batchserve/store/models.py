@@ -190,6 +190,22 @@ class ServicePublisher(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+#: A batch's ``parallel_count`` that sets no limit: only the workers limit it (Azure Batch's -1).
+NO_PARALLEL_LIMIT = -1
+
+
+def parallel_cap(parallel_count: int) -> int:
+    """How many chunks of a batch may run at once: ``parallel_count``, or as many as there are
+    workers when it is -1."""
+    return parallel_count if parallel_count > 0 else 1 << 62
+
+
+def is_open(batch: Batch) -> bool:
+    """True for an open batch (Azure Batch's ``onAllTasksComplete`` ``noaction``): records may
+    still be added, and it does not complete when they are done, until it is closed."""
+    return batch.options.get("on_all_tasks_complete") == "noaction"
+
+
 class Batch(Base):
     __tablename__ = "batches"
     __table_args__ = (Index("ix_batches_state_priority", "state", "priority", "creation_time"),)
@@ -227,6 +243,16 @@ class Batch(Base):
     run_start_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     ingest_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     export_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The node receiving its upload: an unsealed batch is abandoned only once that node died.
+    upload_node: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Why it cannot run, or could not (Azure Batch's JobSchedulingError): {"category", "code",
+    # "message", "details"}; None when nothing stands in its way.
+    scheduling_error: Mapped[dict[str, Any] | None] = mapped_column(JSONValue, nullable=True)
+
+    @property
+    def parallel_cap(self) -> int:
+        """How many of its chunks may run at once (see :func:`parallel_cap`)."""
+        return parallel_cap(self.parallel_count)
 
 
 class Part(Base):
@@ -250,6 +276,7 @@ class Chunk(Base):
     __table_args__ = (
         UniqueConstraint("batch_id", "seq", name="uq_chunk_batch_seq"),
         Index("ix_chunks_batch_state", "batch_id", "state"),
+        Index("ix_chunks_node_state", "node_id", "state"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -279,3 +306,46 @@ class Chunk(Base):
     bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
     run_seconds: Mapped[float] = mapped_column(Float, default=0.0)  # in a worker, summed
+    # The node whose claim it runs under (the claim's fencing token is its result key).
+    node_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class Node(Base):
+    """A running batchserve process: an API node, a compute node, or both. Its heartbeat
+    renews its lease; once the lease has run out the node is dead and its work is taken back."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    role: Mapped[str] = mapped_column(String(20))  # all, api or compute
+    host: Mapped[str] = mapped_column(String(255))
+    # The host's boot and process namespace: a node with the same key and a pid that no longer
+    # runs is dead at once, without waiting for its lease.
+    host_key: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(50))
+    workers: Mapped[int] = mapped_column(Integer)
+    executor: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    lease_until: Mapped[datetime] = mapped_column(UTCDateTime)
+    draining: Mapped[bool] = mapped_column(Boolean, default=False)  # claims nothing new
+    leader: Mapped[bool] = mapped_column(Boolean, default=False)  # as of its last heartbeat
+
+
+class ConsumeRequest(Base):
+    """A one-record request received by a node that runs no service code, waiting for a
+    compute node (``pending``), run by one (``running``), answered (``done``) or given up by
+    its caller (``abandoned``)."""
+
+    __tablename__ = "consumes"
+    __table_args__ = (Index("ix_consumes_state", "state", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    service_id: Mapped[int] = mapped_column(Integer)
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(20))
+    node_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     ColumnElement,
     Connection,
     Engine,
@@ -27,33 +26,33 @@ from sqlalchemy import (
     event,
     exists,
     func,
-    insert,
     literal,
     select,
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased, instrumentation, sessionmaker
+from sqlalchemy.orm import Session, instrumentation, sessionmaker
 
 from batchserve.states import (
     BatchState,
     ChunkState,
     check_batch_transition,
-    check_chunk_transition,
 )
+from batchserve.store.accounts import AccountQueries
+from batchserve.store.base import RevisionMismatch, storable
+from batchserve.store.chunks import ChunkQueries
+from batchserve.store.metrics import MetricQueries
 from batchserve.store.models import (
     Batch,
     Chunk,
     Part,
     Service,
-    ServiceName,
-    ServicePublisher,
-    Token,
     User,
-    UTCDateTime,
     utcnow,
 )
+from batchserve.store.nodes import NodeQueries
+from batchserve.store.progress import ProgressQueries
+from batchserve.store.services import ServiceQueries
 
 _CHUNKS: Table = Chunk.__table__  # type: ignore[assignment]
 _BATCHES: Table = Batch.__table__  # type: ignore[assignment]
@@ -74,37 +73,6 @@ _SUMMED = (
     "run_seconds",
 )
 _FLOAT_SUMS = frozenset({"cpu_user", "cpu_system", "wait_seconds", "run_seconds"})
-#: The most records one chunk row holds: a batch's unclaimed rest, cancelled at once, is
-#: written as chunks of at most this many records (a chunk's count is a 32-bit column).
-MAX_CHUNK_ROW = 1 << 30
-
-
-class AlreadyExists(Exception):
-    """A row with the same unique key exists."""
-
-
-class LastOwner(Exception):
-    """The change would leave no active owner."""
-
-
-class RevisionMismatch(Exception):
-    """The row changed since the caller read it (a stale etag)."""
-
-    def __init__(self, current: int) -> None:
-        super().__init__(f"the current revision is {current}")
-        self.current = current
-
-
-@dataclass(frozen=True)
-class ServiceBatch:
-    """A batch of a service, as much as deciding whether the service may be deleted needs."""
-
-    id: str
-    owner_id: int
-    owner: str | None  # the owner's username
-    state: str
-    sealed: bool  # its upload has finished
-    deleting: bool  # its deletion was asked for
 
 
 @dataclass(frozen=True)
@@ -132,7 +100,14 @@ class BatchCounts:
         return self.succeeded + self.failed
 
 
-def make_engine(url: str) -> Engine:
+#: PostgreSQL settings of every connection of a node. No statement waits more than a few seconds
+#: for a row lock (a node paused in the middle of a transaction must not stop the others for
+#: long: the statement fails, and the step is done again), and a transaction left idle by a
+#: paused or cut-off node is ended by the server, its locks with it.
+PG_OPTIONS = "-c lock_timeout=5000 -c idle_in_transaction_session_timeout=30000"
+
+
+def make_engine(url: str, name: str = "batchserve") -> Engine:
     if url.startswith("sqlite"):
         # As many pooled connections as the server has request threads (anyio's default limit
         # is 40): past the pool size each checkout opens, sets up and closes a new connection,
@@ -155,7 +130,14 @@ def make_engine(url: str) -> Engine:
     # Up to 40 request threads and the scheduler read and write at once; SQLAlchemy's default
     # of 5 (+10 opened and closed on demand) would queue them. 20 + 20 keeps two servers within
     # PostgreSQL's default of 100 connections.
-    return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20)
+    # Each node's connections carry its name, so that a node found dead can have them ended.
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=20,
+        max_overflow=20,
+        connect_args={"application_name": name[:63], "options": PG_OPTIONS},
+    )
 
 
 def _in_memory(url: str) -> bool:
@@ -163,17 +145,15 @@ def _in_memory(url: str) -> bool:
     return url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
 
 
-def _storable(*texts: str | None) -> bool:
-    """Whether text can be in the store: PostgreSQL's text holds no NUL character, so no row
-    has one, and a lookup by such text finds nothing here (as it does on SQLite) rather than
-    failing in the driver."""
-    return not any(t is not None and "\x00" in t for t in texts)
-
-
-class Store:
-    def __init__(self, url: str) -> None:
+class Store(
+    AccountQueries, ServiceQueries, ChunkQueries, NodeQueries, MetricQueries, ProgressQueries
+):
+    def __init__(self, url: str, name: str = "batchserve") -> None:
+        """``name``: what this process's connections are called (PostgreSQL's
+        ``application_name``); a node's is ``batchserve <node id>``."""
         self.url = url
-        self.engine = make_engine(url)
+        self.name = name
+        self.engine = make_engine(url, name)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._sqlite = self.engine.dialect.name == "sqlite"
         # Status polling on a local file: the read runs on the event loop, where every
@@ -215,306 +195,6 @@ class Store:
                 s.execute(text("BEGIN IMMEDIATE"))
             yield s
 
-    # --- users and tokens -------------------------------------------------------------------
-
-    def add_user(self, username: str, password_hash: str, role: str) -> User:
-        user = User(
-            username=username,
-            username_key=username.lower(),
-            password_hash=password_hash,
-            role=role,
-            active=True,
-            token_generation=0,
-        )
-        try:
-            with self.session() as s:
-                s.add(user)
-        except IntegrityError:
-            raise AlreadyExists(f"user {username!r}") from None
-        return user
-
-    def get_user(self, username: str) -> User | None:
-        """The user of that name, its case aside (an exact match first: users of an earlier
-        version that differ only in case keep their own names)."""
-        if not _storable(username):
-            return None
-        with self.session() as s:
-            found = s.scalar(select(User).where(User.username == username))
-            if found is None:
-                found = s.scalar(select(User).where(User.username_key == username.lower()))
-            return found
-
-    def get_user_by_id(self, user_id: int) -> User | None:
-        with self.session() as s:
-            return s.get(User, user_id)
-
-    def update_user(self, user_id: int, **fields: Any) -> None:
-        with self.session() as s:
-            s.execute(update(User).where(User.id == user_id).values(**fields))
-
-    def change_user(self, user_id: int, **fields: Any) -> None:
-        """Update a user, refusing (:class:`LastOwner`) a change that would leave no active
-        owner. The check and the change are one locked transaction, so two owners demoting
-        each other at once cannot both succeed."""
-        with self.session(locked=True) as s:
-            user = s.get(User, user_id)
-            if user is None:
-                return
-            stays_owner = fields.get("role", user.role) == "owner" and fields.get(
-                "active", user.active
-            )
-            if not stays_owner:
-                self._keep_an_owner(s, user)
-            s.execute(update(User).where(User.id == user_id).values(**fields))
-
-    def set_password(self, user_id: int, password_hash: str) -> None:
-        """A new password: every token of the user stops working."""
-        with self.session() as s:
-            s.execute(
-                update(User)
-                .where(User.id == user_id)
-                .values(password_hash=password_hash, token_generation=User.token_generation + 1)
-            )
-            s.execute(update(Token).where(Token.user_id == user_id).values(revoked=True))
-
-    def remove_user(self, user_id: int) -> bool:
-        """Delete a user who owns no service and no batch, and return True. A user who does
-        (or whom another row refers to) is deactivated instead, and False is returned: their
-        work keeps its owner. Refuses (:class:`LastOwner`) to remove the last active owner."""
-        try:
-            with self.session(locked=True) as s:
-                user = s.get(User, user_id)
-                if user is None:
-                    return True
-                self._keep_an_owner(s, user)
-                owns = s.scalar(
-                    select(
-                        exists().where(Service.owner_id == user_id)
-                        | exists().where(Batch.owner_id == user_id)
-                    )
-                )
-                if not owns:
-                    s.execute(delete(User).where(User.id == user_id))
-                    return True
-        except IntegrityError:
-            pass  # a row of another kind refers to the user: deactivate them
-        self.change_user(user_id, active=False)
-        self.revoke_user_tokens(user_id)
-        return False
-
-    def revoke_user_tokens(self, user_id: int) -> None:
-        """Stop every token of a user (bumps their token generation)."""
-        with self.session() as s:
-            s.execute(
-                update(User)
-                .where(User.id == user_id)
-                .values(token_generation=User.token_generation + 1)
-            )
-            s.execute(update(Token).where(Token.user_id == user_id).values(revoked=True))
-
-    @staticmethod
-    def _keep_an_owner(s: Session, user: User) -> None:
-        """Raise :class:`LastOwner` when ``user`` is the only active owner. The other owners'
-        rows are locked (PostgreSQL) until the caller's transaction ends."""
-        if user.role != "owner" or not user.active:
-            return
-        others = s.scalars(
-            select(User.id)
-            .where(User.role == "owner", User.active.is_(True), User.id != user.id)
-            .with_for_update()
-        ).all()
-        if not others:
-            raise LastOwner(user.username)
-
-    def list_users(self) -> list[User]:
-        with self.session() as s:
-            return list(s.scalars(select(User).order_by(User.id)))
-
-    def add_tokens(
-        self,
-        user_id: int,
-        pair: str,
-        tokens: Sequence[tuple[str, str, datetime]],
-        generation: int = 0,
-    ) -> None:
-        """Store ``(kind, token_hash, expires_at)`` rows issued together as ``pair``, under
-        the user's token ``generation`` read before the password was checked."""
-        with self.session() as s:
-            for kind, token_hash, expires_at in tokens:
-                s.add(
-                    Token(
-                        user_id=user_id,
-                        kind=kind,
-                        pair=pair,
-                        token_hash=token_hash,
-                        expires_at=expires_at,
-                        generation=generation,
-                    )
-                )
-
-    def find_token(self, token_hash: str, kind: str) -> tuple[Token, User] | None:
-        with self.session() as s:
-            row = s.execute(
-                select(Token, User)
-                .join(User, User.id == Token.user_id)
-                .where(Token.token_hash == token_hash, Token.kind == kind)
-            ).first()
-            return (row[0], row[1]) if row else None
-
-    def revoke_pair(self, pair: str) -> None:
-        with self.session() as s:
-            s.execute(update(Token).where(Token.pair == pair).values(revoked=True))
-
-    def touch_token(self, token_id: int, expires_at: datetime) -> None:
-        with self.session() as s:
-            s.execute(update(Token).where(Token.id == token_id).values(expires_at=expires_at))
-
-    # --- services ---------------------------------------------------------------------------
-
-    def add_service(self, **fields: Any) -> Service:
-        svc = Service(**fields)
-        try:
-            with self.session() as s:
-                s.add(svc)
-        except IntegrityError:
-            raise AlreadyExists(f"service {fields['name']} {fields['version']}") from None
-        return svc
-
-    def get_service(self, name: str, version: str | None) -> Service | None:
-        """One version, or the newest when ``version`` is None or ``latest``."""
-        if not _storable(name, version):
-            return None
-        with self.session() as s:
-            q = select(Service).where(Service.name == name)
-            if version in (None, "latest"):
-                q = q.order_by(Service.created_at.desc(), Service.id.desc()).limit(1)
-            else:
-                q = q.where(Service.version == version)
-            return s.scalar(q)
-
-    def find_service(self, name: str, version: str | None) -> Service | None:
-        """What :meth:`get_service` returns, read the cheap way for request-response calls:
-        a prebuilt statement on a plain connection, no ORM session."""
-        if not _storable(name, version):
-            return None
-        newest = version in (None, "latest")
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                _service_query(newest), {"name": name, "version": None if newest else version}
-            ).first()
-        if row is None:
-            return None
-        return Service(**{c.key: v for c, v in zip(Service.__table__.columns, row, strict=True)})
-
-    def get_service_by_id(self, service_id: int) -> Service | None:
-        with self.session() as s:
-            return s.get(Service, service_id)
-
-    def list_services(self, name: str | None = None) -> list[Service]:
-        if not _storable(name):
-            return []
-        with self.session() as s:
-            q = select(Service).order_by(Service.created_at, Service.id)
-            if name is not None:
-                q = q.where(Service.name == name)
-            return list(s.scalars(q))
-
-    def update_service(self, service_id: int, **fields: Any) -> None:
-        with self.session() as s:
-            s.execute(update(Service).where(Service.id == service_id).values(**fields))
-
-    def delete_service(self, service_id: int) -> None:
-        with self.session() as s:
-            s.execute(delete(Service).where(Service.id == service_id))
-
-    def service_batches(self, service_id: int) -> list[ServiceBatch]:
-        """Every batch of a service version, uploads under way and batches being deleted
-        included, with its owner's username: what deleting the service would take with it."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(
-                    Batch.id,
-                    Batch.owner_id,
-                    User.username,
-                    Batch.state,
-                    Batch.sealed,
-                    Batch.deleting_since.is_not(None),
-                )
-                .select_from(Batch)
-                .outerjoin(User, User.id == Batch.owner_id)
-                .where(Batch.service_id == service_id)
-                .order_by(Batch.creation_time, Batch.id)
-            )
-            return [ServiceBatch(*row) for row in rows]
-
-    # --- service names ----------------------------------------------------------------------
-
-    def get_service_name(self, name: str) -> ServiceName | None:
-        if not _storable(name):
-            return None
-        with self.session() as s:
-            return s.get(ServiceName, name)
-
-    def claim_service_name(self, name: str, user_id: int) -> ServiceName:
-        """The name's row; made with ``user_id`` as the name's owner when it has none yet."""
-        found = self.get_service_name(name)
-        if found is not None:
-            return found
-        row = ServiceName(name=name, owner_id=user_id, created_at=utcnow())
-        try:
-            with self.session() as s:
-                s.add(row)
-        except IntegrityError:
-            found = self.get_service_name(name)  # another publisher claimed it first
-            if found is None:
-                raise
-            return found
-        return row
-
-    def may_publish(self, name: str, user_id: int) -> bool:
-        """True when ``user_id`` was granted the service name ``name``."""
-        with self.session() as s:
-            return s.get(ServicePublisher, (name, user_id)) is not None
-
-    def grant_publisher(self, name: str, user_id: int, granted_by: int) -> bool:
-        """Let ``user_id`` publish under ``name``; False when it could already."""
-        try:
-            with self.session() as s:
-                if s.get(ServicePublisher, (name, user_id)) is not None:
-                    return False
-                s.add(
-                    ServicePublisher(
-                        name=name, user_id=user_id, granted_by=granted_by, created_at=utcnow()
-                    )
-                )
-        except IntegrityError:  # granted by someone else at the same moment
-            return False
-        return True
-
-    def revoke_publisher(self, name: str, user_id: int) -> bool:
-        """Take back a grant; False when there was none."""
-        with self.session() as s:
-            res = s.execute(
-                delete(ServicePublisher).where(
-                    ServicePublisher.name == name, ServicePublisher.user_id == user_id
-                )
-            )
-            return res.rowcount == 1  # type: ignore[attr-defined]
-
-    def service_publishers(self, name: str) -> list[tuple[ServicePublisher, str, str | None]]:
-        """The grants of a service name, oldest first: each with the grantee's username and
-        the username of who granted it (None once that user is removed)."""
-        granter = aliased(User)
-        with self.session() as s:
-            rows = s.execute(
-                select(ServicePublisher, User.username, granter.username)
-                .join(User, User.id == ServicePublisher.user_id)
-                .outerjoin(granter, granter.id == ServicePublisher.granted_by)
-                .where(ServicePublisher.name == name)
-                .order_by(ServicePublisher.created_at, User.username)
-            )
-            return [(row[0], row[1], row[2]) for row in rows]
-
     # --- batches ----------------------------------------------------------------------------
 
     def add_batch(self, **fields: Any) -> Batch:
@@ -532,7 +212,7 @@ class Store:
         return batch
 
     def get_batch(self, batch_id: str) -> Batch | None:
-        if not _storable(batch_id):
+        if not storable(batch_id):
             return None
         with self.engine.connect() as conn:
             row = conn.execute(_batch_query(), {"batch_id": batch_id}).first()
@@ -560,7 +240,7 @@ class Store:
         added: a new batch sorts before every page already read. Batches marked for deletion
         are left out unless ``include_deleting``.
         """
-        if not _storable(*(metadata or {}).keys(), *(metadata or {}).values()):
+        if not storable(*(metadata or {}).keys(), *(metadata or {}).values()):
             return []
         with self.session() as s:
             q = select(Batch).where(Batch.sealed.is_(True))
@@ -614,7 +294,8 @@ class Store:
                 setattr(batch, k, v)
             batch.revision += 1
             batch.last_modified = utcnow()
-            return batch
+        self.notify(f"batch:{batch_id}")
+        return batch
 
     def set_batch_times(self, batch_id: str, **fields: Any) -> None:
         """Record times of a batch (``export_seconds``): not a change of the batch, so its etag
@@ -628,17 +309,23 @@ class Store:
         wanted: BatchState,
         *,
         only_from: Sequence[BatchState] | None = None,
+        expect_revision: int | None = None,
         **fields: Any,
     ) -> Batch | None:
         """Move a batch to ``wanted`` if the state table allows it.
 
         Returns the updated row, or None when the batch is gone or its current state is not in
         ``only_from`` (a race lost to another change). Raises
-        :class:`~batchserve.states.InvalidTransition` for a move the table forbids.
+        :class:`~batchserve.states.InvalidTransition` for a move the table forbids, and
+        :class:`RevisionMismatch` when ``expect_revision`` is given and the batch is at another.
         """
         with self.session(locked=True) as s:
             batch = s.get(Batch, batch_id, with_for_update=True)
-            if batch is None or (only_from is not None and batch.state not in only_from):
+            if batch is None:
+                return None
+            if expect_revision is not None and batch.revision != expect_revision:
+                raise RevisionMismatch(batch.revision)
+            if only_from is not None and batch.state not in only_from:
                 return None
             check_batch_transition(batch.state, wanted)
             now = utcnow()
@@ -650,6 +337,7 @@ class Store:
             batch.revision += 1
             for k, v in fields.items():
                 setattr(batch, k, v)
+        self.notify(f"end:{batch_id}" if wanted.is_final else f"batch:{batch_id}")
         if wanted.is_final and self.on_end is not None:
             self.on_end(batch_id)
         return batch
@@ -659,19 +347,35 @@ class Store:
             s.execute(delete(Chunk).where(Chunk.batch_id == batch_id))
             s.execute(delete(Part).where(Part.batch_id == batch_id))
             s.execute(delete(Batch).where(Batch.id == batch_id))
+        self.notify(f"end:{batch_id}")
         if self.on_end is not None:
             self.on_end(batch_id)
 
-    def mark_deleting(self, batch_id: str) -> bool:
+    def mark_deleting(self, batch_id: str, *, expect_revision: int | None = None) -> bool:
         """Record that the batch is to be deleted; False when it is gone or was marked already
-        (by a delete that came first)."""
-        with self.session() as s:
-            res = s.execute(
-                update(Batch)
-                .where(Batch.id == batch_id, Batch.deleting_since.is_(None))
-                .values(deleting_since=utcnow())
-            )
-            return res.rowcount == 1  # type: ignore[attr-defined]
+        (by a delete that came first). With ``expect_revision``, :class:`RevisionMismatch` when
+        the batch is at another revision (checked and marked in one transaction)."""
+        with self.session(locked=True) as s:
+            batch = s.get(Batch, batch_id, with_for_update=True)
+            if batch is None or batch.deleting_since is not None:
+                return False
+            if expect_revision is not None and batch.revision != expect_revision:
+                raise RevisionMismatch(batch.revision)
+            # Its state says so too (Azure Batch's ``deleting``); ``deleting_since`` is what the
+            # engine acts on, whatever state the batch had.
+            check_batch_transition(batch.state, BatchState.DELETING)
+            now = utcnow()
+            batch.previous_state = batch.state
+            batch.previous_state_transition_time = batch.state_transition_time
+            batch.state = BatchState.DELETING.value
+            batch.state_transition_time = now
+            batch.last_modified = now
+            batch.revision += 1
+            batch.deleting_since = now
+            marked = True
+        if marked:
+            self.notify(f"batch:{batch_id}")
+        return bool(marked)
 
     def batches_being_deleted(self) -> list[Batch]:
         """Batches marked for deletion and not removed yet, the longest waiting first."""
@@ -695,6 +399,20 @@ class Store:
         with self.engine.connect() as conn:
             return [_detached_batch(row) for row in conn.execute(q)]
 
+    def ended_batches(self, batch_ids: Sequence[str]) -> set[str]:
+        """Which of these batches have ended: in a final state, being deleted, or gone."""
+        if not batch_ids:
+            return set()
+        final = [st.value for st in BatchState if st.is_final]
+        q = select(Batch.id, Batch.state, Batch.deleting_since).where(Batch.id.in_(batch_ids))
+        with self.engine.connect() as conn:
+            live = {
+                row.id
+                for row in conn.execute(q)
+                if row.state not in final and row.deleting_since is None
+            }
+        return set(batch_ids) - live
+
     def batch_counts(self, batch_id: str) -> BatchCounts:
         with self.engine.connect() as conn:
             row = conn.execute(_counts_query(), {"batch_id": batch_id}).one()
@@ -708,7 +426,7 @@ class Store:
         running it), where ``get_batch`` + ``batch_counts`` + ``get_user_by_id`` took three
         transactions.
         """
-        if not _storable(batch_id):
+        if not storable(batch_id):
             return None
         if self._status_read is not None:
             row = self._status_read.first(self.engine, {"batch_id": batch_id})
@@ -740,255 +458,6 @@ class Store:
             )
 
     # --- parts and chunks -------------------------------------------------------------------
-
-    def add_part(
-        self, batch_id: str, seq: int, start_index: int, count: int, size: int, key: str
-    ) -> None:
-        """Record a written part. While the upload goes on, the batch's ``total_count`` is the
-        records stored so far: a started batch's workers may run them before the upload ends."""
-        with self.session() as s:
-            s.add(
-                Part(
-                    batch_id=batch_id,
-                    seq=seq,
-                    start_index=start_index,
-                    count=count,
-                    bytes=size,
-                    key=key,
-                )
-            )
-            s.execute(
-                update(Batch)
-                .where(Batch.id == batch_id, Batch.sealed.is_(False))
-                .values(total_count=start_index + count)
-            )
-
-    def parts(self, batch_id: str) -> list[Part]:
-        """A batch's upload parts, in record order."""
-        with self.session() as s:
-            return list(s.scalars(select(Part).where(Part.batch_id == batch_id).order_by(Part.seq)))
-
-    def claim_chunk(
-        self,
-        batch_id: str,
-        result_key_for: Callable[[Chunk], str],
-        size_for: Callable[[int, bool], int] | None = None,
-    ) -> Chunk | None:
-        """Hand out the next chunk of a batch: it is running, with one more attempt.
-
-        A chunk put back in the queue (requeued, or its worker lost) goes first, whole. Else a
-        new chunk is cut from the batch's unclaimed records: ``size_for(remaining, sealed)``
-        records from the first unclaimed one (without ``size_for``, all of them). While the
-        upload goes on (``sealed`` False), only the records stored so far can be cut, and
-        ``size_for`` may answer 0 to wait for more. ``result_key_for(chunk)`` names the file
-        this attempt writes its results to. None when nothing of the batch is to run now, or
-        when it is being deleted.
-        """
-        now = utcnow()
-        pg = not self._sqlite
-        with self.locked_connection() as conn:
-            found = conn.execute(_claim_queries(pg).batch, {"batch_id": batch_id}).first()
-            if found is None or found.deleting_since is not None:
-                return None
-            row = conn.execute(_claim_queries(pg).pending, {"batch_id": batch_id}).first()
-            if row is not None:
-                chunk = Chunk(**row._mapping)
-                check_chunk_transition(chunk.state, ChunkState.RUNNING)
-                waited = (now - chunk.queued_at).total_seconds() if chunk.queued_at else 0.0
-                chunk.state = ChunkState.RUNNING.value
-                chunk.attempts += 1
-                chunk.wait_seconds += max(0.0, waited)
-                chunk.queued_at = None
-                chunk.started_at = now
-                chunk.succeeded = chunk.failed = chunk.cancelled = 0
-                chunk.result_key = result_key_for(chunk)
-                conn.execute(
-                    _claim_queries(pg).restart,
-                    {
-                        "chunk_id": chunk.id,
-                        "attempts": chunk.attempts,
-                        "wait_seconds": chunk.wait_seconds,
-                        "started_at": now,
-                        "result_key": chunk.result_key,
-                    },
-                )
-                return chunk
-            if found.claimed >= found.total_count:
-                return None
-            remaining = found.total_count - found.claimed
-            wanted = size_for(remaining, found.sealed) if size_for is not None else remaining
-            if wanted <= 0:
-                return None
-            count = min(wanted, remaining, MAX_CHUNK_ROW)
-            last = conn.execute(_claim_queries(pg).last_seq, {"batch_id": batch_id}).scalar()
-            chunk = Chunk(
-                batch_id=batch_id,
-                seq=0 if last is None else last + 1,
-                start_index=found.claimed,
-                count=count,
-                state=ChunkState.RUNNING.value,
-                attempts=1,
-                lost_workers=0,
-                wait_seconds=0.0,
-                started_at=now,
-                succeeded=0,
-                failed=0,
-                cancelled=0,
-            )
-            chunk.result_key = result_key_for(chunk)
-            values = {c.key: getattr(chunk, c.key) for c in _CHUNKS.columns if c.key != "id"}
-            inserted = conn.execute(
-                insert(_CHUNKS).values({k: v for k, v in values.items() if v is not None})
-            )
-            chunk.id = inserted.inserted_primary_key[0]  # type: ignore[index]
-            conn.execute(
-                _claim_queries(pg).advance, {"batch_id": batch_id, "count": count, "now": now}
-            )
-            return chunk
-
-    def has_waiting_records(self, batch_id: str) -> bool:
-        """True while records of the batch wait for a worker: unclaimed, or in a chunk put back
-        in the queue."""
-        return self._has_work(batch_id, (ChunkState.PENDING,))
-
-    def has_unfinished_records(self, batch_id: str) -> bool:
-        """True while records of the batch wait or run: one look in the batch row and in the
-        chunk index, where counting every chunk's state grows with the batch."""
-        return self._has_work(batch_id, (ChunkState.PENDING, ChunkState.RUNNING))
-
-    def _has_work(self, batch_id: str, states: tuple[ChunkState, ...]) -> bool:
-        with self.engine.connect() as conn:
-            unclaimed = conn.execute(_unclaimed_query(), {"batch_id": batch_id}).first()
-            if unclaimed is not None:
-                return True
-            found = conn.execute(_chunk_in_states_query(states), {"batch_id": batch_id})
-            return found.first() is not None
-
-    def get_chunk(self, chunk_id: int) -> Chunk | None:
-        with self.session() as s:
-            return s.get(Chunk, chunk_id)
-
-    def chunks(self, batch_id: str, states: Sequence[ChunkState] | None = None) -> list[Chunk]:
-        with self.session() as s:
-            q = select(Chunk).where(Chunk.batch_id == batch_id).order_by(Chunk.start_index)
-            if states is not None:
-                q = q.where(Chunk.state.in_([st.value for st in states]))
-            return list(s.scalars(q))
-
-    def chunks_covering(self, batch_id: str, start: int, stop: int) -> list[Chunk]:
-        """Chunks holding any index in ``[start, stop)``, in order."""
-        # The bounds are compared as 64-bit numbers: a range past the last record may reach
-        # beyond the 32-bit index columns, which PostgreSQL would refuse to compare as such.
-        first, end = literal(start, BigInteger), literal(stop, BigInteger)
-        with self.session() as s:
-            q = (
-                select(Chunk)
-                .where(
-                    Chunk.batch_id == batch_id,
-                    Chunk.start_index < end,
-                    Chunk.start_index + Chunk.count > first,
-                )
-                .order_by(Chunk.start_index)
-            )
-            return list(s.scalars(q))
-
-    def set_chunk(
-        self,
-        chunk_id: int,
-        *,
-        expect_state: ChunkState | None = None,
-        expect_key: str | None = None,
-        **fields: Any,
-    ) -> bool:
-        """Update a chunk if it is still in ``expect_state`` (and attempt ``expect_key``).
-
-        A new ``state`` needs ``expect_state``: the move is checked against the state table.
-        """
-        if "state" in fields:
-            if expect_state is None:
-                raise ValueError("changing a chunk's state needs expect_state")
-            check_chunk_transition(expect_state, fields["state"])
-        q = update(Chunk).where(Chunk.id == chunk_id)
-        if expect_state is not None:
-            q = q.where(Chunk.state == expect_state.value)
-        if expect_key is not None:
-            q = q.where(Chunk.result_key == expect_key)
-        # Run on a connection, not a session: a plain table update. The scheduler sets chunks
-        # after every worker message, and a session would look for copies of the row it holds
-        # none of.
-        with self.engine.begin() as conn:
-            return conn.execute(q.values(**fields)).rowcount == 1
-
-    def requeue_running_chunks(self) -> int:
-        """At start-up: chunks left running by a previous process go back to pending."""
-        check_chunk_transition(ChunkState.RUNNING, ChunkState.PENDING)
-        with self.session() as s:
-            res = s.execute(
-                update(Chunk)
-                .where(Chunk.state == ChunkState.RUNNING.value)
-                .values(
-                    state=ChunkState.PENDING.value,
-                    succeeded=0,
-                    failed=0,
-                    cancelled=0,
-                    queued_at=utcnow(),
-                )
-            )
-            return int(res.rowcount)  # type: ignore[attr-defined]
-
-    def finish_pending_chunks(self, batch_id: str, state: ChunkState, error: str) -> None:
-        """Move every record of a batch that waits for a worker to a final state without
-        running: cancelled (``state`` CANCELLED) or failed (FAILED). Pending chunks move, and
-        the unclaimed rest becomes chunks in that state.
-
-        A pending chunk may still name the result file of an attempt that was cut off (a lost
-        worker, a crash); that file is dropped with it, so its results and counts agree.
-        """
-        counter = "cancelled" if state == ChunkState.CANCELLED else "failed"
-        check_chunk_transition(ChunkState.PENDING, state)
-        now = utcnow()
-        with self.session(locked=True) as s:
-            s.execute(
-                update(Chunk)
-                .where(Chunk.batch_id == batch_id, Chunk.state == ChunkState.PENDING.value)
-                .values(
-                    {
-                        "state": state.value,
-                        "finished_at": now,
-                        "error": error,
-                        "result_key": None,
-                        "succeeded": 0,
-                        "failed": 0,
-                        "cancelled": 0,
-                        counter: Chunk.count,
-                    }
-                )
-            )
-            batch = s.get(Batch, batch_id, with_for_update=True)
-            if batch is None or not batch.sealed or batch.claimed >= batch.total_count:
-                return
-            last = s.scalar(select(func.max(Chunk.seq)).where(Chunk.batch_id == batch_id))
-            seq = 0 if last is None else last + 1
-            while batch.claimed < batch.total_count:
-                count = min(batch.total_count - batch.claimed, MAX_CHUNK_ROW)
-                s.add(
-                    Chunk(
-                        batch_id=batch_id,
-                        seq=seq,
-                        start_index=batch.claimed,
-                        count=count,
-                        state=state.value,
-                        attempts=0,
-                        lost_workers=0,
-                        finished_at=now,
-                        error=error,
-                        succeeded=0,
-                        failed=count if counter == "failed" else 0,
-                        cancelled=count if counter == "cancelled" else 0,
-                    )
-                )
-                batch.claimed += count
-                seq += 1
 
 
 def _count_columns() -> list[Any]:
@@ -1068,85 +537,6 @@ def _counts_query() -> Select[Any]:
     return select(*_count_columns()).where(Chunk.batch_id == bindparam("batch_id"))
 
 
-@dataclass(frozen=True)
-class _ClaimQueries:
-    """The statements of :meth:`Store.claim_chunk`, built once (building one costs more than
-    running it)."""
-
-    pending: Any
-    restart: Any
-    batch: Any
-    last_seq: Any
-    advance: Any
-
-
-@functools.cache
-def _claim_queries(postgresql: bool) -> _ClaimQueries:
-    chunks, batches = _CHUNKS, _BATCHES
-    pending = (
-        select(chunks)
-        .where(
-            chunks.c.batch_id == bindparam("batch_id"),
-            chunks.c.state == ChunkState.PENDING.value,
-        )
-        .order_by(chunks.c.start_index)
-        .limit(1)
-    )
-    batch = select(
-        batches.c.sealed, batches.c.claimed, batches.c.total_count, batches.c.deleting_since
-    ).where(batches.c.id == bindparam("batch_id"))
-    if postgresql:  # SQLite's write lock, taken first, keeps others out instead
-        pending = pending.with_for_update(skip_locked=True)
-        batch = batch.with_for_update()
-    restart = (
-        update(chunks)
-        .where(chunks.c.id == bindparam("chunk_id"))
-        .values(
-            state=ChunkState.RUNNING.value,
-            attempts=bindparam("attempts"),
-            wait_seconds=bindparam("wait_seconds"),
-            queued_at=None,
-            started_at=bindparam("started_at"),
-            succeeded=0,
-            failed=0,
-            cancelled=0,
-            result_key=bindparam("result_key"),
-        )
-    )
-    last_seq = select(func.max(chunks.c.seq)).where(chunks.c.batch_id == bindparam("batch_id"))
-    advance = (
-        update(batches)
-        .where(batches.c.id == bindparam("batch_id"))
-        .values(
-            claimed=batches.c.claimed + bindparam("count", type_=BigInteger),
-            run_start_time=func.coalesce(
-                batches.c.run_start_time, bindparam("now", type_=UTCDateTime())
-            ),
-        )
-    )
-    return _ClaimQueries(pending, restart, batch, last_seq, advance)
-
-
-@functools.cache
-def _unclaimed_query() -> Select[Any]:
-    return select(Batch.id).where(
-        Batch.id == bindparam("batch_id"),
-        Batch.sealed.is_(True),
-        Batch.claimed < Batch.total_count,
-    )
-
-
-@functools.cache
-def _chunk_in_states_query(states: tuple[ChunkState, ...]) -> Select[Any]:
-    return (
-        select(Chunk.id)
-        .where(
-            Chunk.batch_id == bindparam("batch_id"), Chunk.state.in_([st.value for st in states])
-        )
-        .limit(1)
-    )
-
-
 @functools.cache
 def _batch_status_query() -> Select[Any]:
     batches, users, chunks = Batch.__table__, User.__table__, Chunk.__table__
@@ -1161,15 +551,6 @@ def _batch_status_query() -> Select[Any]:
         # Grouped by the primary key: every batch column depends on it (PostgreSQL agrees).
         .group_by(batches.c.id, users.c.username)
     )
-
-
-@functools.cache
-def _service_query(newest: bool) -> Select[Any]:
-    services = Service.__table__
-    query = select(services).where(services.c.name == bindparam("name"))
-    if newest:
-        return query.order_by(services.c.created_at.desc(), services.c.id.desc()).limit(1)
-    return query.where(services.c.version == bindparam("version"))
 
 
 def _counts_of(row: Sequence[Any]) -> BatchCounts:

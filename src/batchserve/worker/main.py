@@ -22,7 +22,7 @@ def worker_main(sock: socket.socket, setup: dict[str, Any], progress_interval: f
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     import pyarrow as pa
 
-    from batchserve.engine.tasks import ChunkTask, LoadTask, task_from_wire
+    from batchserve.engine.tasks import ChunkTask, LoadTask, ReleaseTask, task_from_wire
     from batchserve.worker.runtime import Runtime, warm_up
 
     pa.set_cpu_count(int(os.environ.get("OMP_NUM_THREADS") or 1))
@@ -77,6 +77,8 @@ def worker_main(sock: socket.socket, setup: dict[str, Any], progress_interval: f
             elif isinstance(task, LoadTask):
                 runtime.load(task.service)
                 result = {}
+            elif isinstance(task, ReleaseTask):
+                result = runtime.run_release(task)
             else:
                 result = runtime.run_consume(task)
         except Exception as exc:  # an unreadable part file, a full disk: the task fails

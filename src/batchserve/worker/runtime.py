@@ -34,10 +34,11 @@ from batchserve.blobs import BlobNotFound, BlobStore, keys
 from batchserve.blobs.segments import open_stream_writer
 from batchserve.engine.inputs import read_range
 from batchserve.engine.results import STATUS_SUCCEEDED, ResultWriter, failed_row, read_results
-from batchserve.engine.tasks import ChunkTask, ConsumeTask, ServiceSpec
+from batchserve.engine.tasks import ChunkTask, ConsumeTask, ReleaseTask, ServiceSpec
 from batchserve.schema import ARROW_TYPES, SchemaError, coerce, coerce_record
 from batchserve.worker import bundles
 from batchserve.worker.frames import run_frames
+from batchserve.worker.jobtasks import JobTasks, PreparationFailed
 from batchserve.worker.rows import (
     MAX_CONSOLE_CHARS,
     Progress,
@@ -115,6 +116,7 @@ class Runtime:
         self.scratch = scratch or tempfile.mkdtemp(prefix="batchserve-worker-")
         os.makedirs(self.scratch, exist_ok=True)
         self.load_seconds = 0.0  # spent loading services, in all
+        self.jobs = JobTasks(self.scratch)  # the batches' job preparations and releases
 
     def service(self, spec: ServiceSpec) -> bundles.LoadedService:
         """The loaded service; init runs on first use. A failed load is remembered and re-raised."""
@@ -252,10 +254,20 @@ class Runtime:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         what = "call" if spec.mode == "vectorized" else "record"
         limits = TryLimits(task.max_task_retry_count, task.task_timeout, what)
+        # The batch's preparation, once per worker: like a service's load, not the chunk's cost.
+        prepared = self.jobs.seconds
+        unprepared = self.jobs.prepare(task, self.blobs)
+        self.load_seconds += self.jobs.seconds - prepared
+
+        def ready() -> bundles.LoadedService:
+            if unprepared is not None:
+                raise unprepared
+            return self.service(spec)
+
         table, bytes_in = read_range(self.blobs, task.parts, task.start_index, task.count)
         writer = ResultWriter(open_stream_writer(self.blobs, task.result_key), spec.outputs)
         try:
-            with _environment(task.environment), limits:
+            with _environment(self.jobs.environment(task)), limits:
                 progress = Progress(writer, report, progress_interval)
                 # What the records take: their columns made ready, the calls, their results
                 # written. The rest of the task (the range read, files opened and closed) is
@@ -263,13 +275,15 @@ class Runtime:
                 # records' own time in a small chunk.
                 running = time.perf_counter()
                 if spec.artifacts and spec.mode != "vectorized":
-                    succeeded, failed, _ = self._run_records(task, table, writer, limits, progress)
+                    succeeded, failed, _ = self._run_records(
+                        task, table, writer, limits, progress, unprepared
+                    )
                 else:
                     run = run_frames if spec.mode == "vectorized" else run_rows
                     succeeded, failed, _ = run(
                         task,
                         table,
-                        lambda: self.service(spec),
+                        ready,
                         writer,
                         limits,
                         progress,
@@ -302,10 +316,17 @@ class Runtime:
         writer: ResultWriter,
         limits: TryLimits,
         progress: Progress,
+        unprepared: PreparationFailed | None = None,
     ) -> tuple[int, int, float]:
         """Row mode with artifacts: records one by one, each in its own working directory.
-        Returns (succeeded, failed, seconds running them)."""
+        Returns (succeeded, failed, seconds running them). With ``unprepared`` (the batch's
+        preparation failed here) every record fails with it, unrun."""
         spec = task.service
+        if unprepared is not None:
+            message, kind = describe_failure(unprepared)
+            for offset in range(table.num_rows):
+                writer.add(failed_row(task.start_index + offset, message, kind, task.attempt, ""))
+            return 0, table.num_rows, 0.0
         columns = [c for c in spec.inputs if c in table.column_names]
         checked = frozenset(
             c
@@ -344,6 +365,10 @@ class Runtime:
 
     def _store_artifact(self, task: ChunkTask, index: int, name: str, data: bytes) -> None:
         self.blobs.write_bytes(artifact_key(task.batch_id, index, name), data)
+
+    def run_release(self, task: ReleaseTask) -> dict[str, Any]:
+        """Run a batch's job release in this worker (see :mod:`batchserve.worker.jobtasks`)."""
+        return self.jobs.release(task, self.blobs)
 
     def run_consume(self, task: ConsumeTask) -> dict[str, Any]:
         files: dict[str, str] = {}

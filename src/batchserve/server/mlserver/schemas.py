@@ -8,45 +8,20 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from batchserve.engine.errors import BadRequest
-from batchserve.states import BatchState
+from batchserve.states import ML_SERVER_STATES
+from batchserve.type_names import R_TYPE_NAMES, TYPE_SPELLINGS
 
 # ML Server's type names (its clients send ``integer``, ``numeric``, ``character``, ``logical``)
-# and the Python names people also write, onto batchserve's four types.
-TYPES_IN: dict[str, str] = {
-    "integer": "int",
-    "int": "int",
-    "numeric": "float",
-    "float": "float",
-    "double": "float",
-    "character": "str",
-    "str": "str",
-    "string": "str",
-    "logical": "bool",
-    "bool": "bool",
-}
+# and the Python names people also write, onto batchserve's four types: the spellings every face
+# reads.
+TYPES_IN = TYPE_SPELLINGS
 # What this face answers: always ML Server's spelling, which its clients cast back to Python.
-TYPES_OUT: dict[str, str] = {
-    "int": "integer",
-    "float": "numeric",
-    "str": "character",
-    "bool": "logical",
-}
+TYPES_OUT = R_TYPE_NAMES
 UNSUPPORTED = ("vector", "matrix", "data.frame", "DataFrame", "numpy.array", "numpy.matrix")
 
 # The canonical batch states in ML Server's spelling (see the README, "Coming from Machine
-# Learning Server"). ML Server has no cancelled state (its cancel deletes), so a batch cancelled
-# through another face reads as failed here.
-STATES: dict[BatchState, str] = {
-    BatchState.CREATED: "pending",
-    BatchState.PENDING: "pending",
-    BatchState.RUNNING: "inProgress",
-    BatchState.PAUSING: "inProgress",
-    BatchState.PAUSED: "inProgress",
-    BatchState.CANCELLING: "failed",
-    BatchState.CANCELLED: "failed",
-    BatchState.COMPLETED: "complete",
-    BatchState.FAILED: "failed",
-}
+# Learning Server"); BatchState compares equal to them too.
+STATES = ML_SERVER_STATES
 
 
 class ParameterDefinition(BaseModel):

@@ -1,4 +1,5 @@
-"""Batches: create from a streamed upload, inspect, control, and read results and artifacts."""
+"""Batches: create from a streamed upload, inspect, and read results and artifacts (their
+control is in :mod:`batchserve.server.routes.batch_control`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import contextlib
 import json
 import time
 from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from batchserve.engine.batches import BatchPage
+from batchserve.engine.batch_listing import BatchPage
 from batchserve.engine.errors import BadRequest
 from batchserve.engine.ingest import ARROW_STREAM, CSV, FORMATS, JSONL, PARQUET, TSV
 from batchserve.schema import MAX_RECORD_INDEX, SchemaError, check_json_depth
@@ -22,11 +24,11 @@ from batchserve.server.schemas import (
     ArtifactList,
     BatchList,
     BatchPublic,
-    BatchUpdate,
-    DisableRequest,
+    InputPage,
+    InputRecord,
     RecordResult,
+    RecordsAdded,
     ResultPage,
-    TerminateRequest,
 )
 from batchserve.server.upload import blocking_body
 from batchserve.states import BatchState
@@ -35,6 +37,16 @@ from batchserve.store.models import Batch
 LONG_POLL_STEP = 1.0  # seconds between looks at a batch a long poll waits for
 
 router = APIRouter(tags=["batches"])
+
+#: An etag that makes a change conditional: it is made only if the batch still has this etag.
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        description="An etag of the batch: the change is made only if the batch still has it "
+        "(else 412).",
+    ),
+]
 
 #: The index of a record in a path.
 Index = Annotated[int, Path(ge=0, le=MAX_RECORD_INDEX, description="The record's index, from 0.")]
@@ -70,7 +82,12 @@ async def create_batch(
     engine: EngineDep,
     who: PrincipalDep,
     threads: UploadThreadsDep,
-    parallel_count: int = Query(10, ge=1, le=10_000),
+    parallel_count: int = Query(
+        10,
+        ge=-1,
+        le=10_000,
+        description="Chunks run at once at most; -1: no limit but the workers.",
+    ),
     chunk_size: int | None = Query(None, ge=1, le=10_000_000),
     record_count: int | None = Query(None, ge=0, le=MAX_RECORD_INDEX),
     start: bool = Query(True),
@@ -106,6 +123,12 @@ async def create_batch(
     allow_preemption: bool = Query(
         False, description="Higher-priority batches may requeue this batch's running chunks."
     ),
+    on_all_tasks_complete: str = Query(
+        "terminatejob",
+        pattern="^(noaction|terminatejob)$",
+        description="noaction: an open batch, which takes more records (POST .../records) and "
+        "completes only once closed (POST .../close).",
+    ),
     depends_on: list[str] | None = Query(
         None, description="Ids of batches that must complete before this one runs."
     ),
@@ -123,6 +146,7 @@ async def create_batch(
         "max_task_retry_count": max_task_retry_count,
         "task_timeout": task_timeout,
         "allow_preemption": allow_preemption,
+        "on_all_tasks_complete": on_all_tasks_complete,
         "depends_on": [i for v in depends_on or [] for i in v.split(",") if i.strip()],
         "priority": priority,
         "display_name": display_name,
@@ -160,7 +184,8 @@ async def create_batch(
 
 STATE_HELP = (
     "Only batches in these states: repeat the parameter or separate names with commas "
-    "(created, pending, running, pausing, paused, cancelling, cancelled, completed, failed)."
+    "(created, pending, running, pausing, paused, enabling, cancelling, cancelled, completed, "
+    "failed, deleting: batches being deleted are listed only when asked for)."
 )
 METADATA_HELP = "Only batches whose metadata has key:value; repeat it to require several pairs."
 LIMIT_HELP = "Batches per page (at most 1000)."
@@ -298,111 +323,101 @@ async def get_batch(
     # on the event loop. A database across a network is read from a worker thread.
     engine, who = await caller(request)
 
-    def status() -> tuple[bool, bytes]:
+    def status() -> tuple[bool, Response]:
         batch, counts, created_by = engine.batches.status(who, batch_id)
         answer = BatchPublic.of(batch, counts, created_by)
-        return BatchState(batch.state).is_final, answer.model_dump_json().encode()
+        return BatchState(batch.state).is_final, _conditional(request, batch, answer)
 
-    async def look() -> tuple[bool, bytes]:
+    async def look() -> tuple[bool, Response]:
         if engine.store.reads_are_local:
             return status()
         return await anyio.to_thread.run_sync(status)
 
     if not wait:
-        return Response((await look())[1], media_type="application/json")
+        return (await look())[1]
     # A long poll wakes as soon as this process ends the batch, and looks again every
     # LONG_POLL_STEP anyway, for changes made by another process sharing the store.
     deadline = time.monotonic() + wait
     while True:
         ended = engine.endings.expect(batch_id)
         try:
-            final, body = await look()
+            final, answer = await look()
             left = deadline - time.monotonic()
             if final or left <= 0:
-                return Response(body, media_type="application/json")
+                return answer
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ended, min(left, LONG_POLL_STEP))
         finally:
             engine.endings.forget(batch_id, ended)
 
 
-@router.post("/v1/batches/{batch_id}/start", response_model=BatchPublic, summary="Start a batch")
-def start_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> BatchPublic:
-    return public(engine, engine.batches.start(who, batch_id))
+def _conditional(request: Request, batch: Batch, answer: BatchPublic) -> Response:
+    """The batch's JSON with its ``ETag`` and ``Last-Modified``, or 304 Not Modified when the
+    request's ``If-None-Match`` names its etag, or (without ``If-None-Match``) its
+    ``If-Modified-Since`` is not before its last change. Like Azure Batch's, the etag and the
+    last change cover the batch's state and settings, not its record counts."""
+    etag = answer.etag
+    modified = batch.last_modified.replace(microsecond=0)
+    headers = {"ETag": etag, "Last-Modified": format_datetime(modified, usegmt=True)}
+    none_match = request.headers.get("if-none-match")
+    if none_match is not None:
+        tags = {t.strip().removeprefix("W/") for t in none_match.split(",")}
+        if etag in tags or "*" in tags:
+            return Response(status_code=304, headers=headers)
+    else:
+        since = _http_date(request.headers.get("if-modified-since"))
+        if since is not None and modified <= since:
+            return Response(status_code=304, headers=headers)
+    return Response(
+        answer.model_dump_json().encode(), media_type="application/json", headers=headers
+    )
+
+
+def _http_date(value: str | None) -> datetime | None:
+    """An HTTP date; None when absent or not a date (then, as HTTP says, it is ignored)."""
+    if not value:
+        return None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 @router.post(
-    "/v1/batches/{batch_id}/cancel",
-    response_model=BatchPublic,
-    summary="Cancel a batch; finished results are kept",
-)
-def cancel_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> BatchPublic:
-    return public(engine, engine.batches.cancel(who, batch_id))
-
-
-@router.post(
-    "/v1/batches/{batch_id}/disable",
-    response_model=BatchPublic,
-    summary="Pause a batch: no new chunk starts; running ones are requeued, stopped or awaited",
-)
-def disable_batch(
-    batch_id: str, engine: EngineDep, who: PrincipalDep, body: DisableRequest | None = None
-) -> BatchPublic:
-    mode = body.disable_tasks if body is not None else "requeue"
-    return public(engine, engine.batches.disable(who, batch_id, mode))
-
-
-@router.post(
-    "/v1/batches/{batch_id}/enable",
-    response_model=BatchPublic,
-    summary="Let a paused batch run again",
-)
-def enable_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> BatchPublic:
-    return public(engine, engine.batches.enable(who, batch_id))
-
-
-@router.patch(
-    "/v1/batches/{batch_id}",
-    response_model=BatchPublic,
-    summary="Change a batch's settings (If-Match: an etag makes it conditional)",
-)
-def update_batch(
-    batch_id: str,
-    body: BatchUpdate,
-    engine: EngineDep,
-    who: PrincipalDep,
-    if_match: str | None = Header(None, alias="If-Match"),
-) -> BatchPublic:
-    changes = body.model_dump(exclude_none=True)
-    return public(engine, engine.batches.update(who, batch_id, if_match=if_match, **changes))
-
-
-@router.post(
-    "/v1/batches/{batch_id}/terminate",
-    response_model=BatchPublic,
-    summary="Stop a batch with a reason; finished results are kept",
-)
-def terminate_batch(
-    batch_id: str, engine: EngineDep, who: PrincipalDep, body: TerminateRequest | None = None
-) -> BatchPublic:
-    reason = (body.reason if body is not None else None) or "UserTerminate"
-    return public(engine, engine.batches.cancel(who, batch_id, reason=reason))
-
-
-@router.delete(
-    "/v1/batches/{batch_id}",
-    status_code=204,
-    summary="Delete a batch and its data (stops it first)",
-    responses={
-        204: {"description": "The batch, its records, results and files are gone"},
-        202: {
-            "description": "The batch is gone; its workers are being stopped and its data removed"
-        },
+    "/v1/batches/{batch_id}/records",
+    response_model=RecordsAdded,
+    summary="Add records to an open batch, while it waits or runs (they take its next indices)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in FORMATS},
+        }
     },
 )
-def delete_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> Response:
-    removed = engine.batches.delete(who, batch_id)
-    return Response(status_code=204 if removed else 202)
+async def add_records(
+    batch_id: str,
+    request: Request,
+    engine: EngineDep,
+    who: PrincipalDep,
+    threads: UploadThreadsDep,
+) -> RecordsAdded:
+    content_type = (request.headers.get("content-type") or ARROW_STREAM).split(";")[0].strip()
+    body = blocking_body(request.stream(), engine.settings.max_upload_bytes)
+
+    def add() -> RecordsAdded:
+        with body:
+            batch, first, count = engine.batches.add_records(
+                who,
+                batch_id,
+                body,
+                content_type.lower(),
+                spool_dir=engine.settings.home / "uploads",
+                max_line_bytes=engine.settings.max_line_bytes,
+            )
+            return RecordsAdded(first_index=first, count=count, batch=public(engine, batch))
+
+    return await anyio.to_thread.run_sync(add, limiter=threads)
 
 
 #: Media types of the streamed result formats.
@@ -455,6 +470,26 @@ def results(
         limit=limit,
         next_start=nxt,
         results=[record(r) for r in rows],
+    )
+
+
+@router.get(
+    "/v1/batches/{batch_id}/records",
+    response_model=InputPage,
+    summary="The batch's input records by index range, in index order",
+)
+def input_records(
+    batch_id: str,
+    engine: EngineDep,
+    who: PrincipalDep,
+    start: int = Query(0, ge=0, le=MAX_RECORD_INDEX),
+    limit: int = Query(1000, ge=1, le=10_000),
+) -> InputPage:
+    batch = engine.batches.get(who, batch_id)
+    rows = engine.results.inputs(batch, start, limit)
+    nxt = start + limit if start + limit < batch.total_count else None
+    return InputPage(
+        start=start, limit=limit, next_start=nxt, records=[InputRecord(**r) for r in rows]
     )
 
 
