@@ -182,6 +182,7 @@ class ComputeNode:
     workers: int = 2
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    args: tuple[str, ...] = ()
 
     def start(self, timeout: float = 60.0) -> ComputeNode:
         env = dict(os.environ, BATCHSERVE_HOME=str(self.home), **self.env)
@@ -196,6 +197,7 @@ class ComputeNode:
                 str(self.workers),
                 "--log-level",
                 "warning",
+                *self.args,
             ],
             env=env,
             stdout=self.log.open("ab"),
@@ -264,9 +266,9 @@ class NodeCluster:
             node.start()
         return self
 
-    def add_compute(self, workers: int = 2) -> ComputeNode:
+    def add_compute(self, workers: int = 2, args: tuple[str, ...] = ()) -> ComputeNode:
         node = ComputeNode(
-            self.root / f"compute{len(self.compute)}", self.compute[0].env, workers
+            self.root / f"compute{len(self.compute)}", self.compute[0].env, workers, args=args
         ).start()
         self.compute.append(node)
         return node

@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, text
 
 from batchserve import BatchState, Client
 
-from .conftest import ADMIN_PASSWORD, NodeCluster, node_cluster_on
+from .conftest import ADMIN_PASSWORD, NodeCluster, free_port, node_cluster_on
 from .test_cancel_and_durability import slow_double, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -331,6 +331,35 @@ def test_records_added_to_an_open_batch_on_the_api_node_run_on_compute_nodes(clu
 
 def test_a_one_record_request_to_the_api_node_runs_on_a_compute_node(cluster, client, svc):  # type: ignore[no-untyped-def]
     assert svc.consume(x=21.0).output("y") == 42.0
+
+
+def test_a_compute_node_serves_its_own_metrics_on_its_metrics_port(cluster, client, svc):  # type: ignore[no-untyped-def]
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for node in cluster.compute:  # the batch runs on the new node alone
+        assert node.stop() == 0
+    port = free_port()
+    node = cluster.add_compute(args=("--metrics-port", str(port)))
+    try:
+        assert f"metrics: http://127.0.0.1:{port}/metrics" in node.log.read_text()  # type: ignore[union-attr]
+        batch = svc.batch([{"x": float(i)} for i in range(10)], chunk_size=5).start()
+        exactly_once(batch.wait(timeout=120), 10)
+        answer = httpx.get(f"http://127.0.0.1:{port}/metrics")  # no token asked on the node
+        assert answer.status_code == 200
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(answer.text)
+            for s in family.samples
+        }
+        name = svc.name
+        assert samples[("batchserve_chunk_run_seconds_count", (("service", name),))] == 2
+        records = ("batchserve_chunk_records_total", (("service", name), ("status", "succeeded")))
+        assert samples[records] == 10
+        # The cluster's figures are the API nodes' to serve, read from the store.
+        assert not any(n == "batchserve_batches" for n, _ in samples)
+    finally:
+        node.stop()
+        cluster.compute.remove(node)
 
 
 def test_nodes_cannot_share_an_sqlite_database(tmp_path: Path) -> None:
