@@ -185,7 +185,7 @@ def test_a_batch_page_shows_failed_records_and_image_artifacts(
     assert len(exports["jsonl"].text().splitlines()) == 10
     assert exports["parquet"].body().startswith(b"PAR1")
 
-    # The results sort within the page, by a column header (a link).
+    # The results sort by a column header (a link), the whole batch.
     page.get_by_role("link", name=re.compile("^answer")).click()
     page.wait_for_url(re.compile("sort=output"))
     page.get_by_role("link", name=re.compile("^answer")).click()

@@ -157,6 +157,45 @@ class ResultOps:
         rows.sort(key=lambda r: r["index"])
         return rows
 
+    def sorted_page(
+        self, batch: Batch, column: str, descending: bool, start: int, limit: int
+    ) -> list[dict[str, Any]] | None:
+        """Places ``[start, start + limit)`` of the batch's results ordered by ``column``
+        (``index``, ``status``, ``duration_ms``, ``attempts`` or ``output:<name>``), records
+        without a value last either way and ties in index order; None when the batch has more
+        than ``SORT_MAX_RECORDS`` records or the column's type has no order.
+
+        Two passes in bounded memory: the column and the index of every record with a result
+        (16 bytes a record for a number), then the rows of the page's records alone.
+        """
+        if batch.total_count > SORT_MAX_RECORDS:
+            return None
+        parts = self._parts(batch) if batch.options.get("id_column") else []
+        values: list[pa.Array] = []
+        indexes: list[pa.Array] = []
+        for chunk in self.store.chunks(batch.id):
+            for table in self._chunk_tables(batch, chunk, parts):
+                values.extend(_sort_column(table, column).chunks)
+                indexes.extend(table.column("index").chunks)
+        if not sum(len(a) for a in indexes):
+            return []
+        keyed = pa.table({"value": pa.chunked_array(values), "index": pa.chunked_array(indexes)})
+        order = [("value", "descending" if descending else "ascending"), ("index", "ascending")]
+        try:
+            taken = pc.sort_indices(keyed, sort_keys=order, null_placement="at_end")
+        except (pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            return None
+        wanted = keyed.column("index").take(taken[start : start + limit]).to_pylist()
+        found: dict[int, dict[str, Any]] = {}
+        for chunk in self.store.chunks(batch.id):
+            inside = [i for i in wanted if chunk.start_index <= i < chunk.start_index + chunk.count]
+            if not inside:
+                continue
+            for table in self._chunk_tables(batch, chunk, parts, min(inside), max(inside) + 1):
+                hit = table.filter(pc.is_in(table.column("index"), pa.array(inside, pa.int64())))
+                found.update((row["index"], row) for row in hit.to_pylist())
+        return [found[i] for i in wanted if i in found]
+
     def failures(
         self, batch: Batch, after: int, limit: int
     ) -> tuple[list[dict[str, Any]], int | None]:
@@ -314,6 +353,9 @@ RESULT_FORMATS = ("arrow", "parquet", "csv", "tsv", "jsonl")
 FAILURE_CHUNKS = 20
 #: Results are read and converted at most this many rows at a time.
 RESULT_SLICE_ROWS = 1 << 17
+#: Up to this many records a batch's results are sorted whole (the dashboard's results table);
+#: sorting a larger one for each page shown would read every result each time.
+SORT_MAX_RECORDS = 1_000_000
 
 
 def _in_order(table: pa.Table) -> pa.Table:
@@ -417,3 +459,17 @@ class _Drain:
     def take(self) -> bytes:
         data, self._parts = b"".join(self._parts), []
         return data
+
+
+def _sort_column(table: pa.Table, column: str) -> pa.ChunkedArray:
+    """The values of ``column`` in result rows (an output's from its struct, with the nulls of
+    records that have none)."""
+    if not column.startswith("output:"):
+        return table.column(column)
+    name = column.removeprefix("output:")
+    struct_type = table.schema.field("outputs").type
+    i = struct_type.get_field_index(name)
+    if i < 0:
+        raise BadRequest(f"The results have no output {name!r}.")
+    chunks = table.column("outputs").chunks
+    return pa.chunked_array([c.flatten()[i] for c in chunks], struct_type.field(i).type)

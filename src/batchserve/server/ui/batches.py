@@ -3,8 +3,9 @@
 Each page is one or two engine reads, whatever the size of what it shows: a page of the listing
 (:meth:`~batchserve.engine.batches.BatchOps.list_page`) with its batches' counts in one
 statement, a page of results by index range, and failed records found chunk by chunk from the
-chunks that hold them. Nothing reads every batch or every record. Sorting a results table sorts
-the page shown (by index range), as sorting millions of records for a page would read them all.
+chunks that hold them. Nothing reads every batch or every record, but for one thing: a results
+table sorted by a column reads that column of every record, up to a million records; a larger
+batch sorts the page shown (by index range), as its pages follow record order.
 
 An action (cancel, pause, resume, terminate, delete, new settings) is asked for on a page of its
 own that says what it will do, and done by that page's form: the form carries the batch's etag,
@@ -288,8 +289,15 @@ async def batch_page(
             raise BadRequest(
                 f"The results cannot be sorted by {sort!r}; sort by one of {', '.join(columns)}."
             )
-        results = [row_to_json(r) for r in engine.results.page(batch, start, limit)]
-        results = _sorted(results, sort, desc)
+        # Sorted whole when the batch is small enough, else each page in record order is sorted.
+        whole = None
+        if sort != "index" or desc:
+            whole = engine.results.sorted_page(batch, sort, desc, start, limit)
+        if whole is not None:
+            results = [row_to_json(r) for r in whole]
+        else:
+            results = [row_to_json(r) for r in engine.results.page(batch, start, limit)]
+            results = _sorted(results, sort, desc)
         failures: list[dict[str, Any]] = []
         next_failed = None
         if counts.failed:
@@ -302,6 +310,7 @@ async def batch_page(
             "outputs": outputs,
             "columns": columns,
             "results": results,
+            "sorted_whole": (sort == "index" and not desc) or whole is not None,
             "failures": failures,
             "next_failed": next_failed,
         }

@@ -1,0 +1,69 @@
+"""The dashboard's results table of a real batch, read as a signed-in browser reads it: sorted by
+a column over the whole batch, page after page, with records that have no value last."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from batchserve import BatchState
+
+from .conftest import ADMIN_PASSWORD, ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+N = 130  # three pages of 50
+
+
+def scrambled(x: float) -> float:
+    if int(x) % 40 == 7:
+        raise ValueError(f"no value for {x}")
+    return float((int(x) * 37) % N)
+
+
+@pytest.fixture
+def http(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as session:
+        form = re.search(r'name="csrf_token" value="([^"]+)"', session.get("/ui/login").text)
+        assert form is not None
+        answer = session.post(
+            "/ui/login",
+            data={"csrf_token": form.group(1), "username": "admin", "password": ADMIN_PASSWORD},
+        )
+        assert answer.status_code == 303, answer.text
+        yield session
+
+
+def shown(http: httpx.Client, batch_id: str, **query: object) -> tuple[list[int], str]:
+    page = http.get(f"/ui/batches/{batch_id}", params=query)
+    assert page.status_code == 200, page.text
+    return [int(i) for i in re.findall(r'<tr data-record="(\d+)">', page.text)], page.text
+
+
+def test_results_sort_by_a_column_over_the_whole_batch(client, unique_name, http):  # type: ignore[no-untyped-def]
+    svc = client.publish_service(
+        unique_name, code=scrambled, inputs={"x": float}, outputs={"y": float}, version="v1"
+    )
+    batch = svc.batch([{"x": float(i)} for i in range(N)], chunk_size=20).start()
+    assert batch.wait(timeout=120).state is BatchState.COMPLETED
+    failed = [i for i in range(N) if i % 40 == 7]
+    by_y = sorted((i for i in range(N) if i not in failed), key=lambda i: (i * 37) % N)
+
+    pages = [shown(http, batch.execution_id, sort="output:y", start=s) for s in (0, 50, 100)]
+    assert [i for ids, _ in pages for i in ids] == by_y + failed  # no value: last
+    assert all("Sorted within this page only" not in text for _, text in pages)
+    top, _ = shown(http, batch.execution_id, sort="output:y", desc=1, limit=5)
+    assert top == by_y[::-1][:5]
+    bottom, _ = shown(http, batch.execution_id, sort="output:y", desc=1, start=N - 5, limit=5)
+    assert bottom == by_y[:1] + failed  # descending too, the records without a value come last
+    newest, _ = shown(http, batch.execution_id, sort="index", desc=1, limit=3)
+    assert newest == [N - 1, N - 2, N - 3]
+    by_status, _ = shown(http, batch.execution_id, sort="status", limit=len(failed))
+    assert by_status == failed  # "failed" orders before "succeeded"
+    answer = http.get(f"/ui/batches/{batch.execution_id}", params={"sort": "output:nope"})
+    assert answer.status_code == 400
+    assert "cannot be sorted by 'output:nope'" in html.unescape(answer.text)
