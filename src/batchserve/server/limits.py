@@ -31,7 +31,8 @@ from typing import Any
 
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
-from starlette.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batchserve.engine.auth import Principal
@@ -119,14 +120,25 @@ ANONYMOUS = BodyKind(
 )
 
 
+#: How a route that answers with pages (the dashboard's) shows an error: (request, status,
+#: message) -> the page.
+ErrorPage = Callable[[Request, int, str], Response]
+
+
 @dataclass(frozen=True)
 class RoutePolicy:
     kind: BodyKind
     needs_token: bool
     mlserver: bool  # answers in the ML Server face's error shape
+    page: ErrorPage | None = None  # answers with a page of this shape (the dashboard)
 
-    def refusal(self, exc: EngineError) -> JSONResponse:
-        if self.mlserver:
+    def refusal(self, exc: EngineError, scope: Scope) -> Response:
+        if self.page is not None:
+            response = self.page(Request(scope), errors.STATUS.get(exc.code, 500), exc.message)
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after is not None:
+                response.headers["Retry-After"] = str(retry_after)
+        elif self.mlserver:
             response = mlserver_errors.engine_error_response(exc)
         else:
             response = errors.engine_error_response(exc)
@@ -148,7 +160,8 @@ def policy_of(route: object, bodies: Mapping[Callable[..., Any], BodyKind]) -> R
         return RoutePolicy(ANONYMOUS, needs_token=False, mlserver=False)
     needs_token = any(call is get_principal for call in _calls(route.dependant))
     kind = bodies.get(route.endpoint) or (JSON if needs_token else ANONYMOUS)
-    return RoutePolicy(kind, needs_token, isinstance(route, mlserver_errors.MLServerRoute))
+    mlserver = isinstance(route, mlserver_errors.MLServerRoute)
+    return RoutePolicy(kind, needs_token, mlserver, getattr(route, "error_page", None))
 
 
 def body_framing(scope: Scope) -> tuple[int | None, bool]:
@@ -262,7 +275,8 @@ class _GuardedRequest:
             if self.uploader is not None:
                 self.guard.give_upload_back(self.uploader)
         if self.refused is not None and not self.started and not self.gone:
-            await self.policy.refusal(self.refused)(self.scope, self._receive, self._send)
+            refusal = self.policy.refusal(self.refused, self.scope)
+            await refusal(self.scope, self._receive, self._send)
 
     async def receive(self) -> Message:
         if not self.checked:

@@ -179,6 +179,10 @@ class DashboardRoute(APIRoute):
     """A dashboard route: its errors are pages, and a renewed session is sent back as
     cookies with whatever the route answered."""
 
+    #: Also how the request guard (:mod:`batchserve.server.limits`) answers a form it refuses
+    #: (too large, too many) before the route runs.
+    error_page = staticmethod(error_page)
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 

@@ -1,5 +1,6 @@
-"""The dashboard's results table of a real batch, read as a signed-in browser reads it: sorted by
-a column over the whole batch, page after page, with records that have no value last."""
+"""The dashboard over plain HTTP, as a browser reads it: a real batch's results sorted by a column
+over the whole batch, page after page, with records that have no value last; and a form too
+large for the server refused with a page, not the API's JSON."""
 
 from __future__ import annotations
 
@@ -67,3 +68,15 @@ def test_results_sort_by_a_column_over_the_whole_batch(client, unique_name, http
     answer = http.get(f"/ui/batches/{batch.execution_id}", params={"sort": "output:nope"})
     assert answer.status_code == 400
     assert "cannot be sorted by 'output:nope'" in html.unescape(answer.text)
+
+
+def test_a_form_too_large_is_refused_with_a_page(server: ServerProcess) -> None:
+    with httpx.Client(base_url=server.url, timeout=60) as session:
+        answer = session.post(
+            "/ui/login",
+            data={"csrf_token": "x", "username": "admin", "password": "p" * 100_000},
+        )
+    assert answer.status_code == 413
+    assert answer.headers["content-type"].startswith("text/html")
+    text = html.unescape(answer.text)
+    assert "<h1>Too large</h1>" in text and "65536 bytes" in text, text
