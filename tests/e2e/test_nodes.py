@@ -341,7 +341,8 @@ def test_a_compute_node_serves_its_own_metrics_on_its_metrics_port(cluster, clie
     port = free_port()
     node = cluster.add_compute(args=("--metrics-port", str(port)))
     try:
-        assert f"metrics: http://127.0.0.1:{port}/metrics" in node.log.read_text()  # type: ignore[union-attr]
+        said = f"metrics: http://127.0.0.1:{port}/metrics"  # said just after it started
+        wait_for(lambda: said in node.log.read_text(), 30)  # type: ignore[union-attr]
         batch = svc.batch([{"x": float(i)} for i in range(10)], chunk_size=5).start()
         exactly_once(batch.wait(timeout=120), 10)
         answer = httpx.get(f"http://127.0.0.1:{port}/metrics")  # no token asked on the node
