@@ -33,6 +33,7 @@ class HeldWorkers:
         self.release = threading.Event()
         self.release.set()
         self.report = None
+        self.missing: str | None = None  # why no worker can be placed now, if set
 
     def start(self) -> None:
         pass
@@ -48,6 +49,9 @@ class HeldWorkers:
 
     def capacity(self) -> int:
         return self.slots
+
+    def unavailable(self, resources: dict[str, object]) -> str | None:
+        return self.missing
 
     def submit(self, task: ChunkTask | ConsumeTask) -> None:
         assert isinstance(task, ChunkTask)

@@ -53,6 +53,7 @@ from batchserve.engine.events import (
 )
 from batchserve.engine.inputs import PartRef
 from batchserve.engine.metrics import NodeMetrics
+from batchserve.engine.placement import Placement
 from batchserve.engine.running import (
     RunningChunk,
     remove_batch,
@@ -116,6 +117,7 @@ class Scheduler(ClusterDuties, ChunkSizing):
         self._costs: dict[tuple[int, str], CostEstimate] = {}
         self._costs_kept: dict[tuple[int, str], float] = {}  # when each was last stored
         self._parts: dict[str, tuple[PartRef, ...]] = {}
+        self._placement = Placement(store)
         self.executor: Executor | None = None
         self._events: queue.Queue[object] = queue.Queue()
         self._running: dict[str, RunningChunk] = {}
@@ -486,6 +488,10 @@ class Scheduler(ClusterDuties, ChunkSizing):
             and (most is None or claimed < most)
         ):
             spec = spec or self._spec(batch.service_id)
+            problem = self._placement.problem(executor, spec)
+            if problem is not None:
+                self._placement.say(batch, problem)
+                break
             if executor.free_slots() < executor.slots_for(spec):
                 break  # a service asking for more CPUs waits for that many free workers
             estimate = self._estimate(batch.service_id, spec)
@@ -543,6 +549,8 @@ class Scheduler(ClusterDuties, ChunkSizing):
             claimed += 1
             executor.submit(task)
             self._running[task.task_id].claim_seconds = time.monotonic() - now
+        if claimed_any:
+            self._placement.placed(batch)
         if claimed_any and batch.state == BatchState.PENDING.value:
             moved = self.store.transition(
                 batch.id,

@@ -44,6 +44,11 @@ class Executor(Protocol):
         """Why no worker here could have these resources (a service's ``resources``), or None."""
         ...
 
+    def unavailable(self, resources: dict[str, Any]) -> str | None:
+        """Why no worker can be placed with these resources now (what the executor runs on
+        has changed since the service was published), or None."""
+        ...
+
     def submit(self, task: ChunkTask | ConsumeTask | LoadTask) -> None: ...
 
     def stop_task(self, task_id: str) -> bool:
@@ -93,6 +98,9 @@ class NoWorkers:
 
     def check_resources(self, resources: dict[str, Any]) -> str | None:
         return None  # the compute nodes judge them
+
+    def unavailable(self, resources: dict[str, Any]) -> str | None:
+        return None  # never asked: this node claims no chunks
 
     def submit(self, task: ChunkTask | ConsumeTask | LoadTask) -> None:
         raise RuntimeError("this node runs no tasks")

@@ -350,6 +350,9 @@ class ProcessExecutor:
             )
         return None
 
+    def unavailable(self, resources: dict[str, Any]) -> str | None:
+        return None  # a chunk takes at most every worker of the pool: it can always run
+
     def _release(self, task_id: str) -> None:
         for s in self._slots:
             if s.held_for == task_id:

@@ -270,6 +270,9 @@ class RayExecutor:
     def check_resources(self, resources: dict[str, Any]) -> str | None:
         return resource_problem(resources, self.nodes())
 
+    def unavailable(self, resources: dict[str, Any]) -> str | None:
+        return resource_problem(resources, self.nodes())
+
     def slots_for(self, spec: ServiceSpec) -> int:
         return 1  # Ray places each actor by its resources
 
