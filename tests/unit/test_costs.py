@@ -141,6 +141,36 @@ def test_an_unknown_service_gets_growing_probes_bounded_by_the_batch():
     assert range_size(40, 2, None) == 10
 
 
+def test_a_service_too_quick_to_measure_is_not_cut_into_a_tail_of_ever_smaller_probes():
+    # A vectorized service: 75,000 records in 4 ms, never the SURE_SECONDS that make an estimate
+    # sure. After a small batch's probes, the next probe is a quarter of a big batch.
+    estimate = CostEstimate()
+    estimate.probes = 5
+    left, sizes = 300_000, []
+    while left:
+        n = range_size(
+            left, 2, None, mode="vectorized", probes=estimate.probes, bound=estimate.bound()
+        )
+        sizes.append(n)
+        left -= n
+        estimate.probes += 1
+        estimate.observe(n, run_seconds=n * 5e-8, chunk_seconds=0.005)
+    assert estimate.costs() is None  # never sure
+    assert len(sizes) <= 4, sizes
+    assert sizes[0] == 75_000
+
+
+def test_the_bound_of_an_unsure_estimate_is_the_least_time_a_record_took():
+    estimate = CostEstimate()
+    assert estimate.bound() is None
+    estimate.observe(100, run_seconds=4e-4, chunk_seconds=0.004)
+    estimate.observe(800, run_seconds=8e-4, chunk_seconds=0.006)
+    bound = estimate.bound()
+    assert bound is not None
+    assert bound.record == pytest.approx(1e-6)
+    assert bound.chunk == pytest.approx(0.005)
+
+
 def test_a_range_is_never_below_the_floor_while_there_is_work_for_every_slot():
     for slots in (2, 8, 64):
         assert range_size(100_000_000, slots, FAST) >= FAST.floor()
@@ -201,7 +231,15 @@ def makespan(records: int, slots: int, true: Costs, estimate: CostEstimate, mode
             estimate.observe(n, true.call + n * true.record, true.chunk)
         costs = estimate.costs()
         busy = sum(max(0.0, e - now) for e, _ in running.values())
-        n = range_size(left, slots, costs, busy, mode=mode, probes=estimate.probes)
+        n = range_size(
+            left,
+            slots,
+            costs,
+            busy,
+            mode=mode,
+            probes=estimate.probes,
+            bound=estimate.bound() if costs is None else None,
+        )
         if costs is None:
             estimate.probes += 1
         left -= n

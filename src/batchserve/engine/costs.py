@@ -26,6 +26,10 @@ costs (milliseconds, and noisy) drown the records' time. Until then chunks are p
 ``PROBE_GROWTH`` times the one before (100, 800, 6,400, ... records), so that a fast service is
 measured after a few quick chunks and a slow one after its first; and an estimate never sure is
 not kept for the next batch, which then probes too. So history can only make chunks better.
+Each probe that finished still proves something: no record costs more than its chunk's time over
+its records. A probe is never smaller than a range sized as if records cost that bound; without
+it, a service too quick ever to be sure would be cut into a tail of probes, each a quarter of
+what is left, down to single records.
 
 Noise only ever makes a chunk slower (a busy machine, a held-up store), never quicker. So a chunk
 whose records ran in under a ``CONTRADICTED``-th of the time the estimate gave them proves the
@@ -104,6 +108,9 @@ class CostEstimate:
         self.probes = 0  # probes handed out so far
         # The least time seen running a chunk's records: no chunk's fixed part is more.
         self._least = math.inf
+        # The least time a record took in any chunk (its chunk's time over its records): no
+        # record costs more, sure or not.
+        self._record_bound = math.inf
         if prior is not None:
             self._chunks.append(prior.chunk)
             self._least = prior.call if prior.call > 0 else math.inf
@@ -128,11 +135,13 @@ class CostEstimate:
         if known is not None and CONTRADICTED * run_seconds < known.call + records * known.record:
             self._w = self._n = self._t = self._nn = self._nt = 0.0
             self._least = math.inf
+            self._record_bound = math.inf
             self.sure = False
         for name in ("_w", "_n", "_t", "_nn", "_nt"):
             setattr(self, name, getattr(self, name) * DECAY)
         self._add(float(records), max(run_seconds, 0.0))
         self._least = min(self._least, max(run_seconds, 0.0))
+        self._record_bound = min(self._record_bound, max(run_seconds, 0.0) / records)
         self.sure = self.sure or run_seconds >= SURE_SECONDS
         self._chunks.append(max(chunk_seconds, 0.0))
 
@@ -157,6 +166,14 @@ class CostEstimate:
         return Costs(statistics.median(self._chunks), call, max(record, 1e-9))
 
 
+    def bound(self) -> Costs | None:
+        """What the chunks seen so far prove while the estimate is not sure: costs per record
+        no higher than this, and the chunks' fixed cost. None before a chunk finished."""
+        if self._record_bound == math.inf or not self._chunks:
+            return None
+        return Costs(statistics.median(self._chunks), 0.0, max(self._record_bound, 1e-9))
+
+
 def range_size(
     remaining: int,
     slots: int,
@@ -167,12 +184,15 @@ def range_size(
     target_seconds: float = 0.5,
     maximum: int = 1_000_000,
     probes: int = 0,
+    bound: Costs | None = None,
 ) -> int:
     """How many of a batch's ``remaining`` unclaimed records the next chunk takes.
 
     ``slots`` is how many workers the batch may use at once; ``busy_seconds`` the estimated
     seconds left on its chunks running now; ``costs`` the service's estimate (None: not known
-    yet, so a probe, larger after each of the ``probes`` handed out before). ``target_seconds``
+    yet, so a probe, larger after each of the ``probes`` handed out before, and no smaller than
+    the ``bound`` of the estimate allows: a service too quick to measure must not be cut into a
+    tail of ever smaller probes). ``target_seconds``
     bounds a chunk's time while much work is left (a chunk is also the unit of preemption and
     retry); ``maximum`` bounds its records (memory).
     """
@@ -181,7 +201,20 @@ def range_size(
     slots = max(slots, 1)
     if costs is None:
         probe = PROBE_RECORDS.get(mode, PROBE_RECORDS["row"]) * PROBE_GROWTH ** min(probes, 12)
-        return max(1, min(remaining, probe, maximum, math.ceil(remaining / (2 * slots))))
+        size = max(1, min(remaining, probe, maximum, math.ceil(remaining / (2 * slots))))
+        if bound is None:
+            return size
+        # Sized as if each record cost its bound: a range no longer than that says, in time.
+        at_bound = range_size(
+            remaining,
+            slots,
+            bound,
+            busy_seconds,
+            mode=mode,
+            target_seconds=target_seconds,
+            maximum=maximum,
+        )
+        return max(size, at_bound)
     record = costs.record
     floor = costs.floor()
     per_slot = (busy_seconds + remaining * record) / slots  # seconds of work left per slot

@@ -498,7 +498,13 @@ class Scheduler(ClusterDuties, ChunkSizing):
             costs = estimate.costs()
             now = time.monotonic()
             size_for = functools.partial(
-                self._range_size, batch, spec.mode, costs, estimate.probes, now
+                self._range_size,
+                batch,
+                spec.mode,
+                costs,
+                estimate.probes,
+                estimate.bound() if costs is None else None,
+                now,
             )
             chunk = self.store.claim_chunk(
                 batch.id, self._result_key, size_for, node_id=self.node_id

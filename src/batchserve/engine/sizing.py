@@ -40,6 +40,7 @@ class ChunkSizing:
         mode: str,
         costs: Costs | None,
         probes: int,
+        bound: Costs | None,
         now: float,
         remaining: int,
         sealed: bool,
@@ -70,6 +71,7 @@ class ChunkSizing:
             target_seconds=self.target_chunk_seconds,
             maximum=self.max_chunk_size,
             probes=probes,
+            bound=bound,
         )
 
     def _parts_of(self, batch: Batch, start: int, count: int) -> tuple[PartRef, ...]:
