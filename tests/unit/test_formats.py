@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchserve import Client
-from batchserve.blobs import LocalBlobStore
+from batchserve.blobs import LocalBlobStore, keys
 from batchserve.engine.batch_results import RESULT_FORMATS, ResultOps, json_lines
 from batchserve.engine.batches import BatchOps
 from batchserve.engine.errors import BadRequest, UnsupportedMediaType
@@ -353,3 +353,42 @@ def test_iter_results_is_an_async_iterator_with_an_asyncio_runner():
             return [r.index async for r in batch.iter_results(page_size=2)]
 
     assert asyncio.run(read()) == [0, 1, 2, 3]
+
+
+def test_an_artifact_is_read_from_the_try_that_owns_its_chunk(ops, who, service):
+    batch = ops.create(who, service, jsonl(ROWS[:4]), JSONL, start=False)
+    first = ops.store.claim_chunk(batch.id, result_key, lambda remaining, sealed: 4)
+    assert first is not None and first.attempts == 1
+    # The first try's node loses its claim; the chunk runs again, and that try finishes it.
+    assert ops.store.requeue_running_chunks() == 1
+    owner = ops.store.claim_chunk(batch.id, result_key, lambda remaining, sealed: 4)
+    assert owner is not None and owner.id == first.id and owner.attempts == 2
+    writer = ResultWriter(ops.blobs.open_write(owner.result_key), OUTPUTS)
+    for index in range(4):
+        writer.add(
+            {
+                "index": index,
+                "status": "succeeded",
+                "outputs": {"sq": index},
+                "artifacts": ["plot.txt"],
+                "attempts": 2,
+            }
+        )
+    writer.close()
+    ops.blobs.write_bytes(keys.artifact_key(batch.id, 1, "plot.txt", 2), b"the owner's")
+    # The first try, awake again, writes the same record's artifact after the owner did.
+    ops.blobs.write_bytes(keys.artifact_key(batch.id, 1, "plot.txt", 1), b"stale")
+
+    results = ResultOps(ops.store, ops.blobs)
+    assert results.artifact(ops.get(who, batch.id), 1, "plot.txt") == b"the owner's"
+
+
+def test_an_artifact_stored_before_artifacts_were_kept_by_try_is_still_read(ops, who, service):
+    batch = make_batch(ops, who, service, ROWS[:4])
+    chunk = ops.store.chunks(batch.id)[0]
+    writer = ResultWriter(ops.blobs.open_write(chunk.result_key), OUTPUTS)
+    writer.add({"index": 0, "status": "succeeded", "outputs": {"sq": 1}, "artifacts": ["a.txt"]})
+    writer.close()
+    ops.blobs.write_bytes(keys.unfenced_artifact_key(batch.id, 0, "a.txt"), b"kept")
+
+    assert ResultOps(ops.store, ops.blobs).artifact(batch, 0, "a.txt") == b"kept"

@@ -802,10 +802,12 @@ def test_run_chunk_stores_artifacts_under_the_batch_and_record(runtime, publish,
 
     spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"}, artifacts=["plot.txt"])
     key = write_chunk(blobs, pa.table({"x": [1, 2]}))
-    task = chunk_task(spec, key, start_index=4, count=2)
+    task = chunk_task(spec, key, start_index=4, count=2, attempt=3)
     runtime.run_chunk(task, lambda *args: None)
-    assert blobs.read_bytes(artifact_key("b1", 4, "plot.txt")) == b"plot 1"
-    assert blobs.read_bytes(artifact_key("b1", 5, "plot.txt")) == b"plot 2"
+    # Under the chunk's try: a try that lost its claim cannot write over the owner's.
+    assert blobs.read_bytes(artifact_key("b1", 4, "plot.txt", 3)) == b"plot 1"
+    assert blobs.read_bytes(artifact_key("b1", 5, "plot.txt", 3)) == b"plot 2"
+    assert not blobs.exists(artifact_key("b1", 4, "plot.txt", 2))
     rows = read_results(blobs.read_bytes(task.result_key), spec.outputs).to_pylist()
     assert [r["artifacts"] for r in rows] == [["plot.txt"], ["plot.txt"]]
 
@@ -1785,7 +1787,7 @@ def test_artifacts_of_a_retried_record_are_those_of_its_last_try(runtime, publis
     spec = publish(service, inputs={"x": "int"}, outputs={"y": "int"}, artifacts=["out.txt"])
     _, rows = run_rows(runtime, blobs, spec, pa.table({"x": [4]}), retries=1)
     assert rows[0]["attempts"] == 2
-    assert blobs.read_bytes(artifact_key("b1", 0, "out.txt")) == b"written once per try\n"
+    assert blobs.read_bytes(artifact_key("b1", 0, "out.txt", 1)) == b"written once per try\n"
 
 
 @pytest.mark.usefixtures("every_record_flushed_and_reported")

@@ -5,7 +5,8 @@ batches/<batch id>/                          everything of one batch (removed wi
     inputs/<part>.arrow                      an upload part: Arrow IPC file of the records
     results/<chunk seq>.a<attempt>.arrows    one try of a chunk: Arrow IPC stream of results
     results/<chunk seq>.a<attempt>/<segment>  the same, as segments, on a store without append
-    artifacts/<record index>/<file name>     a record's artifact files
+    artifacts/<record index>/a<attempt>/<file name>  a record's artifact files, by the try of
+                                             its chunk that wrote them
     tasks/<preparation|release>.bundle       the batch's job preparation and release code
 services/<name>/<version>/<uuid>.bundle      a published service's bundle
 ```
@@ -38,7 +39,15 @@ def result_key(batch_id: str, seq: int, attempt: int, *, segmented: bool = False
     return f"{BATCHES}/{batch_id}/results/{seq:06d}.a{attempt}.arrows"
 
 
-def artifact_key(batch_id: str, index: int, name: str) -> str:
+def artifact_key(batch_id: str, index: int, name: str, attempt: int) -> str:
+    """Where a record's artifact goes, under the try of its chunk that writes it: a try whose
+    node lost its claim writes beside the try that owns the chunk now, never over it (the
+    chunk's attempt, like its result key, is the claim's fencing token)."""
+    return f"{BATCHES}/{batch_id}/artifacts/{index}/a{attempt}/{name}"
+
+
+def unfenced_artifact_key(batch_id: str, index: int, name: str) -> str:
+    """Where artifacts went before they were kept by try: still read for batches of then."""
     return f"{BATCHES}/{batch_id}/artifacts/{index}/{name}"
 
 

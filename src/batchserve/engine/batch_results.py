@@ -341,10 +341,18 @@ class ResultOps:
                 f"Record {index} of batch {batch.id} has no artifact {name!r} "
                 f"(its artifacts: {listed})."
             )
-        try:
-            return self.blobs.read_bytes(keys.artifact_key(batch.id, index, name))
-        except BlobNotFound:
-            raise NotFound(f"The artifact {name!r} of record {index} is gone.") from None
+        # The try of the record's chunk that wrote its result wrote its artifacts too.
+        chunks = self.store.chunks_covering(batch.id, index, index + 1)
+        attempt = chunks[0].attempts if chunks else 1
+        for key in (
+            keys.artifact_key(batch.id, index, name, attempt),
+            keys.unfenced_artifact_key(batch.id, index, name),
+        ):
+            try:
+                return self.blobs.read_bytes(key)
+            except BlobNotFound:
+                continue
+        raise NotFound(f"The artifact {name!r} of record {index} is gone.")
 
 
 #: The formats the whole result set can be streamed in (``GET .../results?format=``).

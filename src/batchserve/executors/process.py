@@ -304,7 +304,8 @@ class ProcessExecutor:
         if problem:
             raise ValueError(problem)
         assert isinstance(task, ChunkTask) and isinstance(index, int) and isinstance(name, str)
-        with self._blobs.open_write(keys.artifact_key(task.batch_id, index, name)) as f:
+        key = keys.artifact_key(task.batch_id, index, name, task.attempt)
+        with self._blobs.open_write(key) as f:
             channel.read_payload(payload, f)
 
     # --- the pool ---------------------------------------------------------------------------

@@ -93,7 +93,9 @@ class ServiceActor:
         problem = artifact_problem(task, index, name)
         if problem:
             raise ValueError(problem)
-        self._runtime.blobs.write_bytes(keys.artifact_key(task.batch_id, index, name), data)
+        self._runtime.blobs.write_bytes(
+            keys.artifact_key(task.batch_id, index, name, task.attempt), data
+        )
 
     def pid(self) -> int:
         return os.getpid()

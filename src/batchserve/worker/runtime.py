@@ -364,7 +364,7 @@ class Runtime:
         return succeeded, failed, time.perf_counter() - began
 
     def _store_artifact(self, task: ChunkTask, index: int, name: str, data: bytes) -> None:
-        self.blobs.write_bytes(artifact_key(task.batch_id, index, name), data)
+        self.blobs.write_bytes(artifact_key(task.batch_id, index, name, task.attempt), data)
 
     def run_release(self, task: ReleaseTask) -> dict[str, Any]:
         """Run a batch's job release in this worker (see :mod:`batchserve.worker.jobtasks`)."""
