@@ -279,6 +279,22 @@ def test_services_nodes_and_users_pages(
     assert f"{username} was added." in page.get_by_role("status").inner_text()
     assert page.locator(f'tr[data-user="{username}"]').count() == 1
     page.screenshot(path=screenshots / "users.png", full_page=True)
+
+    # Changes that take access away are asked about first.
+    row = page.locator(f'tr[data-user="{username}"]')
+    row.get_by_label(f"Role of {username}").select_option("contributor")
+    row.get_by_role("button", name="Change role…").click()
+    assert page.get_by_role("heading", name=f"Change the role of {username}?").is_visible()
+    page.get_by_role("button", name="Yes, change the role").click()
+    assert f"The role of {username} was changed." in page.get_by_role("status").inner_text()
+    assert row.get_by_label(f"Role of {username}").input_value() == "contributor"
+    row.get_by_role("button", name="Deactivate…").click()
+    page.get_by_role("link", name="No, go back").click()
+    assert row.get_by_role("button", name="Deactivate…").is_visible()  # nothing happened
+    row.get_by_role("button", name="Deactivate…").click()
+    page.get_by_role("button", name="Yes, deactivate").click()
+    assert f"{username} was deactivated" in page.get_by_role("status").inner_text()
+    assert row.get_by_role("button", name="Reactivate").is_visible()
     assert errors == []
 
 

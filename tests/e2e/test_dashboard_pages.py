@@ -80,3 +80,48 @@ def test_a_form_too_large_is_refused_with_a_page(server: ServerProcess) -> None:
     assert answer.headers["content-type"].startswith("text/html")
     text = html.unescape(answer.text)
     assert "<h1>Too large</h1>" in text and "65536 bytes" in text, text
+
+
+
+def test_a_change_of_role_is_confirmed_first_and_a_wrong_one_explained(  # type: ignore[no-untyped-def]
+    server, client, unique_name, http
+):
+    name = f"u{unique_name[:20]}"
+    added = httpx.post(
+        f"{server.url}/v1/users",
+        json={"username": name, "password": "a-long-password", "role": "reader"},
+        headers={"Authorization": f"Bearer {client.token}"},
+    )
+    assert added.status_code == 201, added.text
+
+    asked = http.get(f"/ui/users/{name}/confirm/role", params={"role": "contributor"})
+    assert asked.status_code == 200, asked.text
+    assert f"Change the role of {name}?" in html.unescape(asked.text)
+    assert "is a <strong>reader</strong> now" in asked.text
+    roles = {u["username"]: u["role"] for u in client_users(server, client)}
+    assert roles[name] == "reader"  # asking changes nothing
+
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', asked.text)
+    assert csrf is not None
+    done = http.post(
+        f"/ui/users/{name}/role", data={"csrf_token": csrf.group(1), "role": "contributor"}
+    )
+    assert done.status_code == 303
+    roles = {u["username"]: u["role"] for u in client_users(server, client)}
+    assert roles[name] == "contributor"
+
+    nobody = http.get("/ui/users/no-such-user/confirm/deactivate")
+    assert nobody.status_code == 404 and "no-such-user" in nobody.text
+    odd = http.get(f"/ui/users/{name}/confirm/promote")
+    assert odd.status_code == 400 and "role and deactivate" in html.unescape(odd.text)
+    no_role = http.get(f"/ui/users/{name}/confirm/role", params={"role": "king"})
+    assert no_role.status_code == 400 and "owner, contributor, reader" in no_role.text
+    assert "<html" in no_role.text.lower()  # a page, not JSON
+
+
+def client_users(server, client):  # type: ignore[no-untyped-def]
+    listed = httpx.get(
+        f"{server.url}/v1/users", headers={"Authorization": f"Bearer {client.token}"}
+    )
+    assert listed.status_code == 200, listed.text
+    return listed.json()

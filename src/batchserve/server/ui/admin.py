@@ -11,12 +11,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 import anyio.to_thread
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
 from batchserve.engine.auth import ROLES, Principal
 from batchserve.engine.core import Engine
-from batchserve.engine.errors import BadRequest, Forbidden
+from batchserve.engine.errors import BadRequest, Forbidden, NotFound
 from batchserve.server.passwords import client_address, password_checks
 from batchserve.server.routes import auth as auth_routes
 from batchserve.server.routes import workers as worker_routes
@@ -84,6 +84,47 @@ async def add_user(request: Request) -> Response:
         client_address(request), engine.accounts.add_user, username, password, role
     )
     return _done("add", user.username)
+
+
+#: The user changes asked to be confirmed first, with what each does.
+CONFIRMED_CHANGES = {
+    "role": "Change the role of {user}",
+    "deactivate": "Deactivate {user}",
+}
+
+
+@router.get("/users/{username}/confirm/{change}")
+async def confirm_user_change(
+    request: Request,
+    username: str = Path(max_length=64),
+    change: str = Path(max_length=20),
+    role: str | None = Query(None, max_length=20),
+) -> Response:
+    """Ask before a change that takes away someone's access: a new role, or deactivation."""
+    session = await session_of(request)
+    _owner(session.who, "manage users")
+    if change not in CONFIRMED_CHANGES:
+        raise BadRequest(
+            f"There is no user change {change!r} to confirm; the ones asked first are "
+            + " and ".join(CONFIRMED_CHANGES)
+            + "."
+        )
+    if change == "role" and role not in ROLES:
+        raise BadRequest(f"Choose a role: one of {', '.join(ROLES)}.")
+    engine: Engine = request.app.state.engine
+    accounts = await anyio.to_thread.run_sync(auth_routes.list_users, engine, session.who)
+    user = next((u for u in accounts if u.username == username), None)
+    if user is None:
+        raise NotFound(f"There is no user {username!r}.")
+    return render(
+        request,
+        "confirm_user.html",
+        user=user,
+        change=change,
+        role=role,
+        title=CONFIRMED_CHANGES[change].format(user=username),
+        yourself=username == session.who.username,
+    )
 
 
 @router.post("/users/{username}/{change}")
