@@ -115,6 +115,22 @@ if [[ "$(uname -s)" == Linux ]]; then
   if [[ ",$BATCHSERVE_EXTRAS," == *",test,"* ]]; then
     _system_package chromium chromium "the dashboard's browser tests" \
       "the browser tests will skip (and fail with CI=true)"
+    # Prometheus's promtool checks the alert rules of docs/observability.md: taken alone from
+    # Debian's prometheus package into .venv/bin (installing the package would start a server).
+    if ! command -v promtool >/dev/null 2>&1 && [[ ! -x "$VENV/bin/promtool" ]] &&
+      command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1; then
+      _say "fetching promtool from Debian's prometheus package (the alert rules' tests)"
+      _tmp="$(mktemp -d)"
+      if ! (
+        cd "$_tmp" &&
+          { apt-get download -qq prometheus || { apt-get update -qq && apt-get download -qq prometheus; }; } &&
+          dpkg-deb -x prometheus_*.deb root && install -m 755 root/usr/bin/promtool "$VENV/bin/promtool"
+      ) >/dev/null 2>&1; then
+        _say "could not fetch promtool: the alert rules' tests will skip (and fail with CI=true)"
+      fi
+      rm -rf "$_tmp"
+      unset _tmp
+    fi
   fi
 fi
 
