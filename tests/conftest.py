@@ -327,8 +327,9 @@ class RayCluster:
         self.start_second_node()
         return self
 
-    def start_second_node(self) -> None:
-        self.second = self._ray("--address", self.address, log="second.log")
+    def start_second_node(self, *args: str) -> None:
+        """Start the second node (again), with more ``ray start`` options if given."""
+        self.second = self._ray("--address", self.address, *args, log="second.log")
         self.wait_for_nodes(2)
 
     def alive_nodes(self) -> int:

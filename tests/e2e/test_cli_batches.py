@@ -9,8 +9,11 @@ import textwrap
 import time
 from pathlib import Path
 
+import httpx
 import pyarrow.parquet as pq
 import pytest
+
+from batchserve.cli.batches import PAGE_MOST
 
 from .cli_helpers import COMMAND, Cli, Terminal
 from .conftest import ADMIN_PASSWORD, ServerProcess
@@ -749,6 +752,44 @@ def test_batch_list_limit_past_the_servers_page_size_lists_every_batch(
     assert len(everything) >= 2
     assert len(admin("batch", "list", "-n", "2").stdout.splitlines()) == 3  # header and two
     assert "--limit" in admin.usage_error("batch", "list", "--limit", "0")
+
+
+def test_batch_list_reads_page_after_page_past_the_servers_page_size(
+    tmp_path: Path, workdir: Path
+) -> None:
+    # A server of its own: the shared one should not carry a thousand extra batches.
+    proc = ServerProcess(tmp_path / "home").start()
+    try:
+        cli = Cli(tmp_path / "config.json", workdir)
+        cli("login", proc.url, "--username", "admin", "--password", ADMIN_PASSWORD)
+        cli("publish", "model.py:slow", "--name", "pages", "--version", "v1", "--output", "y=int")
+        token = json.loads((tmp_path / "config.json").read_text())["servers"][proc.url][
+            "access_token"
+        ]
+        made = set()
+        with httpx.Client(
+            base_url=proc.url,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/x-ndjson"},
+            timeout=60,
+        ) as http:
+            for i in range(PAGE_MOST + 5):  # uploaded, not started: nothing runs
+                created = http.post(
+                    "/v1/services/pages/v1/batches",
+                    params={"start": "false"},
+                    content=f'{{"x": {i}}}\n',
+                )
+                assert created.status_code == 201, created.text
+                made.add(created.json()["id"])
+        everything = [
+            json.loads(line)["id"]
+            for line in cli("batch", "list", "--limit", "5000", "--json").stdout.splitlines()
+        ]
+        assert len(everything) == len(set(everything)) == PAGE_MOST + 5  # each once
+        assert set(everything) == made
+        some = cli("batch", "list", "--limit", str(PAGE_MOST + 2), "--json").stdout.splitlines()
+        assert [json.loads(line)["id"] for line in some] == everything[: PAGE_MOST + 2]
+    finally:
+        proc.stop()
 
 
 def test_run_takes_a_preparation_and_a_release_script(

@@ -190,6 +190,48 @@ def test_a_killed_server_resumes_its_batch_on_the_cluster(  # type: ignore[no-un
         proc.stop()
 
 
+def test_a_batch_whose_resources_left_the_cluster_waits_and_says_why(  # type: ignore[no-untyped-def]
+    ray_client, ray_cluster, unique_name
+):
+    # The second node offers a GPU (a logical one: Ray takes the count as given) while the
+    # service is published; then it leaves, and the batch's workers fit on no node.
+    ray_cluster.kill_second_node()
+    ray_cluster.wait_for_nodes(1)
+    ray_cluster.start_second_node("--num-gpus", "1")
+    try:
+        svc = ray_client.publish_service(
+            unique_name,
+            code=slow_double,
+            inputs={"x": float},
+            outputs={"y": float},
+            resources={"num_gpus": 1},
+        )
+        ray_cluster.kill_second_node()
+        ray_cluster.wait_for_nodes(1)
+        batch = svc.batch([{"x": float(i)} for i in range(6)], chunk_size=2).start()
+        error = until(
+            "the batch's scheduling error",
+            lambda: batch.info().execution_info.scheduling_error,
+            timeout=60,
+        )
+        assert (error.category, error.code) == ("servererror", "ResourcesUnavailable")
+        assert "GPU 1" in error.message and "no node of the Ray cluster" in error.message
+        assert batch.refresh().data["completed_item_count"] == 0
+        assert running_chunks(ray_client, batch.execution_id) == 0  # nothing claimed
+
+        # The GPU node is back: the batch runs, and the error is gone.
+        ray_cluster.start_second_node("--num-gpus", "1")
+        done = batch.wait(timeout=180)
+        assert done.state is BatchState.COMPLETED
+        frame = exactly_one_result_each(batch, 6)
+        assert (frame["y"] == 2 * frame["index"]).all()
+        assert batch.info().execution_info.scheduling_error is None
+    finally:
+        ray_cluster.kill_second_node()
+        ray_cluster.wait_for_nodes(1)
+        ray_cluster.start_second_node()
+
+
 def test_a_service_asking_for_more_than_any_node_has_is_refused(ray_client, unique_name):  # type: ignore[no-untyped-def]
     with pytest.raises(errors.BatchserveError, match="no node"):
         ray_client.publish_service(
