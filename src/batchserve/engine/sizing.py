@@ -71,7 +71,9 @@ class ChunkSizing:
             target_seconds=self.target_chunk_seconds,
             maximum=self.max_chunk_size,
             probes=probes,
-            bound=bound,
+            # While the upload goes on, the records stored so far are not all that is left:
+            # sized at the bound, a range could take them all and leave the other slots idle.
+            bound=bound if sealed else None,
         )
 
     def _parts_of(self, batch: Batch, start: int, count: int) -> tuple[PartRef, ...]:
