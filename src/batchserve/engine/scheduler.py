@@ -497,15 +497,7 @@ class Scheduler(ClusterDuties, ChunkSizing):
             estimate = self._estimate(batch.service_id, spec)
             costs = estimate.costs()
             now = time.monotonic()
-            size_for = functools.partial(
-                self._range_size,
-                batch,
-                spec.mode,
-                costs,
-                estimate.probes,
-                estimate.bound() if costs is None else None,
-                now,
-            )
+            size_for = self._sizer(batch, spec.mode, estimate, costs, now)
             chunk = self.store.claim_chunk(
                 batch.id, self._result_key, size_for, node_id=self.node_id
             )

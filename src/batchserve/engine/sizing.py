@@ -5,9 +5,11 @@ hold it, and the estimate's upkeep as chunks finish. Part of the
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
+from collections.abc import Callable
 
 from batchserve.engine.costs import CostEstimate, Costs, range_size
 from batchserve.engine.inputs import PartRef
@@ -33,6 +35,16 @@ class ChunkSizing:
     _costs: dict[tuple[int, str], CostEstimate]
     _costs_kept: dict[tuple[int, str], float]
     _parts: dict[str, tuple[PartRef, ...]]
+
+    def _sizer(
+        self, batch: Batch, mode: str, estimate: CostEstimate, costs: Costs | None, now: float
+    ) -> Callable[[int, bool], int]:
+        """What the store's claim asks for the size of the batch's next range (``remaining``,
+        ``sealed``): :meth:`_range_size` with the estimate's costs, or its bound while unsure."""
+        bound = estimate.bound() if costs is None else None
+        return functools.partial(
+            self._range_size, batch, mode, costs, estimate.probes, bound, now
+        )
 
     def _range_size(
         self,
